@@ -1,0 +1,395 @@
+"""The ambient time budget: a `Deadline` value and the blocks that narrow it.
+
+Rules (the whole design follows from them):
+
+1. A deadline is an instant on the monotonic clock, never a duration. Durations exist only at
+   the edges: `Deadline.after(seconds)` in memory, remaining milliseconds on the wire.
+2. Invariant: a block's deadline is never later than its parent's. Asking for more time than
+   the caller has keeps the caller's deadline (the block is then said to *inherit* it).
+3. A reusable function takes no `timeout=` argument. The caller narrows the ambient deadline
+   with `deadline_after`/`deadline_at`; the callee reads `current_deadline()`.
+4. Enforcement is asyncio's own edge-triggered cancellation, as in `asyncio.timeout_at`: at the
+   deadline the task is cancelled once, and the block that owns the deadline turns that
+   cancellation into `DeadlineExceeded`. Other cancellations pass through untouched.
+5. Entering a block whose deadline has already passed raises `DeadlineExceeded` at once:
+   no work starts without budget.
+6. `detached()` is the only way out of the ambient budget.
+
+The deadline lives in a context variable, so tasks created inside a block see it. asyncio does
+*not* cancel a plain `create_task` child when the block expires (the child only knows the
+deadline); children started through `TaskGroup` are cancelled with the block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Coroutine, Generator
+from contextvars import Context, ContextVar, Token
+from types import TracebackType
+from typing import Any, Final, TypeVar, final
+
+from tether import _clock
+from tether.errors import DeadlineExceeded, format_seconds
+
+__all__ = [
+    "Deadline",
+    "DeadlineScope",
+    "TaskGroup",
+    "current_deadline",
+    "deadline_after",
+    "deadline_at",
+    "detached",
+    "earliest",
+    "time_remaining",
+]
+
+
+@final
+class Deadline:
+    """An immutable instant on tether's monotonic clock by which work must be done."""
+
+    __slots__ = ("_when",)
+    _when: float
+
+    def __init__(self, when: float) -> None:
+        object.__setattr__(self, "_when", _finite(when, "when"))
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        """The deadline `seconds` from now (zero or negative: already expired)."""
+        return cls(_clock.monotonic() + _finite(seconds, "seconds"))
+
+    @classmethod
+    def at(cls, instant: float) -> Deadline:
+        """The deadline at `instant`, a reading of tether's monotonic clock."""
+        return cls(instant)
+
+    @property
+    def when(self) -> float:
+        """The instant, on tether's monotonic clock."""
+        return self._when
+
+    def remaining(self) -> float:
+        """Seconds left until the deadline; never negative."""
+        left = self._when - _clock.monotonic()
+        return left if left > 0.0 else 0.0
+
+    @property
+    def expired(self) -> bool:
+        """True once the deadline has passed."""
+        return _clock.monotonic() >= self._when
+
+    def earlier(self, other: Deadline | None) -> Deadline:
+        """The earlier of this deadline and `other` (None stands for "no deadline")."""
+        if other is None or self._when <= other._when:
+            return self
+        return other
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Deadline is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Deadline) and self._when == other._when
+
+    def __hash__(self) -> int:
+        return hash(self._when)
+
+    def __lt__(self, other: Deadline) -> bool:
+        return self._when < other._when
+
+    def __le__(self, other: Deadline) -> bool:
+        return self._when <= other._when
+
+    def __gt__(self, other: Deadline) -> bool:
+        return self._when > other._when
+
+    def __ge__(self, other: Deadline) -> bool:
+        return self._when >= other._when
+
+    def __repr__(self) -> str:
+        return f"Deadline(when={self._when:.6f}, remaining={self.remaining():.6f})"
+
+
+def earliest(*deadlines: Deadline | None) -> Deadline | None:
+    """The earliest of the given deadlines, ignoring None; None when none is given."""
+    found: Deadline | None = None
+    for deadline in deadlines:
+        if deadline is not None:
+            found = deadline.earlier(found)
+    return found
+
+
+def _finite(value: float, name: str) -> float:
+    try:
+        if -math.inf < value < math.inf:
+            return float(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}") from None
+    raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+# The scope whose deadline is in force for the running context; None means no deadline.
+_current: ContextVar[DeadlineScope | None] = ContextVar("tether.deadline", default=None)
+
+
+def current_deadline() -> Deadline | None:
+    """The deadline in force for the running task, or None when there is none."""
+    scope = _current.get()
+    return None if scope is None else scope._deadline
+
+
+def time_remaining() -> float | None:
+    """Seconds left of the ambient budget (never negative), or None without a deadline."""
+    scope = _current.get()
+    return None if scope is None else scope._deadline.remaining()
+
+
+# Scope states.
+_CREATED: Final = 0
+_ENTERED: Final = 1
+_EXPIRING: Final = 2
+_DONE: Final = 3
+
+
+@final
+class DeadlineScope:
+    """One `async with deadline_after(...)` / `deadline_at(...)` block.
+
+    Read-only for users: `deadline` (the one in force inside the block), `budget` (the size in
+    seconds of the budget that deadline belongs to), `inherited` (True when the caller's
+    deadline was earlier than what the block asked for) and `expired`.
+    """
+
+    __slots__ = (
+        "_asked",
+        "_cancelling",
+        "_deadline",
+        "_fired",
+        "_handle",
+        "_in_force",
+        "_loop_when",
+        "_parent",
+        "_requested",
+        "_state",
+        "_task",
+        "_token",
+        "budget",
+        "inherited",
+    )
+    # Set on entry, and only for a block that has a deadline in force:
+    _deadline: Deadline
+    _in_force: float  # _deadline.when, read on every nested entry
+    _loop_when: float  # the same instant on the running loop's clock
+
+    def __init__(self, requested: Deadline | None, budget: float | None) -> None:
+        self._requested = requested
+        self.budget = budget  # the size of `requested`; replaced by the owner's when inheriting
+        self._state = _CREATED
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._token: Token[DeadlineScope | None] | None = None
+        self.inherited = False
+        self._fired = False
+        self._asked: float | None = None
+
+    @property
+    def deadline(self) -> Deadline | None:
+        """The deadline in force inside the block (None when there is none)."""
+        return getattr(self, "_deadline", None)
+
+    @property
+    def expired(self) -> bool:
+        """True once this block's own timer has cancelled it."""
+        return self._fired
+
+    async def __aenter__(self) -> DeadlineScope:
+        if self._state != _CREATED:
+            raise RuntimeError("a deadline block can be entered only once")
+        self._state = _ENTERED
+        now = _clock.monotonic()
+        parent = self._parent = _current.get()
+        requested = self._requested
+        if requested is not None:
+            self._asked = requested._when - now
+        deadline: Deadline
+        if parent is not None and (requested is None or parent._in_force <= requested._when):
+            deadline = parent._deadline
+            self.budget = parent.budget
+            self.inherited = True
+        elif requested is not None:
+            deadline = requested
+            if self.budget is None:
+                self.budget = self._asked
+        else:  # no deadline asked for and none inherited: the block does nothing
+            self._state = _DONE
+            return self
+        self._deadline = deadline
+        self._in_force = deadline._when
+        if self._in_force <= now:
+            self._state = _DONE
+            raise self._exceeded()
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a deadline block must run inside an asyncio task")
+        if self.inherited and parent is not None and parent._task is task:
+            # The parent's timer already cancels this task at this very deadline.
+            self._state = _DONE
+            return self
+        self._arm(task, now)
+        return self
+
+    def _arm(self, task: asyncio.Task[Any], now: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._loop_when = loop.time() + (self._in_force - now)
+        self._handle = loop.call_at(self._loop_when, self._on_timeout)
+        self._token = _current.set(self)
+
+    def _on_timeout(self) -> None:
+        self._state = _EXPIRING
+        self._fired = True
+        self._handle = None
+        if self._task is not None:
+            self._task.cancel()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is None:  # never armed: inherited within the task, or no deadline
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        _current.reset(self._token)
+        self._token = None
+        expiring = self._state == _EXPIRING
+        self._state = _DONE
+        # Like asyncio.Timeout: convert only the cancellation this block caused.
+        if (
+            expiring
+            and self._task is not None
+            and self._task.uncancel() <= self._cancelling
+            and exc_type is not None
+            and issubclass(exc_type, asyncio.CancelledError)
+        ):
+            raise self._exceeded() from exc
+
+    def _exceeded(self) -> DeadlineExceeded:
+        budget = self.budget or 0.0
+        if self.inherited:
+            detail = f"deadline exceeded: the caller's budget of {format_seconds(budget)} ran out"
+            if self._asked is not None:
+                detail += f" (this block asked for {format_seconds(max(self._asked, 0.0))})"
+        else:
+            detail = f"deadline exceeded: this block's budget of {format_seconds(budget)} ran out"
+        return DeadlineExceeded(
+            detail, budget=budget, inherited=self.inherited, deadline=self.deadline
+        )
+
+    # -- used by detached(): pause and resume the timers of this task's enclosing blocks --
+
+    def _pause(self) -> bool:
+        if self._handle is None:
+            return False
+        self._handle.cancel()
+        self._handle = None
+        return True
+
+    def _resume(self) -> None:
+        if self._state != _ENTERED:
+            return
+        loop = asyncio.get_running_loop()
+        if self._loop_when <= loop.time():
+            self._on_timeout()  # delivered at the task's next await
+        else:
+            self._handle = loop.call_at(self._loop_when, self._on_timeout)
+
+
+def deadline_after(seconds: float) -> DeadlineScope:
+    """A block that must finish within `seconds` (or the caller's deadline, if earlier)."""
+    seconds = _finite(seconds, "seconds")
+    return DeadlineScope(Deadline(_clock.monotonic() + seconds), seconds)
+
+
+def deadline_at(deadline: Deadline | None) -> DeadlineScope:
+    """A block that must finish by `deadline` (or the caller's, if earlier).
+
+    None narrows nothing: the block runs under the caller's deadline, if any.
+    """
+    if deadline is not None and not isinstance(deadline, Deadline):
+        raise TypeError(f"deadline_at() takes a Deadline or None, got {deadline!r}")
+    return DeadlineScope(deadline, None)
+
+
+@final
+class detached:  # noqa: N801 - used like a function: `async with detached():`
+    """Run a block outside the caller's budget: the only way out, like a shield.
+
+    Inside, `current_deadline()` is None (a new block inside may set its own deadline), and
+    the deadlines of the enclosing blocks *of this task* are paused: their cancellation is not
+    delivered while the block runs. On exit they are re-armed; if one passed meanwhile, it
+    fires at the next await after the block.
+
+    It shields from deadlines only. A cancellation from elsewhere (`task.cancel()`, a client
+    that went away) still reaches the block; work that must survive even that belongs in its
+    own task, started with `asyncio.create_task` inside `detached()` and kept referenced.
+    """
+
+    __slots__ = ("_paused", "_token")
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        self._paused: list[DeadlineScope] = []
+        scope = _current.get()
+        while scope is not None and scope._task is task:
+            if scope._pause():
+                self._paused.append(scope)
+            scope = scope._parent
+        self._token = _current.set(None)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _current.reset(self._token)
+        for scope in self._paused:
+            scope._resume()
+
+
+_T = TypeVar("_T")
+
+
+class TaskGroup(asyncio.TaskGroup):
+    """`asyncio.TaskGroup` whose children end with the deadline block around it.
+
+    When the block's deadline passes, the block's task is cancelled, and a task group that is
+    cancelled cancels and awaits all its children before the block raises
+    `DeadlineExceeded`: nothing started here outlives the budget. Children see the block's
+    deadline through `current_deadline()`.
+
+    Compare `asyncio.create_task`: such a child sees the deadline too, but nothing cancels it
+    when the deadline passes; it runs on after the caller has given up.
+
+    One rule is added: `create_task` refuses to start a child when the budget is already
+    spent (raises `DeadlineExceeded`), so no work starts without budget.
+    """
+
+    def create_task(
+        self,
+        coro: Generator[Any, None, _T] | Coroutine[Any, Any, _T],
+        *,
+        name: str | None = None,
+        context: Context | None = None,
+    ) -> asyncio.Task[_T]:
+        scope = _current.get()
+        if scope is not None and scope._deadline.expired:
+            coro.close()
+            raise scope._exceeded()
+        return super().create_task(coro, name=name, context=context)

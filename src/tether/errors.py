@@ -1,0 +1,94 @@
+"""Every exception tether raises, in one tree.
+
+    TetherError
+    ├── DeadlineExceeded          (also TimeoutError) our own budget ran out, here
+    ├── InvalidDeadlineHeader     (also ValueError)   a deadline on the wire could not be read
+    ├── UpstreamError                                 a remote party answered with a failure
+    │   ├── UpstreamTimeout       (also TimeoutError) the remote says *its* time ran out:
+    │   │                                             HTTP 504, gRPC DEADLINE_EXCEEDED,
+    │   │                                             PostgreSQL SQLSTATE 57014 from its own
+    │   │                                             statement_timeout
+    │   └── UpstreamUnavailable                       refused, reset, 502/503, gRPC UNAVAILABLE
+    └── ChainError                (also TypeError)    a filter chain was built wrong
+
+Rule: `DeadlineExceeded` means *tether* cancelled the work because the caller's budget was
+spent; it is never used for a timeout somebody else reported. The two call for different
+actions: the first is the caller's problem (it asked for too little, or waited too long), the
+second is a slow or unhealthy dependency.
+
+Rule: catching `TimeoutError` catches both our budget running out and a remote timeout; catch
+`DeadlineExceeded` or `UpstreamTimeout` to tell them apart.
+
+`asyncio.CancelledError` is not in the tree and tether never swallows it: a deadline block
+turns the cancellation *it* caused into `DeadlineExceeded` and lets every other cancellation
+through.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tether.deadline import Deadline
+
+
+class TetherError(Exception):
+    """Base of every exception tether raises."""
+
+
+class DeadlineExceeded(TetherError, TimeoutError):
+    """The caller's time budget ran out before the work finished.
+
+    `budget` is the size in seconds of the budget that ran out, `inherited` tells whether it
+    was the block's own or one it inherited from its caller, and `deadline` is the instant it
+    ran out at (None when unknown).
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        budget: float | None = None,
+        inherited: bool = False,
+        deadline: Deadline | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.budget = budget
+        self.inherited = inherited
+        self.deadline = deadline
+
+
+class InvalidDeadlineHeader(TetherError, ValueError):
+    """A deadline header (or gRPC metadata entry) had a value tether refuses to guess at."""
+
+    def __init__(self, header: str, value: str, reason: str) -> None:
+        super().__init__(f"invalid {header} header {value!r}: {reason}")
+        self.header = header
+        self.value = value
+        self.reason = reason
+
+
+class UpstreamError(TetherError):
+    """A remote party (HTTP upstream, gRPC server, database) answered with a failure."""
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    """The remote party reports that its own time ran out (not ours)."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The remote party could not be reached or refused the work."""
+
+
+class ChainError(TetherError, TypeError):
+    """A filter chain was assembled in an order that would break its guarantees."""
+
+
+def format_seconds(seconds: float) -> str:
+    """Format a duration for people: `850 ms`, `3.2 s`, `0.4 ms`."""
+    if seconds < 0.001:
+        return f"{seconds * 1000:.2f} ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.3g} s"

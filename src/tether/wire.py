@@ -1,0 +1,217 @@
+"""How a budget is written on the wire, and read back. Pure functions, no I/O.
+
+Headers tether reads (names case-insensitive):
+
+    X-Request-Timeout: 250             remaining milliseconds, 1-8 ASCII digits. Relative, so
+                                       immune to clock skew: the form tether sends.
+    X-Request-Deadline: 1767225600000  absolute Unix time in milliseconds, 1-15 digits.
+                                       Accepted for compatibility; it is only as right as the
+                                       two hosts' wall clocks agree (skew shifts the budget).
+    grpc-timeout: 250m                 gRPC over HTTP/2: 1-8 digits and one unit of
+                                       H (hours) M (minutes) S m (milli) u (micro) n (nano).
+
+Rule: parsing is strict and total. Any value that is not exactly one of these forms (empty,
+signs, spaces, decimals, exponents, nan/inf, unknown units, too many digits, non-ASCII, one
+header repeated with different values) raises `InvalidDeadlineHeader` naming the header and
+the value. When several headers are present, the earliest resulting deadline wins.
+
+Rule: tether sends `remaining - margin` and never sends a budget of zero. Fewer than 1 ms left
+after the margin means nothing is sent: `DeadlineExceeded` is raised locally (fail fast).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+
+from tether import _clock
+from tether.deadline import Deadline, current_deadline
+from tether.errors import DeadlineExceeded, InvalidDeadlineHeader, format_seconds
+
+__all__ = [
+    "DEFAULT_MARGIN",
+    "GRPC_TIMEOUT",
+    "REQUEST_DEADLINE",
+    "REQUEST_TIMEOUT",
+    "InvalidDeadlineHeader",
+    "call_timeout",
+    "deadline_from_headers",
+    "decode_grpc_timeout",
+    "encode_grpc_timeout",
+    "outgoing_headers",
+    "parse_request_deadline",
+    "parse_request_timeout",
+]
+
+REQUEST_TIMEOUT = "x-request-timeout"
+REQUEST_DEADLINE = "x-request-deadline"
+GRPC_TIMEOUT = "grpc-timeout"
+
+# Kept back at each hop so the callee's own deadline fires first and its clean error still has
+# time to travel back: one loopback or same-zone round trip plus serialising a small answer
+# fits well inside 5 ms. Raise it for hops that cross zones or regions.
+DEFAULT_MARGIN = 0.005
+
+_GRPC_UNITS: dict[str, int] = {  # nanoseconds per unit
+    "n": 1,
+    "u": 1_000,
+    "m": 1_000_000,
+    "S": 1_000_000_000,
+    "M": 60_000_000_000,
+    "H": 3_600_000_000_000,
+}
+_GRPC_ENCODE_ORDER = ("n", "u", "m", "S", "M", "H")  # finest first
+_GRPC_MAX_VALUE = 99_999_999
+_GRPC_MAX = f"{_GRPC_MAX_VALUE}H"
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def encode_grpc_timeout(seconds: float) -> str:
+    """`seconds` as a grpc-timeout value, in the finest unit whose value fits in 8 digits.
+
+    Rounds up, so a positive budget never becomes zero; budgets beyond 99999999 hours are sent
+    as that maximum. Zero, negative and NaN budgets raise ValueError: there is nothing to send.
+    """
+    if not seconds > 0:
+        raise ValueError(f"a grpc-timeout must be positive, got {seconds!r}")
+    if seconds >= _GRPC_MAX_VALUE * 3600:
+        return _GRPC_MAX
+    nanos = math.ceil(seconds * 1e9)
+    for unit in _GRPC_ENCODE_ORDER:
+        size = _GRPC_UNITS[unit]
+        value = -(-nanos // size)  # ceiling division
+        if value <= _GRPC_MAX_VALUE:
+            return f"{value}{unit}"
+    return _GRPC_MAX  # unreachable: the hours unit always fits below the cap
+
+
+def decode_grpc_timeout(value: str | bytes) -> float:
+    """A grpc-timeout value in seconds."""
+    text = _ascii(GRPC_TIMEOUT, value)
+    if not text:
+        raise InvalidDeadlineHeader(GRPC_TIMEOUT, text, "empty value")
+    digits, unit = text[:-1], text[-1]
+    if unit not in _GRPC_UNITS:
+        raise InvalidDeadlineHeader(
+            GRPC_TIMEOUT, text, "must end in one unit of H, M, S, m, u or n"
+        )
+    amount = _digits(GRPC_TIMEOUT, text, digits, max_digits=8)
+    if amount == 0:
+        raise InvalidDeadlineHeader(GRPC_TIMEOUT, text, "must be a positive amount")
+    return amount * _GRPC_UNITS[unit] / 1e9
+
+
+def parse_request_timeout(value: str | bytes) -> float:
+    """An X-Request-Timeout value (milliseconds) in seconds; 0 means no budget at all."""
+    text = _ascii(REQUEST_TIMEOUT, value)
+    return _digits(REQUEST_TIMEOUT, text, text, max_digits=8) / 1000
+
+
+def parse_request_deadline(value: str | bytes) -> float:
+    """An X-Request-Deadline value (Unix milliseconds) in seconds since the epoch."""
+    text = _ascii(REQUEST_DEADLINE, value)
+    return _digits(REQUEST_DEADLINE, text, text, max_digits=15) / 1000
+
+
+def deadline_from_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) -> Deadline | None:
+    """The deadline that request headers ask for, or None when they carry none.
+
+    `headers` is any sequence of (name, value) pairs, str or bytes (ASGI scope headers, gRPC
+    metadata, `dict.items()`). A header given twice must carry the same value both times.
+    """
+    seen: dict[str, str] = {}
+    for raw_name, raw_value in headers:
+        name = _lower_name(raw_name)
+        if name not in _PARSERS:
+            continue
+        value = _ascii(name, raw_value)
+        earlier = seen.setdefault(name, value)
+        if earlier != value:
+            raise InvalidDeadlineHeader(
+                name, f"{earlier}, {value}", "repeated with different values"
+            )
+    if not seen:
+        return None
+    now, wall = _clock.monotonic(), _clock.wall()
+    return min(Deadline(now + _PARSERS[name](value, wall)) for name, value in seen.items())
+
+
+# Each turns a header value into seconds from now, given the wall clock's reading.
+def _timeout_in(value: str, wall: float) -> float:
+    return parse_request_timeout(value)
+
+
+def _grpc_timeout_in(value: str, wall: float) -> float:
+    return decode_grpc_timeout(value)
+
+
+def _deadline_in(value: str, wall: float) -> float:
+    return parse_request_deadline(value) - wall
+
+
+_PARSERS = {
+    REQUEST_TIMEOUT: _timeout_in,
+    REQUEST_DEADLINE: _deadline_in,
+    GRPC_TIMEOUT: _grpc_timeout_in,
+}
+
+
+def call_timeout(explicit: float | None = None, *, margin: float = DEFAULT_MARGIN) -> float | None:
+    """The timeout for one outgoing call: `min(explicit, ambient remaining - margin)`.
+
+    None when there is neither an ambient deadline nor an explicit timeout. Raises
+    `DeadlineExceeded` when the ambient budget leaves less than 1 ms after the margin: the call
+    must not start.
+    """
+    deadline = current_deadline()
+    if deadline is None:
+        return explicit
+    left = deadline.remaining() - margin
+    if left < 0.001:
+        raise DeadlineExceeded(
+            f"deadline exceeded: {format_seconds(max(deadline.remaining(), 0.0))} left, "
+            f"less than the {format_seconds(margin)} margin plus 1 ms; the call was not sent",
+            deadline=deadline,
+        )
+    return left if explicit is None or explicit > left else explicit
+
+
+def outgoing_headers(*, margin: float = DEFAULT_MARGIN) -> list[tuple[str, str]]:
+    """Headers that pass the ambient budget on: `[("x-request-timeout", "<ms>")]`, or [].
+
+    Raises `DeadlineExceeded` when nothing is left after the margin (see `call_timeout`).
+    """
+    left = call_timeout(margin=margin)
+    if left is None:
+        return []
+    return [(REQUEST_TIMEOUT, str(int(left * 1000)))]
+
+
+def _ascii(header: str, value: str | bytes) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidDeadlineHeader(header, value.decode("latin-1"), "not ASCII") from None
+    if not value.isascii():
+        raise InvalidDeadlineHeader(header, value, "not ASCII")
+    return value
+
+
+def _digits(header: str, text: str, digits: str, *, max_digits: int) -> int:
+    if not digits:
+        raise InvalidDeadlineHeader(header, text, "empty value" if not text else "no digits")
+    if not _DIGITS.fullmatch(digits):
+        raise InvalidDeadlineHeader(
+            header, text, "must be ASCII digits only (no sign, space, decimal point or exponent)"
+        )
+    if len(digits) > max_digits:
+        raise InvalidDeadlineHeader(header, text, f"more than {max_digits} digits")
+    return int(digits)
+
+
+def _lower_name(name: str | bytes) -> str:
+    if isinstance(name, bytes):
+        return name.decode("latin-1").lower()
+    return name.lower()
