@@ -186,7 +186,7 @@ class DeadlineScope:
         self._requested = requested
         self.budget = budget  # the size of `requested`; replaced by the owner's when inheriting
         self._state = _CREATED
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.Handle | None = None
         self._task: asyncio.Task[Any] | None = None
         self._token: Token[DeadlineScope | None] | None = None
         self.inherited = False
@@ -305,7 +305,9 @@ class DeadlineScope:
             return
         loop = asyncio.get_running_loop()
         if self._loop_when <= loop.time():
-            self._on_timeout()  # delivered at the task's next await
+            # Not a direct cancel(): on 3.11 a pending cancel of the running task cannot be
+            # withdrawn if the block ends before its next await.
+            self._handle = loop.call_soon(self._on_timeout)
         else:
             self._handle = loop.call_at(self._loop_when, self._on_timeout)
 
@@ -377,9 +379,28 @@ class TaskGroup(asyncio.TaskGroup):
     Compare `asyncio.create_task`: such a child sees the deadline too, but nothing cancels it
     when the deadline passes; it runs on after the caller has given up.
 
-    One rule is added: `create_task` refuses to start a child when the budget is already
-    spent (raises `DeadlineExceeded`), so no work starts without budget.
+    Two rules are added to asyncio's:
+    - `create_task` refuses to start a child when the budget is already spent (raises
+      `DeadlineExceeded`), so no work starts without budget;
+    - when the budget has run out and every error the group collected is a
+      `DeadlineExceeded` (children that armed the same deadline fire at the same instant as
+      the block), the group raises the block's one `DeadlineExceeded`, not an ExceptionGroup.
     """
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await super().__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            _, others = group.split(DeadlineExceeded)
+            scope = _current.get()
+            if others is None and scope is not None and scope._deadline.expired:
+                raise scope._exceeded() from group
+            raise
 
     def create_task(
         self,

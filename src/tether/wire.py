@@ -77,7 +77,9 @@ def encode_grpc_timeout(seconds: float) -> str:
         raise ValueError(f"a grpc-timeout must be positive, got {seconds!r}")
     if seconds >= _GRPC_MAX_VALUE * 3600:
         return _GRPC_MAX
-    nanos = math.ceil(seconds * 1e9)
+    scaled = seconds * 1e9
+    # Round up, but not for float noise: 61e-9 * 1e9 is 61.00000000000001, not 62 ns.
+    nanos = max(1, math.ceil(scaled - scaled * 1e-12))
     for unit in _GRPC_ENCODE_ORDER:
         size = _GRPC_UNITS[unit]
         value = -(-nanos // size)  # ceiling division
@@ -185,7 +187,8 @@ def outgoing_headers(*, margin: float = DEFAULT_MARGIN) -> list[tuple[str, str]]
     left = call_timeout(margin=margin)
     if left is None:
         return []
-    return [(REQUEST_TIMEOUT, str(int(left * 1000)))]
+    # Whole milliseconds, rounded down, but not for float noise (0.19499999... s is 195 ms).
+    return [(REQUEST_TIMEOUT, str(int(left * 1000 + 1e-6)))]
 
 
 def _ascii(header: str, value: str | bytes) -> str:

@@ -1,0 +1,175 @@
+"""The filter chain: order, the safety net, and visible short-circuits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import pytest
+
+from tether import ChainError, SafetyNet, chain, request_id_scope, server_chain
+from tether.chain import Handler
+
+
+@dataclass
+class Response:
+    status: int
+    body: str
+    answered_by: str | None = None
+
+
+async def ok(request: str) -> Response:
+    return Response(200, f"handled {request}")
+
+
+def tag(name: str, trail: list[str]):  # type: ignore[no-untyped-def]
+    async def filter_(request: str, next: Handler[str, Response]) -> Response:
+        trail.append(f"{name} in")
+        response = await next(request)
+        trail.append(f"{name} out")
+        return response
+
+    filter_.__qualname__ = name
+    return filter_
+
+
+async def refuse(request: str, next: Handler[str, Response]) -> Response:
+    return Response(401, "no token")
+
+
+def internal_error(request: object, exc: Exception) -> Response:
+    return Response(500, "internal error")
+
+
+def test_first_filter_is_outermost() -> None:
+    """chain(a, b, handler) runs a around b around the handler."""
+    trail: list[str] = []
+    handler = chain(tag("a", trail), tag("b", trail), ok)
+    assert asyncio.run(handler("x")).body == "handled x"
+    assert trail == ["a in", "b in", "b out", "a out"]
+
+
+def test_a_handler_alone_is_a_chain() -> None:
+    """chain(handler) is the handler."""
+    assert asyncio.run(chain(ok)("y")).status == 200
+
+
+@pytest.mark.parametrize("links", [(), (1,), (ok, "not callable", ok)])
+def test_bad_links_are_refused_at_build_time(links: tuple[object, ...]) -> None:
+    """No links, or a link that is not callable, is a ChainError when building."""
+    with pytest.raises(ChainError):
+        chain(*links)  # type: ignore[arg-type]
+
+
+def test_a_misplaced_safety_net_is_refused_with_directions() -> None:
+    """A SafetyNet anywhere but first fails at build time and says what to move where."""
+    trail: list[str] = []
+    with pytest.raises(ChainError) as caught:
+        chain(tag("auth", trail), SafetyNet(internal_error), ok)
+    message = str(caught.value)
+    assert "filter 2" in message and "auth" in message and "first position" in message
+
+
+def test_server_chain_requires_a_safety_net() -> None:
+    """server_chain() without a leading SafetyNet is a ChainError."""
+    with pytest.raises(ChainError, match="must start with a SafetyNet"):
+        server_chain(refuse, ok)
+    with pytest.raises(ChainError):
+        server_chain()
+
+
+def test_safety_net_answers_for_any_exception_without_leaking_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exception below the net becomes the internal-error answer; the log has the rest."""
+
+    async def crash(request: str) -> Response:
+        raise RuntimeError("secret connection string")
+
+    handler = server_chain(SafetyNet(internal_error), crash)
+    with caplog.at_level(logging.ERROR), request_id_scope("req-42"):
+        response = asyncio.run(handler("x"))
+    assert response == Response(500, "internal error")
+    record = caplog.records[-1]
+    assert record.request_id == "req-42" and "req-42" in record.getMessage()  # type: ignore[attr-defined]
+    assert record.exc_info is not None and "secret" in str(record.exc_info[1])
+
+
+def test_safety_net_keeps_serving_after_many_failures() -> None:
+    """1,000 failing requests in a row, then a good one succeeds."""
+    calls = 0
+
+    async def sometimes(request: str) -> Response:
+        nonlocal calls
+        calls += 1
+        if request == "bad":
+            raise ValueError("bad token")
+        return Response(200, "ok")
+
+    handler = server_chain(SafetyNet(internal_error, logger=logging.getLogger("quiet")), sometimes)
+
+    async def main() -> list[int]:
+        statuses = [(await handler("bad")).status for _ in range(1000)]
+        return [*statuses, (await handler("good")).status]
+
+    logging.getLogger("quiet").disabled = True
+    try:
+        statuses = asyncio.run(main())
+    finally:
+        logging.getLogger("quiet").disabled = False
+    assert statuses == [500] * 1000 + [200] and calls == 1001
+
+
+def test_safety_net_lets_cancellation_through() -> None:
+    """CancelledError is never turned into an answer."""
+
+    async def cancelled(request: str) -> Response:
+        raise asyncio.CancelledError
+
+    handler = server_chain(SafetyNet(internal_error), cancelled)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(handler("x"))
+
+
+def test_short_circuit_is_visible_on_the_response_in_logs_and_to_a_hook(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A filter answering without next is named on the response, in the log and to the hook."""
+    trail: list[str] = []
+    seen: list[tuple[str, object]] = []
+    handler = chain(
+        tag("outer", trail), refuse, ok,
+        on_short_circuit=lambda name, request, response: seen.append((name, request)),
+    )
+    with caplog.at_level(logging.INFO, logger="tether.chain"), request_id_scope("req-7"):
+        response = asyncio.run(handler("x"))
+    assert response.status == 401 and response.answered_by == "refuse"
+    assert seen == [("refuse", "x")]
+    assert trail == ["outer in", "outer out"]
+    record = caplog.records[-1]
+    assert record.answered_by == "refuse" and "req-7" in record.getMessage()  # type: ignore[attr-defined]
+
+
+def test_no_short_circuit_is_reported_when_every_filter_calls_next(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A chain that runs through to the handler reports nothing."""
+    trail: list[str] = []
+    with caplog.at_level(logging.INFO, logger="tether.chain"):
+        response = asyncio.run(chain(tag("a", trail), tag("b", trail), ok)("x"))
+    assert response.answered_by is None and caplog.records == []
+
+
+def test_short_circuit_with_plain_responses_still_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """Responses without an answered_by attribute are left alone; the log still names it."""
+
+    async def refuse_plain(request: str, next: Handler[str, dict[str, int]]) -> dict[str, int]:
+        return {"status": 403}
+
+    async def handler(request: str) -> dict[str, int]:
+        return {"status": 200}
+
+    with caplog.at_level(logging.INFO, logger="tether.chain"):
+        assert asyncio.run(chain(refuse_plain, handler)("x")) == {"status": 403}
+    assert caplog.records[-1].answered_by.endswith("<locals>.refuse_plain")  # type: ignore[attr-defined]

@@ -1,0 +1,265 @@
+"""Deadline blocks: nesting only shrinks, expiry cancels and raises, other cancels pass."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tether import (
+    Deadline,
+    DeadlineExceeded,
+    current_deadline,
+    deadline_after,
+    deadline_at,
+    time_remaining,
+)
+from tether.testing import VirtualClock
+
+
+def test_no_deadline_outside_blocks(clock: VirtualClock) -> None:
+    """Outside any block there is no ambient deadline."""
+
+    async def main() -> None:
+        assert current_deadline() is None
+        assert time_remaining() is None
+
+    clock.run(main())
+
+
+def test_block_sets_and_restores_the_ambient_deadline(clock: VirtualClock) -> None:
+    """Inside a block its deadline is ambient; after the block, the old one is back."""
+
+    async def main() -> None:
+        async with deadline_after(3) as block:
+            assert current_deadline() == block.deadline
+            assert time_remaining() == 3
+        assert current_deadline() is None
+
+    clock.run(main())
+
+
+def test_nested_block_asking_for_more_inherits_the_callers_deadline(clock: VirtualClock) -> None:
+    """Rule: a child's deadline is never later than its parent's."""
+
+    async def main() -> None:
+        async with deadline_after(1) as outer, deadline_after(10) as inner:
+            assert inner.deadline == outer.deadline
+            assert inner.inherited and not outer.inherited
+            assert inner.budget == 1
+
+    clock.run(main())
+
+
+def test_nested_block_asking_for_less_narrows(clock: VirtualClock) -> None:
+    """A child asking for less than its parent has gets exactly what it asked for."""
+
+    async def main() -> None:
+        async with deadline_after(5):
+            async with deadline_after(2) as inner:
+                assert not inner.inherited
+                assert time_remaining() == 2
+            assert time_remaining() == 5
+
+    clock.run(main())
+
+
+def test_expiry_cancels_the_block_and_raises_outside_it(clock: VirtualClock) -> None:
+    """At the deadline the work is cancelled and DeadlineExceeded leaves the block."""
+    reached_end = False
+
+    async def main() -> float:
+        nonlocal reached_end
+        start = clock.monotonic()
+        with pytest.raises(DeadlineExceeded) as caught:
+            async with deadline_after(0.3):
+                await asyncio.sleep(5)
+                reached_end = True
+        assert caught.value.budget == pytest.approx(0.3)
+        assert not caught.value.inherited
+        assert "this block's budget of 300 ms" in str(caught.value)
+        return clock.monotonic() - start
+
+    elapsed = clock.run(main())
+    assert elapsed == pytest.approx(0.3)
+    assert not reached_end
+
+
+def test_deadline_exceeded_is_a_timeout_error(clock: VirtualClock) -> None:
+    """Code that catches TimeoutError also catches tether's deadline."""
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            async with deadline_after(0.1):
+                await asyncio.sleep(1)
+
+    clock.run(main())
+
+
+def test_inner_block_that_inherits_reports_the_callers_budget(clock: VirtualClock) -> None:
+    """When an inherited deadline runs out, the error names the caller's budget."""
+
+    async def child() -> None:
+        async with deadline_after(10):  # in another task: armed here, inherited
+            await asyncio.sleep(60)
+
+    async def main() -> DeadlineExceeded:
+        async with deadline_after(0.5):
+            task = asyncio.create_task(child())
+        with pytest.raises(DeadlineExceeded) as caught:
+            await task
+        return caught.value
+
+    error = clock.run(main())
+    assert error.inherited and error.budget == pytest.approx(0.5)
+    assert "caller's budget of 500 ms" in str(error) and "asked for 10 s" in str(error)
+
+
+def test_same_task_inherited_block_needs_no_timer_of_its_own(clock: VirtualClock) -> None:
+    """The outer block owning the deadline raises; the inheriting inner one is not armed."""
+
+    async def main() -> None:
+        with pytest.raises(DeadlineExceeded) as caught:
+            async with deadline_after(1) as outer, deadline_after(5) as inner:
+                await asyncio.sleep(2)
+        assert outer.expired and not inner.expired
+        assert not caught.value.inherited
+
+    clock.run(main())
+
+
+def test_inner_expiry_can_be_handled_and_the_outer_block_goes_on(clock: VirtualClock) -> None:
+    """A caught inner DeadlineExceeded leaves the outer budget intact."""
+
+    async def main() -> str:
+        async with deadline_after(5):
+            try:
+                async with deadline_after(1):
+                    await asyncio.sleep(3)
+            except DeadlineExceeded:
+                pass
+            assert time_remaining() == pytest.approx(4)
+            await asyncio.sleep(1)
+            return "done"
+
+    assert clock.run(main()) == "done"
+
+
+def test_entering_an_expired_block_fails_fast(clock: VirtualClock) -> None:
+    """Rule: no work starts without budget; the body never runs."""
+    ran = False
+
+    async def main() -> None:
+        nonlocal ran
+        with pytest.raises(DeadlineExceeded):
+            async with deadline_at(Deadline.after(-1)):
+                ran = True
+        async with deadline_after(1):
+            clock.advance(2)  # the budget is spent without an await
+            with pytest.raises(DeadlineExceeded):
+                async with deadline_after(5):
+                    ran = True
+
+    clock.run(main())
+    assert not ran
+
+
+def test_other_cancellations_pass_through_unchanged(clock: VirtualClock) -> None:
+    """A cancel from elsewhere stays a CancelledError, not a DeadlineExceeded."""
+
+    async def victim() -> None:
+        async with deadline_after(10):
+            await asyncio.sleep(60)
+
+    async def main() -> None:
+        task = asyncio.create_task(victim())
+        await asyncio.sleep(1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    clock.run(main())
+
+
+def test_external_cancel_at_the_deadline_is_not_swallowed(clock: VirtualClock) -> None:
+    """A cancel that races the deadline still cancels the task (like asyncio.timeout)."""
+
+    async def victim() -> None:
+        async with deadline_after(1):
+            await asyncio.sleep(60)
+
+    async def main() -> None:
+        task = asyncio.create_task(victim())
+        loop = asyncio.get_running_loop()
+        loop.call_at(loop.time() + 1, task.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    clock.run(main())
+
+
+def test_deadline_at_none_narrows_nothing(clock: VirtualClock) -> None:
+    """deadline_at(None) keeps the caller's deadline, or none."""
+
+    async def main() -> None:
+        async with deadline_at(None) as block:
+            assert current_deadline() is None and block.deadline is None
+        async with deadline_after(2), deadline_at(None):
+            assert time_remaining() == 2
+
+    clock.run(main())
+
+
+def test_deadline_at_refuses_non_deadlines() -> None:
+    """deadline_at() takes a Deadline or None, nothing else."""
+    with pytest.raises(TypeError, match="Deadline or None"):
+        deadline_at(5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "1"])
+def test_deadline_after_refuses_bad_budgets(bad: object) -> None:
+    """deadline_after() refuses NaN, infinity and non-numbers when called."""
+    with pytest.raises((ValueError, TypeError)):
+        deadline_after(bad)  # type: ignore[arg-type]
+
+
+def test_a_block_is_entered_once(clock: VirtualClock) -> None:
+    """Re-entering a block object is a programming error."""
+
+    async def main() -> None:
+        block = deadline_after(1)
+        async with block:
+            pass
+        with pytest.raises(RuntimeError, match="only once"):
+            async with block:
+                pass
+
+    clock.run(main())
+
+
+def test_blocks_in_concurrent_tasks_are_independent(clock: VirtualClock) -> None:
+    """Each task's budget is its own: one expiring does not touch the other."""
+
+    async def worker(budget: float, work: float) -> str:
+        try:
+            async with deadline_after(budget):
+                await asyncio.sleep(work)
+                return "ok"
+        except DeadlineExceeded:
+            return "expired"
+
+    async def main() -> list[str]:
+        return await asyncio.gather(worker(1, 2), worker(3, 2), worker(0.5, 0.1))
+
+    assert clock.run(main()) == ["expired", "ok", "ok"]
+
+
+def test_real_clock_expiry() -> None:
+    """On the real clock and loop too, a short block around a long sleep raises."""
+
+    async def main() -> None:
+        with pytest.raises(DeadlineExceeded):
+            async with deadline_after(0.02):
+                await asyncio.sleep(10)
+
+    asyncio.run(main())
