@@ -52,8 +52,12 @@ class Deadline:
     __slots__ = ("_when",)
     _when: float
 
-    def __init__(self, when: float) -> None:
-        object.__setattr__(self, "_when", _finite(when, "when"))
+    def __new__(cls, when: float) -> Deadline:
+        self = object.__new__(cls)
+        if type(when) is not float or not -_INF < when < _INF:  # the common case: one test
+            when = _finite(when, "when")
+        _set_when(self, when)
+        return self
 
     @classmethod
     def after(cls, seconds: float) -> Deadline:
@@ -111,6 +115,9 @@ class Deadline:
         return f"Deadline(when={self._when:.6f}, remaining={self.remaining():.6f})"
 
 
+_set_when = Deadline.__dict__["_when"].__set__  # the slot's own setter: immutable to others
+
+
 def earliest(*deadlines: Deadline | None) -> Deadline | None:
     """The earliest of the given deadlines, ignoring None; None when none is given."""
     found: Deadline | None = None
@@ -120,10 +127,13 @@ def earliest(*deadlines: Deadline | None) -> Deadline | None:
     return found
 
 
+_INF = math.inf
+
+
 def _finite(value: float, name: str) -> float:
     try:
-        if -math.inf < value < math.inf:
-            return float(value)
+        if -_INF < value < _INF:
+            return value if type(value) is float else float(value)
     except TypeError:
         raise TypeError(f"{name} must be a number of seconds, got {value!r}") from None
     raise ValueError(f"{name} must be finite, got {value!r}")

@@ -61,6 +61,9 @@ _GRPC_UNITS: dict[str, int] = {  # nanoseconds per unit
     "M": 60_000_000_000,
     "H": 3_600_000_000_000,
 }
+_GRPC_UNIT_SIZES: dict[str | bytes, int] = {
+    spelling: size for unit, size in _GRPC_UNITS.items() for spelling in (unit, unit.encode())
+}
 _GRPC_ENCODE_ORDER = ("n", "u", "m", "S", "M", "H")  # finest first
 _GRPC_MAX_VALUE = 99_999_999
 _GRPC_MAX = f"{_GRPC_MAX_VALUE}H"
@@ -90,30 +93,38 @@ def encode_grpc_timeout(seconds: float) -> str:
 
 def decode_grpc_timeout(value: str | bytes) -> float:
     """A grpc-timeout value in seconds."""
-    text = _ascii(GRPC_TIMEOUT, value)
+    size = _GRPC_UNIT_SIZES.get(value[-1:])
+    digits = value[:-1]
+    if size is not None and 0 < len(digits) <= 8 and digits.isascii() and digits.isdigit():
+        amount = int(digits)
+        if amount > 0:
+            return amount * size / 1e9
+    raise _grpc_timeout_error(_ascii(GRPC_TIMEOUT, value))
+
+
+def _grpc_timeout_error(text: str) -> InvalidDeadlineHeader:
+    """Why `text` (known to be malformed) is not a grpc-timeout."""
     if not text:
-        raise InvalidDeadlineHeader(GRPC_TIMEOUT, text, "empty value")
-    digits, unit = text[:-1], text[-1]
-    if unit not in _GRPC_UNITS:
-        raise InvalidDeadlineHeader(
+        return InvalidDeadlineHeader(GRPC_TIMEOUT, text, "empty value")
+    if text[-1] not in _GRPC_UNITS:
+        return InvalidDeadlineHeader(
             GRPC_TIMEOUT, text, "must end in one unit of H, M, S, m, u or n"
         )
-    amount = _digits(GRPC_TIMEOUT, text, digits, max_digits=8)
-    if amount == 0:
-        raise InvalidDeadlineHeader(GRPC_TIMEOUT, text, "must be a positive amount")
-    return amount * _GRPC_UNITS[unit] / 1e9
+    try:
+        _digits(GRPC_TIMEOUT, text, text[:-1], max_digits=8)
+    except InvalidDeadlineHeader as exc:
+        return exc
+    return InvalidDeadlineHeader(GRPC_TIMEOUT, text, "must be a positive amount")
 
 
 def parse_request_timeout(value: str | bytes) -> float:
     """An X-Request-Timeout value (milliseconds) in seconds; 0 means no budget at all."""
-    text = _ascii(REQUEST_TIMEOUT, value)
-    return _digits(REQUEST_TIMEOUT, text, text, max_digits=8) / 1000
+    return _whole_number(REQUEST_TIMEOUT, value, 8) / 1000
 
 
 def parse_request_deadline(value: str | bytes) -> float:
     """An X-Request-Deadline value (Unix milliseconds) in seconds since the epoch."""
-    text = _ascii(REQUEST_DEADLINE, value)
-    return _digits(REQUEST_DEADLINE, text, text, max_digits=15) / 1000
+    return _whole_number(REQUEST_DEADLINE, value, 15) / 1000
 
 
 def deadline_from_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) -> Deadline | None:
@@ -122,41 +133,44 @@ def deadline_from_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) ->
     `headers` is any sequence of (name, value) pairs, str or bytes (ASGI scope headers, gRPC
     metadata, `dict.items()`). A header given twice must carry the same value both times.
     """
-    seen: dict[str, str] = {}
-    for raw_name, raw_value in headers:
-        name = _lower_name(raw_name)
-        if name not in _PARSERS:
+    seen: dict[str, str | bytes] | None = None
+    for raw_name, value in headers:
+        # Only names as long as one of ours are lowered and looked up: the hot path for the
+        # many other headers of a request is one len() and one set lookup.
+        if len(raw_name) not in _NAME_LENGTHS:
             continue
-        value = _ascii(name, raw_value)
+        name = _HEADER_NAMES.get(raw_name) or _HEADER_NAMES.get(raw_name.lower())
+        if name is None:
+            continue
+        if seen is None:
+            seen = {}
         earlier = seen.setdefault(name, value)
         if earlier != value:
             raise InvalidDeadlineHeader(
-                name, f"{earlier}, {value}", "repeated with different values"
+                name,
+                f"{_ascii(name, earlier)}, {_ascii(name, value)}",
+                "repeated with different values",
             )
-    if not seen:
+    if seen is None:
         return None
-    now, wall = _clock.monotonic(), _clock.wall()
-    return min(Deadline(now + _PARSERS[name](value, wall)) for name, value in seen.items())
+    seconds = min(_seconds_from_now(name, value) for name, value in seen.items())
+    return Deadline(_clock.monotonic() + seconds)
 
 
-# Each turns a header value into seconds from now, given the wall clock's reading.
-def _timeout_in(value: str, wall: float) -> float:
-    return parse_request_timeout(value)
+def _seconds_from_now(name: str, value: str | bytes) -> float:
+    if name == REQUEST_TIMEOUT:
+        return parse_request_timeout(value)
+    if name == GRPC_TIMEOUT:
+        return decode_grpc_timeout(value)
+    return parse_request_deadline(value) - _clock.wall()
 
 
-def _grpc_timeout_in(value: str, wall: float) -> float:
-    return decode_grpc_timeout(value)
-
-
-def _deadline_in(value: str, wall: float) -> float:
-    return parse_request_deadline(value) - wall
-
-
-_PARSERS = {
-    REQUEST_TIMEOUT: _timeout_in,
-    REQUEST_DEADLINE: _deadline_in,
-    GRPC_TIMEOUT: _grpc_timeout_in,
+_HEADER_NAMES: dict[str | bytes, str] = {
+    spelling: name
+    for name in (REQUEST_TIMEOUT, REQUEST_DEADLINE, GRPC_TIMEOUT)
+    for spelling in (name, name.encode())
 }
+_NAME_LENGTHS = frozenset(len(name) for name in _HEADER_NAMES)
 
 
 def call_timeout(explicit: float | None = None, *, margin: float = DEFAULT_MARGIN) -> float | None:
@@ -191,6 +205,14 @@ def outgoing_headers(*, margin: float = DEFAULT_MARGIN) -> list[tuple[str, str]]
     return [(REQUEST_TIMEOUT, str(int(left * 1000 + 1e-6)))]
 
 
+def _whole_number(header: str, value: str | bytes, max_digits: int) -> int:
+    if 0 < len(value) <= max_digits and value.isascii() and value.isdigit():
+        return int(value)
+    text = _ascii(header, value)
+    _digits(header, text, text, max_digits=max_digits)  # raises, saying why
+    raise InvalidDeadlineHeader(header, text, "not a whole number")  # pragma: no cover
+
+
 def _ascii(header: str, value: str | bytes) -> str:
     if isinstance(value, bytes):
         try:
@@ -212,9 +234,3 @@ def _digits(header: str, text: str, digits: str, *, max_digits: int) -> int:
     if len(digits) > max_digits:
         raise InvalidDeadlineHeader(header, text, f"more than {max_digits} digits")
     return int(digits)
-
-
-def _lower_name(name: str | bytes) -> str:
-    if isinstance(name, bytes):
-        return name.decode("latin-1").lower()
-    return name.lower()

@@ -68,7 +68,9 @@ def test_a_misplaced_safety_net_is_refused_with_directions() -> None:
     with pytest.raises(ChainError) as caught:
         chain(tag("auth", trail), SafetyNet(internal_error), ok)
     message = str(caught.value)
-    assert "filter 2" in message and "auth" in message and "first position" in message
+    assert "filter 2" in message
+    assert "auth" in message
+    assert "first position" in message
 
 
 def test_server_chain_requires_a_safety_net() -> None:
@@ -92,8 +94,10 @@ def test_safety_net_answers_for_any_exception_without_leaking_it(
         response = asyncio.run(handler("x"))
     assert response == Response(500, "internal error")
     record = caplog.records[-1]
-    assert record.request_id == "req-42" and "req-42" in record.getMessage()  # type: ignore[attr-defined]
-    assert record.exc_info is not None and "secret" in str(record.exc_info[1])
+    assert record.request_id == "req-42"
+    assert "req-42" in record.getMessage()
+    assert record.exc_info is not None
+    assert "secret" in str(record.exc_info[1])
 
 
 def test_safety_net_keeps_serving_after_many_failures() -> None:
@@ -118,7 +122,8 @@ def test_safety_net_keeps_serving_after_many_failures() -> None:
         statuses = asyncio.run(main())
     finally:
         logging.getLogger("quiet").disabled = False
-    assert statuses == [500] * 1000 + [200] and calls == 1001
+    assert statuses == [500] * 1000 + [200]
+    assert calls == 1001
 
 
 def test_safety_net_lets_cancellation_through() -> None:
@@ -139,16 +144,20 @@ def test_short_circuit_is_visible_on_the_response_in_logs_and_to_a_hook(
     trail: list[str] = []
     seen: list[tuple[str, object]] = []
     handler = chain(
-        tag("outer", trail), refuse, ok,
+        tag("outer", trail),
+        refuse,
+        ok,
         on_short_circuit=lambda name, request, response: seen.append((name, request)),
     )
     with caplog.at_level(logging.INFO, logger="tether.chain"), request_id_scope("req-7"):
         response = asyncio.run(handler("x"))
-    assert response.status == 401 and response.answered_by == "refuse"
+    assert response.status == 401
+    assert response.answered_by == "refuse"
     assert seen == [("refuse", "x")]
     assert trail == ["outer in", "outer out"]
     record = caplog.records[-1]
-    assert record.answered_by == "refuse" and "req-7" in record.getMessage()  # type: ignore[attr-defined]
+    assert record.answered_by == "refuse"
+    assert "req-7" in record.getMessage()
 
 
 def test_no_short_circuit_is_reported_when_every_filter_calls_next(
@@ -158,7 +167,8 @@ def test_no_short_circuit_is_reported_when_every_filter_calls_next(
     trail: list[str] = []
     with caplog.at_level(logging.INFO, logger="tether.chain"):
         response = asyncio.run(chain(tag("a", trail), tag("b", trail), ok)("x"))
-    assert response.answered_by is None and caplog.records == []
+    assert response.answered_by is None
+    assert caplog.records == []
 
 
 def test_short_circuit_with_plain_responses_still_logs(caplog: pytest.LogCaptureFixture) -> None:

@@ -14,12 +14,15 @@ from tether.testing import VirtualClock
 
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [([], "required: COMMAND"), (["nope"], "invalid choice"),
-     (["demo", "--budget-ms", "-5"], "positive whole number"),
-     (["demo", "--budget-ms", "0"], "positive whole number"),
-     (["demo", "--budget-ms", "1.5"], "positive whole number"),
-     (["demo", "--budget-ms"], "expected one argument"),
-     (["demo", "--unknown"], "unrecognized arguments")],
+    [
+        ([], "required: COMMAND"),
+        (["nope"], "invalid choice"),
+        (["demo", "--budget-ms", "-5"], "positive whole number"),
+        (["demo", "--budget-ms", "0"], "positive whole number"),
+        (["demo", "--budget-ms", "1.5"], "positive whole number"),
+        (["demo", "--budget-ms"], "expected one argument"),
+        (["demo", "--unknown"], "unrecognized arguments"),
+    ],
 )
 def test_bad_command_lines_exit_2_with_a_message(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
@@ -27,15 +30,22 @@ def test_bad_command_lines_exit_2_with_a_message(
     """Every bad flag or value is refused with usage and a reason, exit status 2."""
     with pytest.raises(SystemExit) as caught:
         main(argv)
-    assert caught.value.code == 2 and message in capsys.readouterr().err
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_demo_runs_a_budget_through_nested_calls(capsys: pytest.CaptureFixture[str]) -> None:
     """`tether demo` shows the budget shrinking, the inherit rule, expiry and the leak."""
     assert main(["demo", "--budget-ms", "300"]) == 0
     out = capsys.readouterr().out
-    for expected in ("budget of 300 ms set at the edge", "inherited=True", "x-request-timeout",
-                     "deadline exceeded", "TaskGroup children end", "plain task outlives"):
+    for expected in (
+        "budget of 300 ms set at the edge",
+        "inherited=True",
+        "x-request-timeout",
+        "deadline exceeded",
+        "TaskGroup children end",
+        "plain task outlives",
+    ):
         assert expected in out
 
 
@@ -51,11 +61,13 @@ def test_virtual_clock_installs_and_restores_tethers_clocks() -> None:
     """Inside `with clock`, tether reads virtual time; afterwards the system clocks again."""
     clock = VirtualClock(start=50, wall_start=1_000)
     with clock:
-        assert _clock.monotonic() == 50 and _clock.wall() == 1_000
+        assert _clock.monotonic() == 50
+        assert _clock.wall() == 1_000
         with clock:  # nesting is allowed
             clock.advance(5)
         assert _clock.monotonic() == 55
-    assert _clock.monotonic is time.monotonic and _clock.wall is time.time
+    assert _clock.monotonic is time.monotonic
+    assert _clock.wall is time.time
 
 
 def test_virtual_loop_skips_sleeps() -> None:

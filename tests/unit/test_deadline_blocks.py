@@ -45,7 +45,8 @@ def test_nested_block_asking_for_more_inherits_the_callers_deadline(clock: Virtu
     async def main() -> None:
         async with deadline_after(1) as outer, deadline_after(10) as inner:
             assert inner.deadline == outer.deadline
-            assert inner.inherited and not outer.inherited
+            assert inner.inherited
+            assert not outer.inherited
             assert inner.budget == 1
 
     clock.run(main())
@@ -111,8 +112,10 @@ def test_inner_block_that_inherits_reports_the_callers_budget(clock: VirtualCloc
         return caught.value
 
     error = clock.run(main())
-    assert error.inherited and error.budget == pytest.approx(0.5)
-    assert "caller's budget of 500 ms" in str(error) and "asked for 10 s" in str(error)
+    assert error.inherited
+    assert error.budget == pytest.approx(0.5)
+    assert "caller's budget of 500 ms" in str(error)
+    assert "asked for 10 s" in str(error)
 
 
 def test_same_task_inherited_block_needs_no_timer_of_its_own(clock: VirtualClock) -> None:
@@ -122,7 +125,8 @@ def test_same_task_inherited_block_needs_no_timer_of_its_own(clock: VirtualClock
         with pytest.raises(DeadlineExceeded) as caught:
             async with deadline_after(1) as outer, deadline_after(5) as inner:
                 await asyncio.sleep(2)
-        assert outer.expired and not inner.expired
+        assert outer.expired
+        assert not inner.expired
         assert not caught.value.inherited
 
     clock.run(main())
@@ -203,7 +207,8 @@ def test_deadline_at_none_narrows_nothing(clock: VirtualClock) -> None:
 
     async def main() -> None:
         async with deadline_at(None) as block:
-            assert current_deadline() is None and block.deadline is None
+            assert current_deadline() is None
+            assert block.deadline is None
         async with deadline_after(2), deadline_at(None):
             assert time_remaining() == 2
 

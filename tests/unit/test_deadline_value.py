@@ -43,8 +43,10 @@ def test_at_takes_a_monotonic_instant(clock: VirtualClock) -> None:
 def test_ordering_equality_and_hash() -> None:
     """Deadlines order and compare by their instant, and hash like equal values."""
     early, late = Deadline.at(10.0), Deadline.at(20.0)
-    assert early < late <= late and late > early >= early
-    assert Deadline.at(10.0) == early and early != late
+    assert early < late <= late
+    assert late > early >= early
+    assert Deadline.at(10.0) == early
+    assert early != late
     assert hash(Deadline.at(10.0)) == hash(early)
     assert early != 10.0
     assert sorted([late, early]) == [early, late]
@@ -62,10 +64,12 @@ def test_is_immutable() -> None:
 def test_earlier_and_earliest() -> None:
     """earlier() keeps the earlier of two; earliest() ignores None."""
     early, late = Deadline.at(1.0), Deadline.at(2.0)
-    assert early.earlier(late) is early and late.earlier(early) is early
+    assert early.earlier(late) is early
+    assert late.earlier(early) is early
     assert late.earlier(None) is late
     assert earliest(None, late, None, early) is early
-    assert earliest() is None and earliest(None) is None
+    assert earliest() is None
+    assert earliest(None) is None
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

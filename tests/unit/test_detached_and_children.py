@@ -43,7 +43,8 @@ def test_detached_block_can_set_its_own_deadline(clock: VirtualClock) -> None:
     async def main() -> None:
         async with deadline_after(0.5):
             async with detached(), deadline_after(10) as block:
-                assert not block.inherited and time_remaining() == 10
+                assert not block.inherited
+                assert time_remaining() == 10
                 await asyncio.sleep(1)
             assert time_remaining() == 0
             await asyncio.sleep(0)
@@ -201,7 +202,8 @@ def test_children_asking_for_longer_timeouts_end_by_the_request_deadline(
         return start
 
     start = clock.run(main())
-    assert len(ended) == 3 and max(ended) <= start + 1
+    assert len(ended) == 3
+    assert max(ended) <= start + 1
 
 
 def test_deadline_passed_during_detached_is_not_delivered_after_the_block_ends(

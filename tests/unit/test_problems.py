@@ -26,17 +26,26 @@ def test_catalogue_types_are_unique_and_well_formed() -> None:
     assert len(set(uris)) == len(uris)
     for kind in CATALOGUE:
         assert kind.uri.startswith("tag:tether.dev,2026:problem:")
-        assert 400 <= kind.status <= 599 and kind.title
+        assert 400 <= kind.status <= 599
+        assert kind.title
 
 
 def test_catalogue_covers_what_the_issue_lists() -> None:
     """The catalogue holds at least the problem kinds tether promises."""
     expected = {
-        "deadline-exceeded": 504, "deadline-expired-on-arrival": 504,
-        "invalid-deadline-header": 400, "upstream-timeout": 504, "upstream-unavailable": 503,
-        "validation-failed": 400, "unauthorized": 401, "forbidden-app": 403,
-        "route-not-found": 404, "unsupported-media-type": 415, "payload-too-large": 413,
-        "headers-too-large": 431, "internal-error": 500,
+        "deadline-exceeded": 504,
+        "deadline-expired-on-arrival": 504,
+        "invalid-deadline-header": 400,
+        "upstream-timeout": 504,
+        "upstream-unavailable": 503,
+        "validation-failed": 400,
+        "unauthorized": 401,
+        "forbidden-app": 403,
+        "route-not-found": 404,
+        "unsupported-media-type": 415,
+        "payload-too-large": 413,
+        "headers-too-large": 431,
+        "internal-error": 500,
     }
     assert expected.items() <= {kind.slug: kind.status for kind in CATALOGUE}.items()
 
@@ -55,9 +64,13 @@ def test_problem_serialises_to_rfc9457_json() -> None:
     )
     body = json.loads(problem.to_json())
     assert body == {
-        "type": "tag:tether.dev,2026:problem:deadline-exceeded", "title": "Deadline exceeded",
-        "status": 504, "detail": "budget of 300 ms ran out", "instance": "/api/user/v1/x",
-        "request_id": "r-1", "budget_ms": 300,
+        "type": "tag:tether.dev,2026:problem:deadline-exceeded",
+        "title": "Deadline exceeded",
+        "status": 504,
+        "detail": "budget of 300 ms ran out",
+        "instance": "/api/user/v1/x",
+        "request_id": "r-1",
+        "budget_ms": 300,
     }
     assert MEDIA_TYPE == "application/problem+json"
     assert "instance" not in json.loads(INTERNAL_ERROR.problem("x").to_json())
@@ -90,14 +103,18 @@ def test_problem_for_exception_maps_tethers_errors() -> None:
     """Each of tether's errors maps to its own problem type."""
     cases = [
         (DeadlineExceeded("deadline exceeded: x"), "deadline-exceeded", 504),
-        (InvalidDeadlineHeader("x-request-timeout", "abc", "digits only"),
-         "invalid-deadline-header", 400),
+        (
+            InvalidDeadlineHeader("x-request-timeout", "abc", "digits only"),
+            "invalid-deadline-header",
+            400,
+        ),
         (UpstreamTimeout("db said 57014"), "upstream-timeout", 504),
         (UpstreamUnavailable("refused"), "upstream-unavailable", 503),
     ]
     for exc, slug, status in cases:
         problem = problem_for_exception(exc, request_id="r")
-        assert problem.type.endswith(slug) and problem.status == status
+        assert problem.type.endswith(slug)
+        assert problem.status == status
         assert problem.request_id == "r"
 
 
@@ -105,7 +122,9 @@ def test_problem_for_exception_never_leaks_exception_text() -> None:
     """An unexpected exception becomes a generic 500 whose body says nothing of it."""
     secret = "password=hunter2 at /srv/app/db.py line 3"
     problem = problem_for_exception(KeyError(secret))
-    assert problem.status == 500 and problem.type.endswith("internal-error")
-    assert "hunter2" not in problem.to_json().decode() and "KeyError" not in problem.detail
+    assert problem.status == 500
+    assert problem.type.endswith("internal-error")
+    assert "hunter2" not in problem.to_json().decode()
+    assert "KeyError" not in problem.detail
     upstream = problem_for_exception(UpstreamTimeout(secret))
     assert "hunter2" not in upstream.to_json().decode()
