@@ -1,0 +1,268 @@
+"""`TetherMiddleware`: the budget inside any ASGI app (Starlette, FastAPI, ...).
+
+Pure ASGI (not Starlette's BaseHTTPMiddleware, which runs the app in another task and breaks
+context variables). For each HTTP request, in this order:
+
+1. `X-Request-ID` is read (1-128 characters of `A-Z a-z 0-9 . _ : / + = -`) or generated;
+   malformed: 400 `validation-failed`. It becomes the ambient request id and is echoed on the
+   response.
+2. The deadline comes from `X-Request-Timeout` / `X-Request-Deadline` / `grpc-timeout` (the
+   earliest wins), clamped to `max_budget`; without one, `default_budget` applies. Malformed:
+   400 `invalid-deadline-header`. Already expired: 504 `deadline-expired-on-arrival`, and the
+   app is not called. The clock starts when the middleware sees the request.
+3. The app runs inside `deadline_at(deadline)`. At the deadline it is cancelled; the client gets
+   504 `deadline-exceeded`, or, if the response had already started, the connection is closed.
+4. A client that disconnects cancels the app at once (the middleware listens for
+   `http.disconnect` while the app runs).
+5. Safety net: any other exception becomes 500 `internal-error` without its text; the traceback
+   is logged with the request id; the server keeps serving.
+6. The response carries `Server-Timing: app;dur=<ms in this hop>, budget;dur=<ms received>`.
+
+Rule: the cancellation this middleware causes on disconnect is consumed here (nobody is left
+to answer); every other cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from tether import _clock
+from tether.deadline import Deadline, deadline_at
+from tether.errors import DeadlineExceeded, InvalidDeadlineHeader
+from tether.problems import (
+    DEADLINE_EXCEEDED,
+    EXPIRED_ON_ARRIVAL,
+    INTERNAL_ERROR,
+    INVALID_DEADLINE_HEADER,
+    MEDIA_TYPE,
+    VALIDATION_FAILED,
+    Problem,
+)
+from tether.request_id import new_request_id, request_id_scope
+from tether.tracing import incoming_traceparent
+from tether.wire import deadline_from_headers
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("tether.http")
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class TetherMiddleware:
+    """ASGI middleware that gives each request its budget; see the module docstring."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        default_budget: float = 10.0,
+        max_budget: float = 60.0,
+    ) -> None:
+        for name, value in (("default_budget", default_budget), ("max_budget", max_budget)):
+            if not isinstance(value, int | float) or not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if default_budget > max_budget:
+            raise ValueError(
+                f"default_budget ({default_budget} s) cannot exceed max_budget ({max_budget} s)"
+            )
+        self.app = app
+        self.default_budget = float(default_budget)
+        self.max_budget = float(max_budget)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        exchange = _Exchange(send, _clock.monotonic())
+        try:
+            request_id, deadline, traceparent = self._read_headers(scope["headers"], exchange)
+        except _Refused as refusal:
+            await exchange.answer(refusal.problem)
+            return
+        exchange.request_id = request_id
+        exchange.budget = deadline.when - exchange.started
+        if deadline.expired:
+            detail = "the request's deadline had passed before it arrived; nothing was done"
+            await exchange.answer(EXPIRED_ON_ARRIVAL.problem(detail))
+            return
+        with request_id_scope(request_id), incoming_traceparent(traceparent):
+            await self._run(scope, receive, exchange, deadline)
+
+    def _read_headers(
+        self, headers: list[tuple[bytes, bytes]], exchange: _Exchange
+    ) -> tuple[str, Deadline, str | None]:
+        request_id: str | None = None
+        traceparent: str | None = None
+        for name, value in headers:
+            if name == b"x-request-id":
+                if not _REQUEST_ID.fullmatch(value):
+                    exchange.request_id = new_request_id()
+                    detail = (
+                        "X-Request-ID must be 1-128 characters of letters, digits and . _ : / + = -"
+                    )
+                    raise _Refused(VALIDATION_FAILED.problem(detail, header="X-Request-ID"))
+                request_id = value.decode("ascii")
+            elif name == b"traceparent":
+                traceparent = value.decode("latin-1")
+        exchange.request_id = request_id = request_id or new_request_id()
+        try:
+            asked = deadline_from_headers(headers)
+        except InvalidDeadlineHeader as exc:
+            raise _Refused(INVALID_DEADLINE_HEADER.problem(str(exc), header=exc.header)) from None
+        ceiling = Deadline(exchange.started + self.max_budget)
+        if asked is None:
+            return request_id, Deadline(exchange.started + self.default_budget), traceparent
+        return request_id, asked.earlier(ceiling), traceparent
+
+    async def _run(
+        self, scope: Scope, receive: Receive, exchange: _Exchange, deadline: Deadline
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # ASGI servers run each request in a task
+        watcher = _DisconnectWatcher(receive, task, exchange)
+        try:
+            async with deadline_at(deadline):
+                await self.app(scope, watcher.receive, exchange.send)
+        except DeadlineExceeded as exc:
+            log.info(
+                "request %s: %s",
+                exchange.request_id,
+                exc.detail,
+                extra={"request_id": exchange.request_id},
+            )
+            if not exchange.response_started:
+                await exchange.answer(DEADLINE_EXCEEDED.problem(exc.detail))
+            elif not exchange.response_done:
+                raise  # the server closes the connection: the answer cannot be completed
+        except asyncio.CancelledError:
+            if watcher.caused(task):
+                log.info(
+                    "request %s: the client went away; the handler was cancelled",
+                    exchange.request_id,
+                    extra={"request_id": exchange.request_id},
+                )
+                return
+            raise
+        except Exception:
+            log.exception(
+                "request %s failed with an unhandled exception; answered with an internal error",
+                exchange.request_id,
+                extra={"request_id": exchange.request_id},
+            )
+            if not exchange.response_started:
+                detail = "the server failed to handle this request"
+                await exchange.answer(INTERNAL_ERROR.problem(detail))
+            elif not exchange.response_done:
+                raise  # the server closes the connection
+        finally:
+            watcher.stop()
+
+
+class _Refused(Exception):
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+
+
+class _Exchange:
+    """The response side of one request: adds tether's headers, knows how far it got."""
+
+    __slots__ = ("_send", "budget", "request_id", "response_done", "response_started", "started")
+
+    def __init__(self, send: Send, started: float) -> None:
+        self._send = send
+        self.started = started
+        self.budget: float | None = None
+        self.request_id = ""
+        self.response_started = False
+        self.response_done = False
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.response_started = True
+            message["headers"] = [*message.get("headers", ()), *self._tether_headers()]
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.response_done = True
+        await self._send(message)
+
+    def _tether_headers(self) -> list[tuple[bytes, bytes]]:
+        elapsed = (_clock.monotonic() - self.started) * 1000
+        timing = f"app;dur={elapsed:.1f}"
+        if self.budget is not None:
+            timing += f", budget;dur={self.budget * 1000:.1f}"
+        return [(b"x-request-id", self.request_id.encode()), (b"server-timing", timing.encode())]
+
+    async def answer(self, problem: Problem) -> None:
+        """Send `problem` as the whole response."""
+        if problem.request_id is None:
+            problem = Problem(
+                type=problem.type,
+                title=problem.title,
+                status=problem.status,
+                detail=problem.detail,
+                instance=problem.instance,
+                request_id=self.request_id or None,
+                extensions=problem.extensions,
+            )
+        body = problem.to_json()
+        headers = [
+            (b"content-type", MEDIA_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await self.send(
+            {"type": "http.response.start", "status": problem.status, "headers": headers}
+        )
+        await self.send({"type": "http.response.body", "body": body})
+
+
+class _DisconnectWatcher:
+    """The only reader of the server's `receive`: hands messages to the app one at a time and
+    cancels the app's task when the client disconnects.
+
+    Invariant: at most one message is read ahead of the app, so request bodies keep their
+    backpressure; the watcher still sees a disconnect as soon as the body has been read.
+    """
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any], exchange: _Exchange) -> None:
+        self._receive = receive
+        self._task = task
+        self._exchange = exchange
+        self._cancelling = task.cancelling()
+        self._slot: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)
+        self.disconnected = False
+        self._pump = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                if self._exchange.response_done:
+                    return  # servers report the end of the exchange as a disconnect too
+                self.disconnected = True
+                if self._slot.empty():
+                    self._slot.put_nowait(message)
+                self._task.cancel()
+                return
+            await self._slot.put(message)
+
+    async def receive(self) -> Message:
+        if self.disconnected and self._slot.empty():
+            return _DISCONNECT
+        return await self._slot.get()
+
+    def caused(self, task: asyncio.Task[Any]) -> bool:
+        """True when the cancellation being handled is the one this watcher sent."""
+        return self.disconnected and task.uncancel() <= self._cancelling
+
+    def stop(self) -> None:
+        self._pump.cancel()

@@ -1,0 +1,57 @@
+"""W3C trace context passed through a service: the incoming `traceparent`, sent on outgoing calls.
+
+When OpenTelemetry is installed and a span is recording, its propagator writes the outgoing
+headers instead (so the service's own spans join the trace). Otherwise tether passes the
+caller's `traceparent` on unchanged, which keeps the trace connected across hops that do no
+tracing of their own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+TRACEPARENT_HEADER = "traceparent"
+
+# version 00: 2 hex, trace-id 32 hex (not all zero), parent-id 16 hex (not all zero), flags.
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+
+_current: ContextVar[str | None] = ContextVar("tether.traceparent", default=None)
+
+
+def valid_traceparent(value: str) -> bool:
+    """True when `value` is a version-00 W3C traceparent."""
+    return _TRACEPARENT.fullmatch(value) is not None
+
+
+@contextmanager
+def incoming_traceparent(value: str | None) -> Iterator[None]:
+    """Pass the caller's traceparent on from calls made in the block (ignored when malformed)."""
+    token = _current.set(value if value is not None and valid_traceparent(value) else None)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def outgoing_trace_headers() -> list[tuple[str, str]]:
+    """The trace headers for an outgoing call: OpenTelemetry's if active, else pass-through."""
+    injected = _opentelemetry_headers()
+    if injected:
+        return injected
+    incoming = _current.get()
+    return [] if incoming is None else [(TRACEPARENT_HEADER, incoming)]
+
+
+def _opentelemetry_headers() -> list[tuple[str, str]]:
+    try:
+        from opentelemetry import propagate, trace
+    except ImportError:
+        return []
+    if not trace.get_current_span().get_span_context().is_valid:
+        return []
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return list(carrier.items())

@@ -1,0 +1,300 @@
+"""TetherMiddleware against an in-memory ASGI exchange, on virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from tether import current_deadline, current_request_id, time_remaining
+from tether.http import TetherMiddleware
+from tether.testing import VirtualClock
+from tether.tracing import outgoing_trace_headers
+
+Message = dict[str, Any]
+App = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+class Exchange:
+    """One request through an ASGI app: what it sent back, and when."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self.clock = clock
+        self.sent: list[Message] = []
+        self.sent_at: list[float] = []
+        self.disconnect = asyncio.Event()
+
+    async def run(self, app: App, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> Message:
+            if messages:
+                return messages.pop(0)
+            await self.disconnect.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            self.sent.append(message)
+            self.sent_at.append(self.clock.monotonic())
+
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": headers}
+        await app(scope, receive, send)
+
+    @property
+    def status(self) -> int:
+        return int(self.sent[0]["status"])
+
+    @property
+    def headers(self) -> dict[bytes, bytes]:
+        return dict(self.sent[0]["headers"])
+
+    @property
+    def body(self) -> Any:
+        return json.loads(b"".join(m.get("body", b"") for m in self.sent[1:]))
+
+
+def ok_app(seen: dict[str, Any] | None = None) -> App:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if seen is not None:
+            seen.update(
+                deadline=current_deadline(),
+                left=time_remaining(),
+                request_id=current_request_id(),
+                trace=outgoing_trace_headers(),
+            )
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"ok": true}'})
+
+    return app
+
+
+def sleeping_app(
+    seconds: float, cancelled: list[float] | None = None, clock: VirtualClock | None = None
+) -> App:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            if cancelled is not None and clock is not None:
+                cancelled.append(clock.monotonic())
+            raise
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    return app
+
+
+def run(clock: VirtualClock, app: App, headers: list[tuple[bytes, bytes]]) -> Exchange:
+    exchange = Exchange(clock)
+    clock.run(exchange.run(app, headers))
+    return exchange
+
+
+def test_budget_from_header_becomes_the_ambient_deadline(clock: VirtualClock) -> None:
+    """X-Request-Timeout sets the handler's deadline; the request id is ambient too."""
+    seen: dict[str, Any] = {}
+    exchange = run(
+        clock,
+        TetherMiddleware(ok_app(seen)),
+        [(b"x-request-timeout", b"300"), (b"x-request-id", b"req-1")],
+    )
+    assert exchange.status == 200
+    assert seen["left"] == pytest.approx(0.3) and seen["request_id"] == "req-1"
+    assert exchange.headers[b"x-request-id"] == b"req-1"
+    assert exchange.headers[b"server-timing"] == b"app;dur=0.0, budget;dur=300.0"
+
+
+def test_default_budget_applies_without_a_header(clock: VirtualClock) -> None:
+    """No deadline header: the configured default budget."""
+    seen: dict[str, Any] = {}
+    run(clock, TetherMiddleware(ok_app(seen), default_budget=2.5), [])
+    assert seen["left"] == pytest.approx(2.5)
+
+
+def test_budgets_are_clamped_to_the_maximum(clock: VirtualClock) -> None:
+    """A client asking for an hour gets max_budget."""
+    seen: dict[str, Any] = {}
+    run(clock, TetherMiddleware(ok_app(seen), max_budget=30), [(b"x-request-timeout", b"3600000")])
+    assert seen["left"] == pytest.approx(30)
+
+
+def test_request_id_is_generated_when_missing(clock: VirtualClock) -> None:
+    """Without X-Request-ID a UUID4 is made, used in the request, and echoed."""
+    seen: dict[str, Any] = {}
+    exchange = run(clock, TetherMiddleware(ok_app(seen)), [])
+    generated = exchange.headers[b"x-request-id"].decode()
+    assert len(generated) == 36 and seen["request_id"] == generated
+
+
+@pytest.mark.parametrize("bad", [b"", b"has space", b"x" * 129, b'quote"', b"\xff", b"a,b"])
+def test_malformed_request_id_is_a_400_problem(clock: VirtualClock, bad: bytes) -> None:
+    """A malformed X-Request-ID is refused with validation-failed; the app never runs."""
+    called = False
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal called
+        called = True
+
+    exchange = run(clock, TetherMiddleware(app), [(b"x-request-id", bad)])
+    assert exchange.status == 400 and not called
+    assert exchange.body["type"].endswith("validation-failed")
+    assert exchange.body["header"] == "X-Request-ID"
+    assert exchange.headers[b"content-type"] == b"application/problem+json"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"x-request-timeout", b"-5")],
+        [(b"x-request-timeout", b"1.5")],
+        [(b"grpc-timeout", b"10x")],
+        [(b"x-request-deadline", b"soon")],
+        [(b"x-request-timeout", b"100"), (b"x-request-timeout", b"200")],
+    ],
+)
+def test_invalid_deadline_header_is_a_400_problem_naming_it(
+    clock: VirtualClock, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Bad deadline headers give invalid-deadline-header with the header and value."""
+    exchange = run(clock, TetherMiddleware(ok_app()), headers)
+    assert exchange.status == 400
+    body = exchange.body
+    assert body["type"].endswith("invalid-deadline-header")
+    assert body["header"] == headers[0][0].decode() and headers[0][0].decode() in body["detail"]
+    assert body["request_id"] == exchange.headers[b"x-request-id"].decode()
+
+
+def test_expired_on_arrival_is_refused_before_the_handler(clock: VirtualClock) -> None:
+    """An X-Request-Deadline in the past: 504 expired-on-arrival, the app never runs."""
+    called = False
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal called
+        called = True
+
+    past = str(int((clock.wall() - 1) * 1000)).encode()
+    exchange = run(clock, TetherMiddleware(app), [(b"x-request-deadline", past)])
+    assert exchange.status == 504 and not called
+    assert exchange.body["type"].endswith("deadline-expired-on-arrival")
+    zero = run(clock, TetherMiddleware(app), [(b"x-request-timeout", b"0")])
+    assert zero.status == 504 and not called
+
+
+def test_handler_is_cancelled_at_the_deadline_and_client_gets_504(clock: VirtualClock) -> None:
+    """A handler slower than its budget is cancelled at the deadline; the answer is 504."""
+    cancelled: list[float] = []
+    start = clock.monotonic()
+    exchange = run(
+        clock, TetherMiddleware(sleeping_app(5, cancelled, clock)), [(b"x-request-timeout", b"300")]
+    )
+    assert exchange.status == 504 and exchange.body["type"].endswith("deadline-exceeded")
+    assert cancelled == [pytest.approx(start + 0.3)]
+    assert exchange.sent_at[0] == pytest.approx(start + 0.3)
+
+
+def test_deadline_after_response_started_closes_the_connection(clock: VirtualClock) -> None:
+    """Once the response has started, the deadline can only end it: the error goes to the server."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        await asyncio.sleep(5)
+
+    from tether import DeadlineExceeded
+
+    with pytest.raises(DeadlineExceeded):
+        run(clock, TetherMiddleware(app), [(b"x-request-timeout", b"100")])
+
+
+def test_client_disconnect_cancels_the_handler_at_once(clock: VirtualClock) -> None:
+    """http.disconnect cancels the handler; nothing is sent; no error escapes."""
+    cancelled: list[float] = []
+    exchange = Exchange(clock)
+
+    async def main() -> float:
+        task = asyncio.create_task(
+            exchange.run(TetherMiddleware(sleeping_app(60, cancelled, clock)), [])
+        )
+        await asyncio.sleep(1)
+        gone_at = clock.monotonic()
+        exchange.disconnect.set()
+        await task
+        return gone_at
+
+    gone_at = clock.run(main())
+    assert cancelled == [gone_at] and exchange.sent == []
+
+
+def test_app_reads_the_body_through_the_watcher(clock: VirtualClock) -> None:
+    """The app still receives the request body while the middleware watches for disconnects."""
+    received: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        received.append(message["body"])
+        await ok_app()(scope, receive, send)
+
+    exchange = Exchange(clock)
+    clock.run(exchange.run(TetherMiddleware(app), [], body=b'{"a": 1}'))
+    assert received == [b'{"a": 1}'] and exchange.status == 200
+
+
+def test_exceptions_become_a_500_problem_without_their_text(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Safety net: the client sees a generic 500; the log has the traceback and request id."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("db password is hunter2")
+
+    with caplog.at_level(logging.ERROR, logger="tether.http"):
+        exchange = run(clock, TetherMiddleware(app), [(b"x-request-id", b"req-9")])
+    assert exchange.status == 500 and "hunter2" not in json.dumps(exchange.body)
+    assert exchange.body["request_id"] == "req-9"
+    assert caplog.records[-1].request_id == "req-9"  # type: ignore[attr-defined]
+    assert "hunter2" in str(caplog.records[-1].exc_info)
+
+
+def test_traceparent_is_passed_on(clock: VirtualClock) -> None:
+    """A valid incoming traceparent is offered to outgoing calls; a malformed one is dropped."""
+    good = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    seen: dict[str, Any] = {}
+    run(clock, TetherMiddleware(ok_app(seen)), [(b"traceparent", good)])
+    assert seen["trace"] == [("traceparent", good.decode())]
+    run(clock, TetherMiddleware(ok_app(seen)), [(b"traceparent", b"00-zz")])
+    assert seen["trace"] == []
+
+
+def test_non_http_scopes_pass_through(clock: VirtualClock) -> None:
+    """Lifespan and websocket scopes reach the app untouched."""
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    async def main() -> None:
+        await TetherMiddleware(app)({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+
+    clock.run(main())
+    assert seen == ["lifespan"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"default_budget": 0},
+        {"default_budget": -1},
+        {"max_budget": float("inf")},
+        {"default_budget": float("nan")},
+        {"default_budget": "5"},
+        {"default_budget": 20, "max_budget": 10},
+    ],
+)
+def test_bad_configuration_is_refused(kwargs: dict[str, Any]) -> None:
+    """Non-positive, infinite, NaN or non-numeric budgets, or default > max: ValueError."""
+    with pytest.raises(ValueError, match="budget"):
+        TetherMiddleware(ok_app(), **kwargs)
