@@ -103,7 +103,8 @@ def test_budget_from_header_becomes_the_ambient_deadline(clock: VirtualClock) ->
         [(b"x-request-timeout", b"300"), (b"x-request-id", b"req-1")],
     )
     assert exchange.status == 200
-    assert seen["left"] == pytest.approx(0.3) and seen["request_id"] == "req-1"
+    assert seen["left"] == pytest.approx(0.3)
+    assert seen["request_id"] == "req-1"
     assert exchange.headers[b"x-request-id"] == b"req-1"
     assert exchange.headers[b"server-timing"] == b"app;dur=0.0, budget;dur=300.0"
 
@@ -127,7 +128,8 @@ def test_request_id_is_generated_when_missing(clock: VirtualClock) -> None:
     seen: dict[str, Any] = {}
     exchange = run(clock, TetherMiddleware(ok_app(seen)), [])
     generated = exchange.headers[b"x-request-id"].decode()
-    assert len(generated) == 36 and seen["request_id"] == generated
+    assert len(generated) == 36
+    assert seen["request_id"] == generated
 
 
 @pytest.mark.parametrize("bad", [b"", b"has space", b"x" * 129, b'quote"', b"\xff", b"a,b"])
@@ -140,7 +142,8 @@ def test_malformed_request_id_is_a_400_problem(clock: VirtualClock, bad: bytes) 
         called = True
 
     exchange = run(clock, TetherMiddleware(app), [(b"x-request-id", bad)])
-    assert exchange.status == 400 and not called
+    assert exchange.status == 400
+    assert not called
     assert exchange.body["type"].endswith("validation-failed")
     assert exchange.body["header"] == "X-Request-ID"
     assert exchange.headers[b"content-type"] == b"application/problem+json"
@@ -164,7 +167,8 @@ def test_invalid_deadline_header_is_a_400_problem_naming_it(
     assert exchange.status == 400
     body = exchange.body
     assert body["type"].endswith("invalid-deadline-header")
-    assert body["header"] == headers[0][0].decode() and headers[0][0].decode() in body["detail"]
+    assert body["header"] == headers[0][0].decode()
+    assert headers[0][0].decode() in body["detail"]
     assert body["request_id"] == exchange.headers[b"x-request-id"].decode()
 
 
@@ -178,10 +182,12 @@ def test_expired_on_arrival_is_refused_before_the_handler(clock: VirtualClock) -
 
     past = str(int((clock.wall() - 1) * 1000)).encode()
     exchange = run(clock, TetherMiddleware(app), [(b"x-request-deadline", past)])
-    assert exchange.status == 504 and not called
+    assert exchange.status == 504
+    assert not called
     assert exchange.body["type"].endswith("deadline-expired-on-arrival")
     zero = run(clock, TetherMiddleware(app), [(b"x-request-timeout", b"0")])
-    assert zero.status == 504 and not called
+    assert zero.status == 504
+    assert not called
 
 
 def test_handler_is_cancelled_at_the_deadline_and_client_gets_504(clock: VirtualClock) -> None:
@@ -191,7 +197,8 @@ def test_handler_is_cancelled_at_the_deadline_and_client_gets_504(clock: Virtual
     exchange = run(
         clock, TetherMiddleware(sleeping_app(5, cancelled, clock)), [(b"x-request-timeout", b"300")]
     )
-    assert exchange.status == 504 and exchange.body["type"].endswith("deadline-exceeded")
+    assert exchange.status == 504
+    assert exchange.body["type"].endswith("deadline-exceeded")
     assert cancelled == [pytest.approx(start + 0.3)]
     assert exchange.sent_at[0] == pytest.approx(start + 0.3)
 
@@ -226,7 +233,8 @@ def test_client_disconnect_cancels_the_handler_at_once(clock: VirtualClock) -> N
         return gone_at
 
     gone_at = clock.run(main())
-    assert cancelled == [gone_at] and exchange.sent == []
+    assert cancelled == [gone_at]
+    assert exchange.sent == []
 
 
 def test_app_reads_the_body_through_the_watcher(clock: VirtualClock) -> None:
@@ -240,7 +248,8 @@ def test_app_reads_the_body_through_the_watcher(clock: VirtualClock) -> None:
 
     exchange = Exchange(clock)
     clock.run(exchange.run(TetherMiddleware(app), [], body=b'{"a": 1}'))
-    assert received == [b'{"a": 1}'] and exchange.status == 200
+    assert received == [b'{"a": 1}']
+    assert exchange.status == 200
 
 
 def test_exceptions_become_a_500_problem_without_their_text(
@@ -253,7 +262,8 @@ def test_exceptions_become_a_500_problem_without_their_text(
 
     with caplog.at_level(logging.ERROR, logger="tether.http"):
         exchange = run(clock, TetherMiddleware(app), [(b"x-request-id", b"req-9")])
-    assert exchange.status == 500 and "hunter2" not in json.dumps(exchange.body)
+    assert exchange.status == 500
+    assert "hunter2" not in json.dumps(exchange.body)
     assert exchange.body["request_id"] == "req-9"
     assert caplog.records[-1].request_id == "req-9"  # type: ignore[attr-defined]
     assert "hunter2" in str(caplog.records[-1].exc_info)
