@@ -5,6 +5,20 @@
 - `tether.http.httpx_transport`: the same guarantees for teams on httpx (the `httpx` extra).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from tether.http.asgi import TetherMiddleware
 
-__all__ = ["TetherMiddleware"]
+if TYPE_CHECKING:
+    from tether.http.client import CallTimings, Client, HTTPStatusError, Response
+
+__all__ = ["CallTimings", "Client", "HTTPStatusError", "Response", "TetherMiddleware"]
+
+
+def __getattr__(name: str) -> Any:
+    # The client needs aiohttp (the `http` extra); the middleware needs nothing.
+    if name in {"CallTimings", "Client", "HTTPStatusError", "Response"}:
+        from tether.http import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'tether.http' has no attribute {name!r}")

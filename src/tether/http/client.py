@@ -1,0 +1,240 @@
+"""`Client`: outbound HTTP that spends the caller's budget, never more. Built on aiohttp.
+
+Every call:
+- gets `timeout = min(explicit timeout, ambient remaining - margin)` as aiohttp's total timeout;
+- fails fast with `DeadlineExceeded`, sending nothing, when less than the margin + 1 ms is left;
+- sends `X-Request-Timeout` (that same timeout, in ms), `X-Request-ID` and, when tracing is
+  active, `traceparent`;
+- records per-phase timings (`Response.timings`, and a debug log line on `tether.http.client`).
+
+Errors are mapped at this edge: running out of the ambient budget is `DeadlineExceeded`; running
+out of an explicit per-call timeout is `UpstreamTimeout`; a refused, reset or broken connection is
+`UpstreamUnavailable`. HTTP error statuses are answers, not exceptions: see
+`Response.raise_for_status()`.
+
+The body is read whole before the call returns (the timeout covers it). For large bodies, use
+aiohttp directly with `tether.wire.call_timeout()` and `outgoing_headers()`.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import logging
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace, TracebackType
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from tether.errors import (
+    DeadlineExceeded,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    format_seconds,
+)
+from tether.request_id import REQUEST_ID_HEADER, current_request_id
+from tether.tracing import outgoing_trace_headers
+from tether.wire import DEFAULT_MARGIN, REQUEST_TIMEOUT, call_timeout
+
+log = logging.getLogger("tether.http.client")
+
+__all__ = ["CallTimings", "Client", "HTTPStatusError", "Response"]
+
+
+@dataclass(slots=True)
+class CallTimings:
+    """When each phase of one call ended, in seconds from its start (None: did not happen).
+
+    `dns` and `connect` are None when a pooled connection was reused; `connect` includes TLS.
+    """
+
+    dns: float | None = None
+    connect: float | None = None
+    request_sent: float | None = None
+    first_byte: float | None = None
+    body_done: float | None = None
+    _start: float = field(default=0.0, repr=False)
+
+    def mark(self, phase: str) -> None:
+        setattr(self, phase, time.perf_counter() - self._start)
+
+
+@dataclass(slots=True)
+class Response:
+    """A complete answer: status, headers, the whole body, and how long each phase took."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    url: str
+    timings: CallTimings
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.body)
+
+    def text(self) -> str:
+        return self.body.decode()
+
+    def raise_for_status(self) -> None:
+        """Raise for an error answer: 504 is `UpstreamTimeout` (the upstream's own time ran
+        out), 502/503 are `UpstreamUnavailable`, any other 4xx/5xx is `HTTPStatusError`."""
+        if self.status < 400:
+            return
+        if self.status == 504:
+            raise UpstreamTimeout(f"{self.url} answered 504: its own time ran out")
+        if self.status in (502, 503):
+            raise UpstreamUnavailable(f"{self.url} answered {self.status}")
+        raise HTTPStatusError(self)
+
+
+class HTTPStatusError(UpstreamError):
+    """An error answer (4xx, or 5xx other than 502/503/504) from `raise_for_status()`."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(f"{response.url} answered {response.status}")
+        self.response = response
+
+
+class Client:
+    """An aiohttp session that passes the ambient budget on. Use as `async with Client() as c`.
+
+    `timeout` is the default explicit per-call timeout (None: only the budget bounds calls).
+    `margin` is kept back from the remaining budget at each call (see docs/concepts.md).
+    Pass `session=` to use an aiohttp session of your own (its lifetime stays yours).
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        timeout: float | None = None,
+        margin: float = DEFAULT_MARGIN,
+        session: aiohttp.ClientSession | None = None,
+        limit: int = 100,
+    ) -> None:
+        if timeout is not None and not 0 < timeout < float("inf"):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if not 0 <= margin < float("inf"):
+            raise ValueError(f"margin must be zero or more seconds, got {margin!r}")
+        self._base_url = base_url.rstrip("/") if base_url else ""
+        self._timeout = timeout
+        self._margin = margin
+        self._owns_session = session is None
+        self._session = session
+        self._limit = limit
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _session_for_call(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._limit),
+                trace_configs=[_timing_trace()],
+            )
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Response:
+        """Send one request within the budget; the keyword arguments go to aiohttp."""
+        explicit = self._timeout if timeout is None else timeout
+        limit = call_timeout(explicit, margin=self._margin)  # raises when nothing is left
+        budget_bound = limit is not None and (explicit is None or limit < explicit)
+        outgoing = dict(headers or {})
+        if limit is not None:
+            outgoing[REQUEST_TIMEOUT] = str(max(1, int(limit * 1000)))
+        request_id = current_request_id()
+        if request_id is not None:
+            outgoing.setdefault(REQUEST_ID_HEADER, request_id)
+        for name, value in outgoing_trace_headers():
+            outgoing.setdefault(name, value)
+        timings = CallTimings(_start=time.perf_counter())
+        full_url = self._base_url + url if self._base_url and url.startswith("/") else url
+        try:
+            async with self._session_for_call().request(
+                method,
+                full_url,
+                headers=outgoing,
+                trace_request_ctx=timings,
+                timeout=aiohttp.ClientTimeout(total=limit),
+                **kwargs,
+            ) as answer:
+                timings.mark("first_byte")
+                body = await answer.read()
+                timings.mark("body_done")
+                response = Response(answer.status, answer.headers, body, full_url, timings)
+        except TimeoutError as exc:
+            raise _timeout_error(full_url, limit, budget_bound) from exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise UpstreamUnavailable(f"{method} {full_url} failed: {exc}") from exc
+        log.debug("%s %s -> %s %s", method, full_url, response.status, timings)
+        return response
+
+    async def get(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("GET", url, **kwargs)
+
+    async def post(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("POST", url, **kwargs)
+
+    async def put(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("PUT", url, **kwargs)
+
+    async def delete(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("DELETE", url, **kwargs)
+
+
+def _timeout_error(url: str, limit: float | None, budget_bound: bool) -> Exception:
+    waited = format_seconds(limit or 0.0)
+    if budget_bound:
+        return DeadlineExceeded(
+            f"deadline exceeded: no answer from {url} within the {waited} left of the budget"
+        )
+    return UpstreamTimeout(f"no answer from {url} within its {waited} timeout")
+
+
+def _timing_trace() -> aiohttp.TraceConfig:
+    """aiohttp trace hooks that fill in each call's `CallTimings`."""
+    trace = aiohttp.TraceConfig(trace_config_ctx_factory=_TraceContext)
+
+    async def dns_end(_: Any, ctx: SimpleNamespace, __: Any) -> None:
+        ctx.trace_request_ctx.mark("dns")
+
+    async def connected(_: Any, ctx: SimpleNamespace, __: Any) -> None:
+        ctx.trace_request_ctx.mark("connect")
+
+    async def sent(_: Any, ctx: SimpleNamespace, __: Any) -> None:
+        ctx.trace_request_ctx.mark("request_sent")
+
+    trace.on_dns_resolvehost_end.append(dns_end)
+    trace.on_connection_create_end.append(connected)
+    trace.on_request_headers_sent.append(sent)
+    trace.on_request_chunk_sent.append(sent)  # the last body chunk sent ends the phase
+    trace.freeze()
+    return trace
+
+
+class _TraceContext(SimpleNamespace):
+    trace_request_ctx: CallTimings

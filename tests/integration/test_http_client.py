@@ -1,0 +1,127 @@
+"""tether.http.Client against a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tether import DeadlineExceeded, UpstreamTimeout, UpstreamUnavailable, deadline_after
+from tether.http import Client
+from tether.request_id import request_id_scope
+from tether.tracing import incoming_traceparent
+
+from .servers import echo_headers_app, free_port, uvicorn_server
+
+pytestmark = pytest.mark.integration
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_passes_the_budget_request_id_and_trace_on() -> None:
+    """The upstream receives remaining - margin, the ambient request id and traceparent."""
+    async with uvicorn_server(echo_headers_app()) as url, Client(margin=0.005) as client:
+        with request_id_scope("req-77"), incoming_traceparent(TRACE):
+            async with deadline_after(0.5):
+                seen = (await client.get(url + "/")).json()
+    assert 450 <= int(seen["x-request-timeout"]) <= 495
+    assert seen["x-request-id"] == "req-77"
+    assert seen["traceparent"] == TRACE
+
+
+async def test_explicit_timeout_is_sent_when_it_is_the_smaller() -> None:
+    """min(explicit, remaining - margin): an explicit 200 ms inside a 5 s budget sends 200."""
+    async with uvicorn_server(echo_headers_app()) as url, Client() as client:
+        async with deadline_after(5):
+            seen = (await client.get(url + "/", timeout=0.2)).json()
+        bare = (await client.get(url + "/")).json()
+    assert seen["x-request-timeout"] == "200"
+    assert "x-request-timeout" not in bare
+
+
+async def test_nothing_is_sent_when_the_budget_is_gone() -> None:
+    """Fail fast: with less than the margin left the call raises and the server sees nothing."""
+    hits: list[int] = []
+    async with uvicorn_server(echo_headers_app(hits)) as url, Client(margin=0.05) as client:
+        async with deadline_after(0.3):
+            await asyncio.sleep(0.26)
+            with pytest.raises(DeadlineExceeded, match="not sent"):
+                await client.get(url + "/")
+    assert hits == []
+
+
+async def test_ambient_budget_running_out_is_deadline_exceeded() -> None:
+    """A slow upstream inside a 200 ms budget: DeadlineExceeded at ~200 ms."""
+    async with uvicorn_server(echo_headers_app(delay=2)) as url, Client() as client:
+        start = time.perf_counter()
+        with pytest.raises(DeadlineExceeded):
+            async with deadline_after(0.2):
+                await client.get(url + "/")
+        elapsed = time.perf_counter() - start
+    assert 0.19 <= elapsed < 0.5
+
+
+async def test_explicit_timeout_running_out_is_upstream_timeout() -> None:
+    """An explicit per-call timeout smaller than the budget gives UpstreamTimeout."""
+    async with uvicorn_server(echo_headers_app(delay=2)) as url, Client(timeout=0.1) as client:
+        async with deadline_after(5):
+            with pytest.raises(UpstreamTimeout):
+                await client.get(url + "/")
+
+
+async def test_refused_connection_is_upstream_unavailable() -> None:
+    """Nothing listening: UpstreamUnavailable, not a raw aiohttp error."""
+    async with Client() as client:
+        with pytest.raises(UpstreamUnavailable):
+            await client.get(f"http://127.0.0.1:{free_port()}/")
+
+
+async def test_error_statuses_map_on_request() -> None:
+    """raise_for_status: 504 is UpstreamTimeout, 503 is UpstreamUnavailable."""
+    from tether.http import HTTPStatusError
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        status = int(scope["path"].strip("/"))  # type: ignore[index]
+        await send({"type": "http.response.start", "status": status, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"x"})  # type: ignore[operator]
+
+    async with uvicorn_server(app) as url, Client() as client:
+        for status, error in (
+            (504, UpstreamTimeout),
+            (503, UpstreamUnavailable),
+            (404, HTTPStatusError),
+        ):
+            response = await client.get(f"{url}/{status}")
+            assert response.status == status
+            with pytest.raises(error):
+                response.raise_for_status()
+        (await client.get(f"{url}/200")).raise_for_status()
+
+
+async def test_per_phase_timings() -> None:
+    """A new connection has connect timing; a pooled one does not; phases are ordered."""
+    async with uvicorn_server(echo_headers_app()) as url, Client() as client:
+        first = (await client.get(url + "/")).timings
+        second = (await client.get(url + "/")).timings
+    assert first.connect is not None
+    assert first.request_sent is not None
+    assert first.first_byte is not None
+    assert first.body_done is not None
+    assert first.connect <= first.request_sent <= first.first_byte <= first.body_done
+    assert second.connect is None
+    assert second.first_byte is not None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"margin": -0.1}, "margin"),
+    ],
+)
+def test_bad_client_settings_are_refused(kwargs: dict[str, float], match: str) -> None:
+    """Zero, negative or NaN timeouts and negative margins raise ValueError."""
+    with pytest.raises(ValueError, match=match):
+        Client(**kwargs)
