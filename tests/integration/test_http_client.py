@@ -42,11 +42,14 @@ async def test_explicit_timeout_is_sent_when_it_is_the_smaller() -> None:
 async def test_nothing_is_sent_when_the_budget_is_gone() -> None:
     """Fail fast: with less than the margin left the call raises and the server sees nothing."""
     hits: list[int] = []
-    async with uvicorn_server(echo_headers_app(hits)) as url, Client(margin=0.05) as client:
-        async with deadline_after(0.3):
-            await asyncio.sleep(0.26)
-            with pytest.raises(DeadlineExceeded, match="not sent"):
-                await client.get(url + "/")
+    async with (
+        uvicorn_server(echo_headers_app(hits)) as url,
+        Client(margin=0.05) as client,
+        deadline_after(0.3),
+    ):
+        await asyncio.sleep(0.26)
+        with pytest.raises(DeadlineExceeded, match="not sent"):
+            await client.get(url + "/")
     assert hits == []
 
 
@@ -63,10 +66,13 @@ async def test_ambient_budget_running_out_is_deadline_exceeded() -> None:
 
 async def test_explicit_timeout_running_out_is_upstream_timeout() -> None:
     """An explicit per-call timeout smaller than the budget gives UpstreamTimeout."""
-    async with uvicorn_server(echo_headers_app(delay=2)) as url, Client(timeout=0.1) as client:
-        async with deadline_after(5):
-            with pytest.raises(UpstreamTimeout):
-                await client.get(url + "/")
+    async with (
+        uvicorn_server(echo_headers_app(delay=2)) as url,
+        Client(timeout=0.1) as client,
+        deadline_after(5),
+    ):
+        with pytest.raises(UpstreamTimeout):
+            await client.get(url + "/")
 
 
 async def test_refused_connection_is_upstream_unavailable() -> None:

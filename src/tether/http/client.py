@@ -155,7 +155,9 @@ class Client:
         method: str,
         url: str,
         *,
-        timeout: float | None = None,
+        # An explicit cap for this one call (the "caller's explicit timeout"); it can only
+        # shorten the ambient budget, never extend it.
+        timeout: float | None = None,  # noqa: ASYNC109
         headers: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> Response:
