@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from tether import _clock
+from tether._settings import server_budgets
 from tether.deadline import Deadline, deadline_at
 from tether.errors import DeadlineExceeded, InvalidDeadlineHeader
 from tether.problems import (
@@ -68,16 +69,8 @@ class TetherMiddleware:
         default_budget: float = 10.0,
         max_budget: float = 60.0,
     ) -> None:
-        for name, value in (("default_budget", default_budget), ("max_budget", max_budget)):
-            if not isinstance(value, int | float) or not 0 < value < float("inf"):
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        if default_budget > max_budget:
-            raise ValueError(
-                f"default_budget ({default_budget} s) cannot exceed max_budget ({max_budget} s)"
-            )
         self.app = app
-        self.default_budget = float(default_budget)
-        self.max_budget = float(max_budget)
+        self.default_budget, self.max_budget = server_budgets(default_budget, max_budget)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from tether._settings import margin_seconds, positive_seconds
 from tether.errors import (
     DeadlineExceeded,
     UpstreamError,
@@ -115,10 +116,9 @@ class Client:
         session: aiohttp.ClientSession | None = None,
         limit: int = 100,
     ) -> None:
-        if timeout is not None and not 0 < timeout < float("inf"):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        if not 0 <= margin < float("inf"):
-            raise ValueError(f"margin must be zero or more seconds, got {margin!r}")
+        if timeout is not None:
+            timeout = positive_seconds("timeout", timeout)
+        margin = margin_seconds(margin)
         self._base_url = base_url.rstrip("/") if base_url else ""
         self._timeout = timeout
         self._margin = margin

@@ -1,0 +1,254 @@
+"""The budget inside grpc.aio services: one server interceptor, placed first by `server()`.
+
+For every call, of all four shapes, in this order (outermost first):
+
+1. Safety net: an exception from the handler *or from an interceptor after this one* becomes
+   `INTERNAL` with a generic message (never the exception's text); `TimeoutError` and
+   `DeadlineExceeded` become `DEADLINE_EXCEEDED`, `UpstreamUnavailable` becomes `UNAVAILABLE`;
+   `context.abort(...)` passes through untouched. The server keeps serving.
+2. Request id: `x-request-id` from the metadata (or a new one) becomes the ambient request id,
+   and the caller's `traceparent` is passed on by tether's clients.
+3. Deadline: `context.time_remaining()` (the client's deadline) becomes the ambient deadline,
+   clamped to `max_budget`; `None` means the client set none and `default_budget` applies. The
+   handler runs in a deadline block and is cancelled at expiry.
+4. One log line per call on `tether.grpc`: method, status, duration, budget, request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from tether._settings import server_budgets
+from tether.deadline import Deadline, deadline_at
+from tether.errors import DeadlineExceeded, UpstreamUnavailable
+from tether.request_id import REQUEST_ID_HEADER, new_request_id, request_id_scope
+from tether.tracing import TRACEPARENT_HEADER, incoming_traceparent
+
+log = logging.getLogger("tether.grpc")
+
+__all__ = ["TetherServerInterceptor", "server"]
+
+Continuation = Callable[
+    [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
+]
+_GENERIC = "internal error"
+
+
+class TetherServerInterceptor(grpc.aio.ServerInterceptor):
+    """Safety net, request id, deadline and a log line for every call; put it first."""
+
+    def __init__(self, *, default_budget: float = 10.0, max_budget: float = 60.0) -> None:
+        self.default_budget, self.max_budget = server_budgets(default_budget, max_budget)
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        try:
+            handler = await continuation(handler_call_details)
+        except Exception:  # an interceptor after this one failed (the seed's JWT panic)
+            method = handler_call_details.method
+            log.exception("grpc %s: an interceptor raised; answered INTERNAL", method)
+            return grpc.stream_stream_rpc_method_handler(_abort_internal)
+        if handler is None:
+            return None
+        return _wrap(handler, self, handler_call_details)
+
+
+async def _abort_internal(
+    request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> None:
+    await context.abort(grpc.StatusCode.INTERNAL, _GENERIC)
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    policy: TetherServerInterceptor,
+    details: grpc.HandlerCallDetails,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    method = details.method
+    metadata = dict(details.invocation_metadata or ())
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _unary(handler.unary_unary, policy, method, metadata),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            _unary(handler.stream_unary, policy, method, metadata),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+    behavior = handler.unary_stream or handler.stream_stream
+    assert behavior is not None  # a handler has exactly one behaviour
+    make = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream is not None
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return make(
+        _streaming(behavior, policy, method, metadata),
+        handler.request_deserializer,
+        handler.response_serializer,
+    )
+
+
+class _Call:
+    """One call's bookkeeping: its ids, budget, and the log line at its end."""
+
+    __slots__ = ("budget", "deadline", "method", "request_id", "started", "traceparent")
+
+    def __init__(
+        self,
+        policy: TetherServerInterceptor,
+        method: str,
+        metadata: dict[str, Any],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        self.started = time.perf_counter()
+        self.method = method
+        request_id = metadata.get(REQUEST_ID_HEADER)
+        self.request_id = (
+            request_id if isinstance(request_id, str) and request_id else (new_request_id())
+        )
+        self.traceparent = metadata.get(TRACEPARENT_HEADER)
+        remaining = context.time_remaining()
+        budget = policy.default_budget if remaining is None else min(remaining, policy.max_budget)
+        self.budget = budget
+        self.deadline = Deadline.after(budget)
+
+    def finish(self, code: grpc.StatusCode) -> None:
+        elapsed = (time.perf_counter() - self.started) * 1000
+        log.info(
+            "grpc %s %s %.1fms budget=%.1fms request_id=%s",
+            self.method,
+            code.name,
+            elapsed,
+            self.budget * 1000,
+            self.request_id,
+            extra={
+                "request_id": self.request_id,
+                "grpc_method": self.method,
+                "grpc_code": code.name,
+                "duration_ms": elapsed,
+            },
+        )
+
+
+def _unary(
+    behavior: Callable[..., Any],
+    policy: TetherServerInterceptor,
+    method: str,
+    metadata: dict[str, Any],
+) -> Callable[..., Awaitable[Any]]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        call = _Call(policy, method, metadata, context)
+        code = grpc.StatusCode.OK
+        try:
+            with request_id_scope(call.request_id), incoming_traceparent(call.traceparent):
+                async with deadline_at(call.deadline):
+                    return await behavior(request, context)
+        except grpc.aio.AbortError:
+            code = _code_of(context)
+            raise
+        except asyncio.CancelledError:  # the client cancelled, or grpc saw its deadline pass
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code = _status_for(exc, call)
+            await context.abort(code, _details_for(code))
+        finally:
+            call.finish(code)
+
+    return guarded
+
+
+def _streaming(
+    behavior: Callable[..., Any],
+    policy: TetherServerInterceptor,
+    method: str,
+    metadata: dict[str, Any],
+) -> Callable[..., AsyncIterator[Any]]:
+    async def guarded(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        call = _Call(policy, method, metadata, context)
+        code = grpc.StatusCode.OK
+        try:
+            with request_id_scope(call.request_id), incoming_traceparent(call.traceparent):
+                async with deadline_at(call.deadline):
+                    produced = behavior(request, context)
+                    if inspect.isasyncgen(produced):
+                        async for response in produced:
+                            yield response
+                    else:  # a coroutine that writes with context.write()
+                        await produced
+        except grpc.aio.AbortError:
+            code = _code_of(context)
+            raise
+        except asyncio.CancelledError:  # the client cancelled, or grpc saw its deadline pass
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code = _status_for(exc, call)
+            await context.abort(code, _details_for(code))
+        finally:
+            call.finish(code)
+
+    return guarded
+
+
+def _status_for(exc: Exception, call: _Call) -> grpc.StatusCode:
+    if isinstance(exc, TimeoutError):  # includes DeadlineExceeded
+        if not isinstance(exc, DeadlineExceeded):
+            log.warning("grpc %s request_id=%s: %r", call.method, call.request_id, exc)
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(exc, UpstreamUnavailable):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _PASSED_ON:
+        return exc.code()
+    log.error(
+        "grpc %s request_id=%s failed; answered INTERNAL",
+        call.method,
+        call.request_id,
+        exc_info=exc,
+        extra={"request_id": call.request_id},
+    )
+    return grpc.StatusCode.INTERNAL
+
+
+# Statuses from a downstream call that a service may pass on as its own.
+_PASSED_ON = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE})
+
+
+def _details_for(code: grpc.StatusCode) -> str:
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "deadline exceeded"
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return "a dependency is unavailable"
+    return _GENERIC
+
+
+def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def server(
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    default_budget: float = 10.0,
+    max_budget: float = 60.0,
+    **kwargs: Any,
+) -> grpc.aio.Server:
+    """A grpc.aio server with tether's interceptor first, then yours (it guards them too)."""
+    tether = TetherServerInterceptor(default_budget=default_budget, max_budget=max_budget)
+    return grpc.aio.server(interceptors=[tether, *interceptors], **kwargs)

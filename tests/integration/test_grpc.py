@@ -1,0 +1,260 @@
+"""tether.grpc interceptors on real grpc.aio servers and channels, all four call shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+import tether.grpc
+from tether import DeadlineExceeded, current_request_id, deadline_after, time_remaining
+from tether.request_id import request_id_scope
+
+from .grpc_services import grpc_server, method
+
+pytestmark = pytest.mark.integration
+
+
+def budget_reporter() -> grpc.RpcMethodHandler[Any, Any]:
+    async def report(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        left = time_remaining()
+        return f"{left:.3f} {current_request_id()}".encode()
+
+    return grpc.unary_unary_rpc_method_handler(report)
+
+
+async def test_client_timeout_becomes_the_handlers_ambient_deadline() -> None:
+    """The server's handler runs under the client's deadline (minus the client's margin)."""
+    async with grpc_server({"Budget": budget_reporter()}) as target:
+        async with tether.grpc.insecure_channel(target) as channel:
+            call = channel.unary_unary(method("Budget"))
+            with request_id_scope("req-5"):
+                async with deadline_after(0.5):
+                    left, request_id = (await call(b"")).decode().split()
+    assert 0.4 < float(left) <= 0.495
+    assert request_id == "req-5"
+
+
+async def test_default_budget_applies_when_the_client_sets_none() -> None:
+    """A plain channel with no timeout: the server applies its default budget."""
+    async with grpc_server({"Budget": budget_reporter()}, default_budget=2.0) as target:
+        async with grpc.aio.insecure_channel(target) as channel:
+            left, request_id = (await channel.unary_unary(method("Budget"))(b"")).decode().split()
+    assert 1.9 < float(left) <= 2.0
+    assert len(request_id) == 36
+
+
+async def test_client_budgets_are_clamped_to_the_servers_maximum() -> None:
+    """A client asking for an hour gets max_budget."""
+    async with grpc_server({"Budget": budget_reporter()}, default_budget=1, max_budget=3) as target:
+        async with grpc.aio.insecure_channel(target) as channel:
+            answer = await channel.unary_unary(method("Budget"))(b"", timeout=3600)
+    assert 2.9 < float(answer.decode().split()[0]) <= 3.0
+
+
+async def test_no_call_is_started_when_the_budget_is_gone() -> None:
+    """Fail fast on the client: DeadlineExceeded, and the server never sees the call."""
+    calls: list[int] = []
+
+    async def count(request: bytes, context: Any) -> bytes:
+        calls.append(1)
+        return b""
+
+    handlers = {"Count": grpc.unary_unary_rpc_method_handler(count)}
+    async with grpc_server(handlers) as target, tether.grpc.insecure_channel(target) as channel:
+        async with deadline_after(0.1):
+            await asyncio.sleep(0.098)
+            with pytest.raises(DeadlineExceeded):
+                await channel.unary_unary(method("Count"))(b"")
+    assert calls == []
+
+
+async def test_handler_exception_is_internal_without_its_text() -> None:
+    """Safety net: INTERNAL with a generic message; then the server still serves."""
+
+    async def crash(request: bytes, context: Any) -> bytes:
+        if request == b"bad":
+            raise ValueError("secret: hunter2")
+        return b"fine"
+
+    handlers = {"Crash": grpc.unary_unary_rpc_method_handler(crash)}
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(method("Crash"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(b"bad")
+        assert await call(b"ok") == b"fine"
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "hunter2" not in (caught.value.details() or "")
+    assert "ValueError" not in (caught.value.details() or "")
+
+
+async def test_abort_passes_through_with_its_own_status() -> None:
+    """context.abort(...) from the handler reaches the client unchanged."""
+
+    async def deny(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
+        return b""
+
+    handlers = {"Deny": grpc.unary_unary_rpc_method_handler(deny)}
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await channel.unary_unary(method("Deny"))(b"")
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert caught.value.details() == "not yours"
+
+
+async def test_handler_is_cancelled_at_the_deadline() -> None:
+    """A handler slower than the budget is cancelled at it; the client sees DEADLINE_EXCEEDED."""
+    cancelled = asyncio.Event()
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return b""
+
+    handlers = {"Slow": grpc.unary_unary_rpc_method_handler(slow)}
+    async with grpc_server(handlers, default_budget=0.2, max_budget=0.2) as target:
+        async with grpc.aio.insecure_channel(target) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary(method("Slow"))(b"", timeout=5)
+            await asyncio.wait_for(cancelled.wait(), 1)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class RaisingAuth(grpc.aio.ServerInterceptor):
+    """The seed's failure: an auth interceptor that raises on a bad token."""
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        token = dict(details.invocation_metadata).get("authorization")
+        if token != "Bearer good":
+            raise KeyError(f"jwt parse failed for {token!r}: secret-key-material")
+        return await continuation(details)
+
+
+async def test_raising_auth_interceptor_1000_times_then_a_good_call() -> None:
+    """(c) 1,000 calls with a bad token each get INTERNAL without text; then a good call works."""
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    handlers = {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    logging.getLogger("tether.grpc").disabled = True
+    try:
+        async with grpc_server(handlers, interceptors=[RaisingAuth()]) as target:
+            async with grpc.aio.insecure_channel(target) as channel:
+                call = channel.unary_unary(method("Echo"))
+                codes, leaked = set(), 0
+                for _ in range(1000):
+                    try:
+                        await call(b"x", metadata=(("authorization", "Bearer bad"),))
+                    except grpc.aio.AioRpcError as exc:
+                        codes.add(exc.code())
+                        leaked += "secret" in (exc.details() or "")
+                good = await call(b"hello", metadata=(("authorization", "Bearer good"),))
+    finally:
+        logging.getLogger("tether.grpc").disabled = False
+    assert codes == {grpc.StatusCode.INTERNAL}
+    assert leaked == 0
+    assert good == b"hello"
+
+
+async def test_all_four_shapes_carry_the_budget_and_request_id() -> None:
+    """unary-stream, stream-unary and stream-stream see the deadline and id like unary-unary."""
+
+    def report() -> bytes:
+        return f"{time_remaining():.3f} {current_request_id()}".encode()
+
+    async def unary_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield report()
+        yield report()
+
+    async def stream_unary(requests: AsyncIterator[bytes], context: Any) -> bytes:
+        async for _ in requests:
+            pass
+        return report()
+
+    async def stream_stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for _ in requests:
+            yield report()
+
+    handlers = {
+        "US": grpc.unary_stream_rpc_method_handler(unary_stream),
+        "SU": grpc.stream_unary_rpc_method_handler(stream_unary),
+        "SS": grpc.stream_stream_rpc_method_handler(stream_stream),
+    }
+
+    async def two() -> AsyncIterator[bytes]:
+        yield b"a"
+        yield b"b"
+
+    async with grpc_server(handlers) as target, tether.grpc.insecure_channel(target) as channel:
+        with request_id_scope("req-s"):
+            async with deadline_after(0.8):
+                answers = [r async for r in channel.unary_stream(method("US"))(b"")]
+                answers.append(await channel.stream_unary(method("SU"))(two()))
+                answers += [r async for r in channel.stream_stream(method("SS"))(two())]
+    assert len(answers) == 5
+    for answer in answers:
+        left, request_id = answer.decode().split()
+        assert 0.5 < float(left) < 0.8
+        assert request_id == "req-s"
+
+
+async def test_streaming_handler_errors_are_mapped_too() -> None:
+    """A unary-stream handler that raises mid-stream ends with INTERNAL, no text."""
+
+    async def broken(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield b"first"
+        raise RuntimeError("secret stream failure")
+
+    handlers = {"Broken": grpc.unary_stream_rpc_method_handler(broken)}
+    got: list[bytes] = []
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for item in channel.unary_stream(method("Broken"))(b""):
+                got.append(item)
+    assert got == [b"first"]
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in (caught.value.details() or "")
+
+
+async def test_one_log_line_per_call(caplog: pytest.LogCaptureFixture) -> None:
+    """Each call logs its method, status and request id on tether.grpc."""
+    async with grpc_server({"Budget": budget_reporter()}) as target:
+        async with grpc.aio.insecure_channel(target) as channel:
+            with caplog.at_level(logging.INFO, logger="tether.grpc"):
+                await channel.unary_unary(method("Budget"))(b"", metadata=(("x-request-id", "r1"),))
+    lines = [r for r in caplog.records if r.name == "tether.grpc"]
+    assert len(lines) == 1
+    assert lines[0].grpc_code == "OK"  # type: ignore[attr-defined]
+    assert lines[0].request_id == "r1"  # type: ignore[attr-defined]
+    assert "/test.Echo/Budget" in lines[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"default_budget": 0},
+        {"max_budget": -1},
+        {"default_budget": float("nan")},
+        {"default_budget": 9, "max_budget": 3},
+    ],
+)
+def test_bad_server_settings_are_refused(kwargs: dict[str, float]) -> None:
+    """Non-positive or NaN budgets, or default > max, raise ValueError."""
+    with pytest.raises(ValueError, match="budget"):
+        tether.grpc.TetherServerInterceptor(**kwargs)
+
+
+def test_bad_client_margin_is_refused() -> None:
+    """A negative margin raises ValueError."""
+    with pytest.raises(ValueError, match="margin"):
+        tether.grpc.TetherClientInterceptor(margin=-1)
