@@ -258,3 +258,32 @@ def test_bad_client_margin_is_refused() -> None:
     """A negative margin raises ValueError."""
     with pytest.raises(ValueError, match="margin"):
         tether.grpc.TetherClientInterceptor(margin=-1)
+
+
+async def test_budget_running_out_on_a_call_is_deadline_exceeded() -> None:
+    """A slow unary call under the ambient budget raises DeadlineExceeded (cause: AioRpcError)."""
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(2)
+        return b""
+
+    handlers = {"Slow": grpc.unary_unary_rpc_method_handler(slow)}
+    async with grpc_server(handlers) as target, tether.grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(method("Slow"))
+        with pytest.raises(DeadlineExceeded) as caught:
+            async with deadline_after(0.2):
+                await call(b"")
+        async with deadline_after(5):
+            with pytest.raises(tether.UpstreamTimeout):
+                await call(b"", timeout=0.1)
+    assert isinstance(caught.value.__cause__, grpc.aio.AioRpcError)
+
+
+async def test_unavailable_server_is_upstream_unavailable() -> None:
+    """Nothing listening: UpstreamUnavailable for unary calls."""
+    from .servers import free_port
+
+    async with tether.grpc.insecure_channel(f"127.0.0.1:{free_port()}") as channel:
+        async with deadline_after(2):
+            with pytest.raises(tether.UpstreamUnavailable):
+                await channel.unary_unary(method("Echo"))(b"")

@@ -12,6 +12,8 @@ context variables). For each HTTP request, in this order:
    app is not called. The clock starts when the middleware sees the request.
 3. The app runs inside `deadline_at(deadline)`. At the deadline it is cancelled; the client gets
    504 `deadline-exceeded`, or, if the response had already started, the connection is closed.
+   tether's other errors escaping the app map to their problems (`UpstreamTimeout`: 504
+   `upstream-timeout`, `UpstreamUnavailable`: 503 `upstream-unavailable`).
 4. A client that disconnects cancels the app at once (the middleware listens for
    `http.disconnect` while the app runs).
 5. Safety net: any other exception becomes 500 `internal-error` without its text; the traceback
@@ -33,15 +35,14 @@ from typing import Any
 from tether import _clock
 from tether._settings import server_budgets
 from tether.deadline import Deadline, deadline_at
-from tether.errors import DeadlineExceeded, InvalidDeadlineHeader
+from tether.errors import InvalidDeadlineHeader, TetherError
 from tether.problems import (
-    DEADLINE_EXCEEDED,
     EXPIRED_ON_ARRIVAL,
-    INTERNAL_ERROR,
     INVALID_DEADLINE_HEADER,
     MEDIA_TYPE,
     VALIDATION_FAILED,
     Problem,
+    problem_for_exception,
 )
 from tether.request_id import new_request_id, request_id_scope
 from tether.tracing import incoming_traceparent
@@ -126,17 +127,6 @@ class TetherMiddleware:
         try:
             async with deadline_at(deadline):
                 await self.app(scope, watcher.receive, exchange.send)
-        except DeadlineExceeded as exc:
-            log.info(
-                "request %s: %s",
-                exchange.request_id,
-                exc.detail,
-                extra={"request_id": exchange.request_id},
-            )
-            if not exchange.response_started:
-                await exchange.answer(DEADLINE_EXCEEDED.problem(exc.detail))
-            elif not exchange.response_done:
-                raise  # the server closes the connection: the answer cannot be completed
         except asyncio.CancelledError:
             if watcher.caused(task):
                 log.info(
@@ -146,19 +136,27 @@ class TetherMiddleware:
                 )
                 return
             raise
-        except Exception:
-            log.exception(
-                "request %s failed with an unhandled exception; answered with an internal error",
-                exchange.request_id,
-                extra={"request_id": exchange.request_id},
-            )
+        except Exception as exc:
+            _log_failure(exchange.request_id, exc)
             if not exchange.response_started:
-                detail = "the server failed to handle this request"
-                await exchange.answer(INTERNAL_ERROR.problem(detail))
+                await exchange.answer(problem_for_exception(exc))
             elif not exchange.response_done:
-                raise  # the server closes the connection
+                raise  # the server closes the connection: the answer cannot be completed
         finally:
             watcher.stop()
+
+
+def _log_failure(request_id: str, exc: Exception) -> None:
+    extra = {"request_id": request_id}
+    if isinstance(exc, TetherError):  # an outcome (budget spent, upstream down), not a bug
+        log.info("request %s ended with %s: %s", request_id, type(exc).__name__, exc, extra=extra)
+    else:
+        log.error(
+            "request %s failed with an unhandled exception; answered with an internal error",
+            request_id,
+            exc_info=exc,
+            extra=extra,
+        )
 
 
 class _Refused(Exception):
