@@ -21,8 +21,17 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def uvicorn_server(app: App) -> AsyncIterator[str]:
+async def uvicorn_server(app: App, *, http: str = "h11") -> AsyncIterator[str]:
     """Serve `app` with uvicorn on 127.0.0.1 in this loop; yields its base URL."""
+    async with uvicorn_serving(app, http=http) as (url, _):
+        yield url
+
+
+@asynccontextmanager
+async def uvicorn_serving(
+    app: App, *, http: str = "h11"
+) -> AsyncIterator[tuple[str, uvicorn.Server]]:
+    """Like `uvicorn_server`, also yielding the server (to look at its open connections)."""
     port = free_port()
     config = uvicorn.Config(
         app,
@@ -31,7 +40,7 @@ async def uvicorn_server(app: App) -> AsyncIterator[str]:
         log_level="warning",
         lifespan="off",
         loop="asyncio",
-        http="h11",
+        http=http,
         timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
@@ -41,7 +50,7 @@ async def uvicorn_server(app: App) -> AsyncIterator[str]:
             task.result()
         await asyncio.sleep(0.005)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)

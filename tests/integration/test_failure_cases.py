@@ -1,0 +1,239 @@
+"""The background texts' failure cases, with real servers on loopback and real gRPC.
+
+(a) an HTTP service's budget reaches a slow gRPC service and stops it;
+(b) three hops, each seeing a budget smaller by at least the work done before it;
+(d) a filter that answers without calling the rest of the chain is named;
+(e) children asking for longer timeouts than the request has all end by its deadline;
+and a client that disconnects cancels the handler. ((c), the raising auth interceptor, is in
+test_grpc.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+import types
+from typing import Any
+
+import aiohttp
+import grpc
+import grpc.aio
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+import tether.grpc
+from tether import TaskGroup, chain, deadline_after, time_remaining
+from tether.http import TetherMiddleware
+
+from .grpc_services import grpc_server, method
+from .servers import uvicorn_serving
+
+pytestmark = pytest.mark.integration
+
+
+def app_with(*routes: Route, **budgets: float) -> Starlette:
+    """A Starlette app set up as the docs say: TetherMiddleware added with add_middleware."""
+    app = Starlette(routes=list(routes))
+    app.add_middleware(TetherMiddleware, **budgets)
+    return app
+
+
+async def test_a_http_budget_stops_a_slow_grpc_service() -> None:
+    """(a) 300 ms budget, gRPC handler sleeping 5 s: 504 at 300 ms, handler cancelled, nothing
+    left running or open."""
+    grpc_cancelled_at: list[float] = []
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            grpc_cancelled_at.append(time.perf_counter())
+            raise
+        return b"late"
+
+    async def warm(request: bytes, context: Any) -> bytes:
+        return b"warm"
+
+    handlers = {
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        "Warm": grpc.unary_unary_rpc_method_handler(warm),
+    }
+    async with grpc_server(handlers) as target, tether.grpc.insecure_channel(target) as channel:
+
+        async def orders(request: Request) -> Response:
+            path = request.path_params["kind"]
+            answer = await channel.unary_unary(method(path))(b"")
+            return Response(answer)
+
+        app = app_with(Route("/orders/{kind}", orders))
+        async with uvicorn_serving(app) as (url, server), aiohttp.ClientSession() as client:
+            headers = {"x-request-timeout": "300", "connection": "close"}
+            async with client.get(url + "/orders/Warm", headers=headers) as warm_answer:
+                assert await warm_answer.read() == b"warm"
+            await asyncio.sleep(0.05)
+            baseline = set(asyncio.all_tasks())
+            grpc_internal = len(_grpc_internal(baseline))
+
+            sent = time.perf_counter()
+            async with client.get(url + "/orders/Slow", headers=headers) as answer:
+                answered = time.perf_counter()
+                body = await answer.json()
+            await asyncio.sleep(0.1)
+            pending = {t for t in asyncio.all_tasks() if not t.done()}
+            leftover = {t for t in pending - baseline if t not in _grpc_internal(pending)}
+            grpc_internal_after = len(_grpc_internal(pending))
+            open_connections = len(server.server_state.connections)
+
+    deadline = sent + 0.3
+    assert answer.status == 504
+    assert body["type"].endswith("deadline-exceeded")
+    # The gRPC call gets the budget minus the 5 ms margin, so the 504 may come a few ms early.
+    assert 0.29 <= answered - sent <= 0.33, f"answered after {answered - sent:.3f} s"
+    assert len(grpc_cancelled_at) == 1
+    assert abs(grpc_cancelled_at[0] - deadline) <= 0.05
+    assert leftover == set()
+    assert grpc_internal_after == grpc_internal
+    assert open_connections == 0
+
+
+def _grpc_internal(tasks: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    """grpc.aio's own loop tasks (compiled coroutines; the server replaces one per call)."""
+    return {t for t in tasks if not isinstance(t.get_coro(), types.CoroutineType)}
+
+
+async def test_b_three_hops_each_see_a_smaller_budget() -> None:
+    """(b) HTTP -> gRPC -> gRPC, 100 ms of work at each hop: each budget is smaller than the
+    previous one by at least that work (and by not much more)."""
+    seen: dict[str, float] = {}
+
+    async def hop3(request: bytes, context: Any) -> bytes:
+        seen["hop3"] = time_remaining() or 0.0
+        await asyncio.sleep(0.1)
+        return b"done"
+
+    async with grpc_server({"Hop3": grpc.unary_unary_rpc_method_handler(hop3)}) as target3:
+        async with tether.grpc.insecure_channel(target3) as to_hop3:
+
+            async def hop2(request: bytes, context: Any) -> bytes:
+                seen["hop2"] = time_remaining() or 0.0
+                await asyncio.sleep(0.1)
+                return await to_hop3.unary_unary(method("Hop3"))(b"")
+
+            handlers2 = {"Hop2": grpc.unary_unary_rpc_method_handler(hop2)}
+            async with grpc_server(handlers2) as target2:
+                async with tether.grpc.insecure_channel(target2) as to_hop2:
+
+                    async def hop1(request: Request) -> Response:
+                        seen["hop1"] = time_remaining() or 0.0
+                        await asyncio.sleep(0.1)
+                        return Response(await to_hop2.unary_unary(method("Hop2"))(b""))
+
+                    app = app_with(Route("/hop1", hop1))
+                    async with uvicorn_serving(app) as (url, _), aiohttp.ClientSession() as c:
+                        async with c.get(url + "/hop1", headers={"x-request-timeout": "1000"}) as r:
+                            assert await r.read() == b"done"
+
+    hop1, hop2, hop3_budget = seen["hop1"], seen["hop2"], seen["hop3"]
+    assert 0.99 <= hop1 <= 1.0
+    assert 0.1 <= hop1 - hop2 <= 0.13, f"hop1 {hop1:.3f} -> hop2 {hop2:.3f}"
+    assert 0.1 <= hop2 - hop3_budget <= 0.13, f"hop2 {hop2:.3f} -> hop3 {hop3_budget:.3f}"
+
+
+async def test_d_a_short_circuiting_filter_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    """(d) A filter that answers without calling next shows up in the log and the response."""
+
+    async def require_token(request: Request, next: Any) -> Response:
+        if "authorization" not in request.headers:
+            return JSONResponse({"error": "no token"}, status_code=401)
+        return await next(request)
+
+    async def orders(request: Request) -> Response:
+        return JSONResponse({"orders": []})
+
+    def name_it(filter_name: str, request: Any, response: Any) -> None:
+        response.headers["x-answered-by"] = filter_name
+
+    endpoint = chain(require_token, orders, on_short_circuit=name_it)
+    app = app_with(Route("/orders", endpoint))
+    with caplog.at_level(logging.INFO, logger="tether.chain"):
+        async with uvicorn_serving(app) as (url, _), aiohttp.ClientSession() as client:
+            async with client.get(url + "/orders") as refused:
+                answered_by = refused.headers.get("x-answered-by", "")
+            async with client.get(url + "/orders", headers={"authorization": "t"}) as passed:
+                passed_by = passed.headers.get("x-answered-by")
+    assert refused.status == 401
+    assert answered_by.endswith("require_token")
+    assert passed.status == 200
+    assert passed_by is None
+    records = [r for r in caplog.records if r.name == "tether.chain"]
+    assert [r.answered_by for r in records] == [answered_by]  # type: ignore[attr-defined]
+
+
+async def test_e_children_asking_for_more_time_end_by_the_request_deadline() -> None:
+    """(e) A handler's children each ask for 10 s inside a 300 ms request: all have ended by
+    the request's deadline, and the client gets its 504 then."""
+    ended: list[float] = []
+    request_deadline: list[float] = []
+
+    async def child() -> None:
+        try:
+            async with deadline_after(10):
+                await asyncio.sleep(10)
+        finally:
+            ended.append(time.perf_counter())
+
+    async def report(request: Request) -> Response:
+        request_deadline.append(time.perf_counter() + (time_remaining() or 0.0))
+        async with TaskGroup() as group:
+            for _ in range(5):
+                group.create_task(child())
+        return Response(b"never")
+
+    app = app_with(Route("/report", report))
+    async with uvicorn_serving(app) as (url, _), aiohttp.ClientSession() as client:
+        async with client.get(url + "/report", headers={"x-request-timeout": "300"}) as answer:
+            answered = time.perf_counter()
+    assert answer.status == 504
+    assert len(ended) == 5
+    assert max(ended) <= request_deadline[0] + 0.01
+    assert answered <= request_deadline[0] + 0.03
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+async def test_client_disconnect_cancels_the_handler_within_50ms(http: str) -> None:
+    """The client closes mid-request; the handler is cancelled within 50 ms (uvicorn)."""
+    cancelled_at: list[float] = []
+    started = asyncio.Event()
+
+    async def slow(request: Request) -> Response:
+        started.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled_at.append(time.perf_counter())
+            raise
+        return Response(b"late")
+
+    app = app_with(Route("/slow", slow))
+    async with uvicorn_serving(app, http=http) as (url, _server):
+        port = int(url.rsplit(":", 1)[1])
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(started.wait(), 2)
+        writer.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x00" * 8
+        )
+        writer.close()
+        closed_at = time.perf_counter()
+        for _ in range(100):
+            if cancelled_at:
+                break
+            await asyncio.sleep(0.005)
+    assert len(cancelled_at) == 1
+    assert cancelled_at[0] - closed_at <= 0.05
