@@ -1,0 +1,166 @@
+"""`TetherTransport`: the budget on httpx calls, for teams already on httpx (the `httpx` extra).
+
+    client = httpx.AsyncClient(transport=TetherTransport())
+
+Every request through it:
+- gets each httpx timeout phase (connect, read, write, pool) capped at `remaining - margin`, so
+  httpx gives up on its own just before tether's deadline would cancel it;
+- sends `X-Request-Timeout`, `X-Request-ID` and (when tracing) `traceparent`;
+- is not sent at all when less than the margin + 1 ms is left (`DeadlineExceeded`);
+- raises `DeadlineExceeded` instead of `httpx.TimeoutException` when it was the budget, not a
+  configured httpx timeout, that ran out.
+
+httpcore's pool and cancellation (encode/httpcore#1093, also #658 and #830): a request that is
+cancelled after the pool gave it a new connection, but before that connection was established,
+leaves the connection in the pool, owned by nobody and never reclaimed. Enough of them and
+every later request fails with `PoolTimeout` against a healthy server. Deadlines cancel
+requests, so tether meets this more often than most. After any request through this transport
+ends in a cancellation or an error, it removes such orphaned connections from the wrapped
+`httpx.AsyncHTTPTransport`'s pool (a connection no pool request owns that is neither idle nor
+closed); `reclaim_orphaned_connections()` does the same on demand. This reads httpcore's
+private pool state (checked against httpcore 1.0.9) and does nothing if that state is not
+there. And the close of every response body runs shielded from cancellation, because a deadline
+landing inside httpcore's close would leak the request's pool slot. See docs/toolkit.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+import httpx
+
+from tether._settings import margin_seconds
+from tether.errors import DeadlineExceeded
+from tether.request_id import REQUEST_ID_HEADER, current_request_id
+from tether.tracing import outgoing_trace_headers
+from tether.wire import DEFAULT_MARGIN, REQUEST_TIMEOUT, call_timeout
+
+log = logging.getLogger("tether.http.httpx")
+
+__all__ = ["TetherTransport"]
+
+_PHASES = ("connect", "read", "write", "pool")
+
+
+class TetherTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that passes the ambient budget on; wraps `httpx.AsyncHTTPTransport`."""
+
+    def __init__(
+        self, wrapped: httpx.AsyncBaseTransport | None = None, *, margin: float = DEFAULT_MARGIN
+    ) -> None:
+        self._wrapped = wrapped if wrapped is not None else httpx.AsyncHTTPTransport()
+        self._margin = margin_seconds(margin)
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        left = call_timeout(margin=self._margin)  # raises when nothing is left
+        budget_bound = False
+        if left is not None:
+            budget_bound = self._cap_timeouts(request, left)
+            request.headers[REQUEST_TIMEOUT] = str(max(1, int(left * 1000)))
+        request_id = current_request_id()
+        if request_id is not None and REQUEST_ID_HEADER not in request.headers:
+            request.headers[REQUEST_ID_HEADER] = request_id
+        for name, value in outgoing_trace_headers():
+            request.headers.setdefault(name, value)
+        try:
+            response = await self._wrapped.handle_async_request(request)
+        except httpx.TimeoutException as exc:
+            self.reclaim_orphaned_connections()
+            if budget_bound:
+                raise DeadlineExceeded(
+                    f"deadline exceeded: no answer from {request.url} within the budget"
+                ) from exc
+            raise
+        except BaseException:  # cancellation included: clean up the pool, then re-raise
+            self.reclaim_orphaned_connections()
+            raise
+        if isinstance(response.stream, httpx.AsyncByteStream):
+            response.stream = _CloseShielded(response.stream, self._closing)
+        return response
+
+    @staticmethod
+    def _cap_timeouts(request: httpx.Request, left: float) -> bool:
+        """Cap every timeout phase at `left`; True when the budget is what binds."""
+        configured = request.extensions.get("timeout") or {}
+        capped: dict[str, float] = {}
+        budget_bound = False
+        for phase in _PHASES:
+            value = configured.get(phase)
+            if value is None or value > left:
+                capped[phase] = left
+                budget_bound = True
+            else:
+                capped[phase] = value
+        request.extensions["timeout"] = capped
+        return budget_bound
+
+    def reclaim_orphaned_connections(self) -> int:
+        """Remove connections that no request owns and that are neither idle nor closed.
+
+        Returns how many were removed. Safe to call at any time: httpcore releases a
+        connection before it forgets the request that used it, so an owned connection is never
+        taken.
+        """
+        pool = getattr(self._wrapped, "_pool", None)
+        requests = getattr(pool, "_requests", None)
+        connections = getattr(pool, "_connections", None)
+        if not isinstance(requests, list) or not isinstance(connections, list):
+            return 0
+        owned = {id(r.connection) for r in requests if getattr(r, "connection", None) is not None}
+        orphans = [
+            c for c in connections if id(c) not in owned and not c.is_idle() and not c.is_closed()
+        ]
+        for connection in orphans:
+            connections.remove(connection)
+            task = asyncio.get_running_loop().create_task(connection.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        if orphans:
+            log.info("reclaimed %d connection(s) orphaned by cancelled requests", len(orphans))
+        return len(orphans)
+
+    async def aclose(self) -> None:
+        await self._wrapped.aclose()
+        while self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def __aenter__(self) -> TetherTransport:
+        await self._wrapped.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: TracebackType | None = None,
+    ) -> None:
+        await self.aclose()
+
+
+class _CloseShielded(httpx.AsyncByteStream):
+    """A response body whose close cannot be interrupted by a cancellation.
+
+    httpcore forgets a finished request only at the end of closing its response. A deadline
+    that cancels the task in the middle of that close (httpcore shields it from anyio's
+    cancellation, not from asyncio's) would leave the request in the pool for good: one pool
+    slot lost per occurrence. So the close runs in its own task, which finishes even when the
+    caller is cancelled while waiting for it.
+    """
+
+    def __init__(self, inner: httpx.AsyncByteStream, closing: set[asyncio.Task[None]]) -> None:
+        self._inner = inner
+        self._closing = closing
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._inner.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        await asyncio.shield(task)

@@ -1,0 +1,108 @@
+"""tether.http.httpx_transport.TetherTransport against real loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+
+import httpx
+import pytest
+
+from tether import DeadlineExceeded, deadline_after
+from tether.http.httpx_transport import TetherTransport
+from tether.request_id import request_id_scope
+
+from .servers import echo_headers_app, uvicorn_server
+
+pytestmark = pytest.mark.integration
+
+
+async def test_passes_the_budget_and_request_id_on() -> None:
+    """X-Request-Timeout (remaining - margin) and X-Request-ID reach the upstream."""
+    async with uvicorn_server(echo_headers_app()) as url:
+        async with httpx.AsyncClient(transport=TetherTransport()) as client:
+            with request_id_scope("req-h"):
+                async with deadline_after(0.5):
+                    seen = (await client.get(url + "/")).json()
+            bare = (await client.get(url + "/")).json()
+    assert 450 <= int(seen["x-request-timeout"]) <= 495
+    assert seen["x-request-id"] == "req-h"
+    assert "x-request-timeout" not in bare
+
+
+async def test_fails_fast_and_maps_budget_timeouts() -> None:
+    """No budget: nothing sent. A slow upstream within the budget: DeadlineExceeded, in time."""
+    hits: list[int] = []
+    async with uvicorn_server(echo_headers_app(hits, delay=2)) as url:
+        async with httpx.AsyncClient(transport=TetherTransport(margin=0.05)) as client:
+            async with deadline_after(0.06):
+                await asyncio.sleep(0.02)
+                with pytest.raises(DeadlineExceeded):
+                    await client.get(url + "/")
+            assert hits == []
+            start = time.perf_counter()
+            with pytest.raises(DeadlineExceeded):
+                async with deadline_after(0.3):
+                    await client.get(url + "/")
+            elapsed = time.perf_counter() - start
+    assert 0.2 <= elapsed < 0.35
+
+
+async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        await _answer_forever(reader, writer)
+    except Exception:  # the client went away mid-request
+        pass
+    finally:
+        writer.close()
+
+
+async def _answer_forever(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = await reader.read(4096)
+            if not chunk:
+                return
+            head += chunk
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+
+
+async def _churn(client: httpx.AsyncClient, url: str, seconds: float) -> None:
+    """Many requests under pool contention, each cancelled by a short tether deadline."""
+
+    async def one() -> None:
+        with contextlib.suppress(DeadlineExceeded, httpx.HTTPError):
+            async with deadline_after(0.008 + random.random() * 0.02):
+                await client.get(url)
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        await asyncio.gather(*(one() for _ in range(20)))
+
+
+async def test_pool_survives_cancellation_churn() -> None:
+    """httpcore#1093: after cancellation churn under contention, the pool still serves."""
+    server = await asyncio.start_server(_serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=0)
+    transport = TetherTransport(httpx.AsyncHTTPTransport(limits=limits), margin=0.001)
+    try:
+        async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(2, pool=1)) as c:
+            await _churn(c, url, 2.0)
+            statuses = [(await c.get(url)).status_code for _ in range(5)]
+            leftover = transport.reclaim_orphaned_connections()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert statuses == [200] * 5
+    assert leftover == 0
+
+
+def test_bad_margin_is_refused() -> None:
+    """A negative margin raises ValueError."""
+    with pytest.raises(ValueError, match="margin"):
+        TetherTransport(margin=-1)
