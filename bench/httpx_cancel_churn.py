@@ -18,8 +18,8 @@ import time
 
 import httpcore
 import httpx
-from _report import machine, write_section
 
+from _report import machine, write_section
 from tether import DeadlineExceeded, deadline_after
 from tether.http.httpx_transport import TetherTransport
 
