@@ -237,3 +237,66 @@ async def test_client_disconnect_cancels_the_handler_within_50ms(http: str) -> N
             await asyncio.sleep(0.005)
     assert len(cancelled_at) == 1
     assert cancelled_at[0] - closed_at <= 0.05
+
+
+async def test_client_disconnect_cancels_the_handler_under_granian(tmp_path: Any) -> None:
+    """The same under granian, a server in its own process: cancelled within 50 ms."""
+    import os
+    import subprocess
+    import sys
+
+    from .servers import free_port
+
+    record = tmp_path / "events"
+    port = free_port()
+    env = {**os.environ, "TETHER_TEST_RECORD": str(record)}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "integration.apps.disconnect_app:app",
+        ],
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        writer = None
+        for _ in range(200):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        assert writer is not None, "granian did not start"
+        writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        await writer.drain()
+        for _ in range(200):
+            if record.exists() and "started" in record.read_text():
+                break
+            await asyncio.sleep(0.01)
+        writer.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x00" * 8
+        )
+        writer.close()
+        closed_at = time.monotonic()
+        for _ in range(100):
+            if "cancelled" in record.read_text():
+                break
+            await asyncio.sleep(0.005)
+        events = dict(line.split() for line in record.read_text().splitlines())
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert "cancelled" in events, f"handler not cancelled; events: {events}"
+    assert float(events["cancelled"]) - closed_at <= 0.05
