@@ -242,7 +242,6 @@ async def test_client_disconnect_cancels_the_handler_within_50ms(http: str) -> N
 async def test_client_disconnect_cancels_the_handler_under_granian(tmp_path: Any) -> None:
     """The same under granian, a server in its own process: cancelled within 50 ms."""
     import os
-    import subprocess
     import sys
 
     from .servers import free_port
@@ -250,31 +249,29 @@ async def test_client_disconnect_cancels_the_handler_under_granian(tmp_path: Any
     record = tmp_path / "events"
     port = free_port()
     env = {**os.environ, "TETHER_TEST_RECORD": str(record)}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "granian",
-            "--interface",
-            "asgi",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "integration.apps.disconnect_app:app",
-        ],
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "integration.apps.disconnect_app:app",
         cwd=os.path.dirname(os.path.dirname(__file__)),
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         writer = None
         for _ in range(200):
             try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
                 break
             except OSError:
                 await asyncio.sleep(0.05)
@@ -297,6 +294,6 @@ async def test_client_disconnect_cancels_the_handler_under_granian(tmp_path: Any
         events = dict(line.split() for line in record.read_text().splitlines())
     finally:
         server.terminate()
-        server.wait(10)
+        await asyncio.wait_for(server.wait(), 10)
     assert "cancelled" in events, f"handler not cancelled; events: {events}"
     assert float(events["cancelled"]) - closed_at <= 0.05
