@@ -6,10 +6,10 @@ to every outgoing call; code in between reads it with `current_request_id()`.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -22,8 +22,21 @@ def current_request_id() -> str | None:
 
 
 def new_request_id() -> str:
-    """A fresh random request id (a UUID4 in its canonical text form)."""
-    return str(uuid.uuid4())
+    """A fresh random request id: a UUID4 in its canonical text form (from os.urandom)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def set_request_id(request_id: str | None) -> Token[str | None]:
+    """Make `request_id` ambient until `reset_request_id(token)` (for integrations' hot paths)."""
+    return _current.set(request_id)
+
+
+def reset_request_id(token: Token[str | None]) -> None:
+    _current.reset(token)
 
 
 @contextmanager

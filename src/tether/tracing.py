@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 TRACEPARENT_HEADER = "traceparent"
 
@@ -24,6 +24,19 @@ _current: ContextVar[str | None] = ContextVar("tether.traceparent", default=None
 def valid_traceparent(value: str) -> bool:
     """True when `value` is a version-00 W3C traceparent."""
     return _TRACEPARENT.fullmatch(value) is not None
+
+
+def set_incoming_traceparent(value: str | None) -> Token[str | None] | None:
+    """Like `incoming_traceparent` for hot paths: returns a token for `reset_…`, or None when
+    there was nothing to set."""
+    if value is None or not valid_traceparent(value):
+        return None if _current.get() is None else _current.set(None)
+    return _current.set(value)
+
+
+def reset_incoming_traceparent(token: Token[str | None] | None) -> None:
+    if token is not None:
+        _current.reset(token)
 
 
 @contextmanager

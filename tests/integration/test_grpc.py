@@ -287,3 +287,21 @@ async def test_unavailable_server_is_upstream_unavailable() -> None:
         async with deadline_after(2):
             with pytest.raises(tether.UpstreamUnavailable):
                 await channel.unary_unary(method("Echo"))(b"")
+
+
+async def test_interceptor_form_for_channels_built_by_hand() -> None:
+    """TetherClientInterceptor() on a plain grpc.aio channel passes the budget and id on too."""
+    async with grpc_server({"Budget": budget_reporter()}) as target:
+        interceptors = tether.grpc.TetherClientInterceptor()
+        async with grpc.aio.insecure_channel(target, interceptors=interceptors) as channel:
+            with request_id_scope("req-i"):
+                async with deadline_after(0.5):
+                    left, request_id = (
+                        (await channel.unary_unary(method("Budget"))(b"")).decode().split()
+                    )
+                async with deadline_after(0.05):
+                    await asyncio.sleep(0.049)
+                    with pytest.raises(DeadlineExceeded):
+                        await channel.unary_unary(method("Budget"))(b"")
+    assert 0.4 < float(left) <= 0.495
+    assert request_id == "req-i"

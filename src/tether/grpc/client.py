@@ -14,12 +14,15 @@ ambient budget becomes `DeadlineExceeded`; one caused by an explicit, shorter `t
 shapes (grpc.aio lets only unary-unary interceptors answer in place of the call), stay
 `AioRpcError`.
 
-`insecure_channel()` / `secure_channel()` build channels with the interceptors in place.
+`insecure_channel()` / `secure_channel()` return a `Channel`: a grpc.aio channel whose
+callables do all of this directly, without grpc.aio's client-interceptor machinery (which adds
+a task to every call). `TetherClientInterceptor()` gives the same behaviour as interceptors, for
+channels you build yourself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import grpc
@@ -31,7 +34,7 @@ from tether.request_id import REQUEST_ID_HEADER, current_request_id
 from tether.tracing import outgoing_trace_headers
 from tether.wire import DEFAULT_MARGIN, call_timeout
 
-__all__ = ["TetherClientInterceptor", "insecure_channel", "secure_channel"]
+__all__ = ["Channel", "TetherClientInterceptor", "insecure_channel", "secure_channel"]
 
 
 class _Budgeted:
@@ -42,16 +45,28 @@ class _Budgeted:
 
     def budgeted(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         """The details with the budget as timeout and tether's metadata added."""
-        timeout = call_timeout(details.timeout, margin=self.margin)  # raises when none is left
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        request_id = current_request_id()
-        if request_id is not None and not metadata.get_all(REQUEST_ID_HEADER):
-            metadata.add(REQUEST_ID_HEADER, request_id)
-        for name, value in outgoing_trace_headers():
-            if not metadata.get_all(name):
-                metadata.add(name, value)
+        timeout, metadata = self.timeout_and_metadata(details.timeout, details.metadata)
         return grpc.aio.ClientCallDetails(
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    def timeout_and_metadata(
+        self, timeout: float | None, metadata: Any
+    ) -> tuple[float | None, Any]:
+        """A call's timeout `min(explicit, remaining - margin)` (raises when nothing is left)
+        and its metadata with the request id and trace context added."""
+        timeout = call_timeout(timeout, margin=self.margin)
+        added = []
+        request_id = current_request_id()
+        if request_id is not None:
+            added.append((REQUEST_ID_HEADER, request_id))
+        added.extend(outgoing_trace_headers())
+        if not added:
+            return timeout, metadata
+        existing = tuple(metadata or ())
+        names = {name for name, _ in existing}
+        return timeout, grpc.aio.Metadata(
+            *existing, *(pair for pair in added if pair[0] not in names)
         )
 
     async def answer(self, continuation: Any, details: Any, request: Any) -> Any:
@@ -104,6 +119,94 @@ class _StreamStream(_Budgeted, grpc.aio.StreamStreamClientInterceptor):
         return await continuation(self.budgeted(details), request_iterator)
 
 
+class Channel:
+    """A grpc.aio channel whose calls carry the ambient budget, request id and trace context.
+
+    It has the grpc.aio channel's methods (`unary_unary`, `close`, `channel_ready`, ...); the
+    four callable factories return callables that pass the budget on.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, *, margin: float = DEFAULT_MARGIN) -> None:
+        self._channel = channel
+        self._budget = _Budgeted(margin=margin)
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _UnaryUnaryCallable:
+        return _UnaryUnaryCallable(
+            self._channel.unary_unary(method, *args, **kwargs), method, self._budget
+        )
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> _Callable:
+        return _Callable(self._channel.unary_stream(method, *args, **kwargs), self._budget)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> _Callable:
+        return _Callable(self._channel.stream_unary(method, *args, **kwargs), self._budget)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> _Callable:
+        return _Callable(self._channel.stream_stream(method, *args, **kwargs), self._budget)
+
+    async def __aenter__(self) -> Channel:
+        await self._channel.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._channel.__aexit__(*exc_info)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+
+class _Callable:
+    """A grpc.aio multi-callable whose calls get the budget as timeout and tether's metadata."""
+
+    __slots__ = ("_budget", "_inner")
+
+    def __init__(self, inner: Any, budget: _Budgeted) -> None:
+        self._inner = inner
+        self._budget = budget
+
+    def __call__(
+        self, request: Any, *, timeout: float | None = None, metadata: Any = None, **kwargs: Any
+    ) -> Any:
+        timeout, metadata = self._budget.timeout_and_metadata(timeout, metadata)
+        return self._inner(request, timeout=timeout, metadata=metadata, **kwargs)
+
+
+class _UnaryUnaryCallable(_Callable):
+    __slots__ = ("_method",)
+
+    def __init__(self, inner: Any, method: str, budget: _Budgeted) -> None:
+        super().__init__(inner, budget)
+        self._method = method
+
+    def __call__(
+        self, request: Any, *, timeout: float | None = None, metadata: Any = None, **kwargs: Any
+    ) -> _MappedCall:
+        sent, metadata = self._budget.timeout_and_metadata(timeout, metadata)
+        call = self._inner(request, timeout=sent, metadata=metadata, **kwargs)
+        return _MappedCall(call, self._method, sent, timeout)
+
+
+class _MappedCall:
+    """A unary-unary call whose failure, when awaited, is mapped to tether's errors."""
+
+    __slots__ = ("_call", "_explicit", "_method", "_sent")
+
+    def __init__(self, call: Any, method: str, sent: float | None, explicit: float | None) -> None:
+        self._call = call
+        self._method = method
+        self._sent = sent
+        self._explicit = explicit
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        try:
+            return (yield from self._call.__await__())
+        except grpc.aio.AioRpcError as exc:
+            raise _mapped(exc, self._method, self._sent, self._explicit) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
 def TetherClientInterceptor(  # noqa: N802 - reads as the interceptor it builds
     *, margin: float = DEFAULT_MARGIN
 ) -> list[grpc.aio.ClientInterceptor]:
@@ -117,11 +220,10 @@ def insecure_channel(
     margin: float = DEFAULT_MARGIN,
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     **kwargs: Any,
-) -> grpc.aio.Channel:
-    """A plaintext channel whose calls pass the budget on; your interceptors run after."""
-    return grpc.aio.insecure_channel(
-        target, interceptors=[*TetherClientInterceptor(margin=margin), *interceptors], **kwargs
-    )
+) -> Channel:
+    """A plaintext channel whose calls pass the budget on (before your interceptors run)."""
+    channel = grpc.aio.insecure_channel(target, interceptors=interceptors or None, **kwargs)
+    return Channel(channel, margin=margin)
 
 
 def secure_channel(

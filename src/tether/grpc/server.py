@@ -29,8 +29,19 @@ import grpc.aio
 from tether._settings import server_budgets
 from tether.deadline import Deadline, deadline_at
 from tether.errors import DeadlineExceeded, UpstreamUnavailable
-from tether.request_id import REQUEST_ID_HEADER, new_request_id, request_id_scope
-from tether.tracing import TRACEPARENT_HEADER, incoming_traceparent
+from tether.request_id import (
+    REQUEST_ID_HEADER,
+    new_request_id,
+    request_id_scope,
+    reset_request_id,
+    set_request_id,
+)
+from tether.tracing import (
+    TRACEPARENT_HEADER,
+    incoming_traceparent,
+    reset_incoming_traceparent,
+    set_incoming_traceparent,
+)
 
 log = logging.getLogger("tether.grpc")
 
@@ -47,6 +58,10 @@ class TetherServerInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, *, default_budget: float = 10.0, max_budget: float = 60.0) -> None:
         self.default_budget, self.max_budget = server_budgets(default_budget, max_budget)
+        # Wrapped handlers, built once per method: the wrapper reads everything per call
+        # from the call's context.
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        self._unwrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -59,7 +74,12 @@ class TetherServerInterceptor(grpc.aio.ServerInterceptor):
             return grpc.stream_stream_rpc_method_handler(_abort_internal)
         if handler is None:
             return None
-        return _wrap(handler, self, handler_call_details)
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None or self._unwrapped.get(method) is not handler:
+            wrapped = self._wrapped[method] = _wrap(handler, self, method)
+            self._unwrapped[method] = handler
+        return wrapped
 
 
 async def _abort_internal(
@@ -71,19 +91,17 @@ async def _abort_internal(
 def _wrap(
     handler: grpc.RpcMethodHandler[Any, Any],
     policy: TetherServerInterceptor,
-    details: grpc.HandlerCallDetails,
+    method: str,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    method = details.method
-    metadata = dict(details.invocation_metadata or ())
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _unary(handler.unary_unary, policy, method, metadata),
+            _unary(handler.unary_unary, policy, method),
             handler.request_deserializer,
             handler.response_serializer,
         )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
-            _unary(handler.stream_unary, policy, method, metadata),
+            _unary(handler.stream_unary, policy, method),
             handler.request_deserializer,
             handler.response_serializer,
         )
@@ -95,7 +113,7 @@ def _wrap(
         else grpc.stream_stream_rpc_method_handler
     )
     return make(
-        _streaming(behavior, policy, method, metadata),
+        _streaming(behavior, policy, method),
         handler.request_deserializer,
         handler.response_serializer,
     )
@@ -110,22 +128,28 @@ class _Call:
         self,
         policy: TetherServerInterceptor,
         method: str,
-        metadata: dict[str, Any],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         self.started = time.perf_counter()
         self.method = method
-        request_id = metadata.get(REQUEST_ID_HEADER)
+        request_id = traceparent = None
+        for key, value in context.invocation_metadata() or ():
+            if key == REQUEST_ID_HEADER:
+                request_id = value
+            elif key == TRACEPARENT_HEADER:
+                traceparent = value
         self.request_id = (
-            request_id if isinstance(request_id, str) and request_id else (new_request_id())
+            request_id if isinstance(request_id, str) and request_id else new_request_id()
         )
-        self.traceparent = metadata.get(TRACEPARENT_HEADER)
+        self.traceparent = traceparent if isinstance(traceparent, str) else None
         remaining = context.time_remaining()
         budget = policy.default_budget if remaining is None else min(remaining, policy.max_budget)
         self.budget = budget
         self.deadline = Deadline.after(budget)
 
     def finish(self, code: grpc.StatusCode) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
         elapsed = (time.perf_counter() - self.started) * 1000
         log.info(
             "grpc %s %s %.1fms budget=%.1fms request_id=%s",
@@ -147,15 +171,15 @@ def _unary(
     behavior: Callable[..., Any],
     policy: TetherServerInterceptor,
     method: str,
-    metadata: dict[str, Any],
 ) -> Callable[..., Awaitable[Any]]:
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        call = _Call(policy, method, metadata, context)
+        call = _Call(policy, method, context)
         code = grpc.StatusCode.OK
+        id_token = set_request_id(call.request_id)
+        trace_token = set_incoming_traceparent(call.traceparent)
         try:
-            with request_id_scope(call.request_id), incoming_traceparent(call.traceparent):
-                async with deadline_at(call.deadline):
-                    return await behavior(request, context)
+            async with deadline_at(call.deadline):
+                return await behavior(request, context)
         except grpc.aio.AbortError:
             code = _code_of(context)
             raise
@@ -166,6 +190,8 @@ def _unary(
             code = _status_for(exc, call)
             await context.abort(code, _details_for(code))
         finally:
+            reset_incoming_traceparent(trace_token)
+            reset_request_id(id_token)
             call.finish(code)
 
     return guarded
@@ -175,12 +201,11 @@ def _streaming(
     behavior: Callable[..., Any],
     policy: TetherServerInterceptor,
     method: str,
-    metadata: dict[str, Any],
 ) -> Callable[..., AsyncIterator[Any]]:
     async def guarded(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        call = _Call(policy, method, metadata, context)
+        call = _Call(policy, method, context)
         code = grpc.StatusCode.OK
         try:
             with request_id_scope(call.request_id), incoming_traceparent(call.traceparent):

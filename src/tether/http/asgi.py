@@ -14,8 +14,8 @@ context variables). For each HTTP request, in this order:
    504 `deadline-exceeded`, or, if the response had already started, the connection is closed.
    tether's other errors escaping the app map to their problems (`UpstreamTimeout`: 504
    `upstream-timeout`, `UpstreamUnavailable`: 503 `upstream-unavailable`).
-4. A client that disconnects cancels the app at once (the middleware listens for
-   `http.disconnect` while the app runs).
+4. A client that disconnects cancels the app (the middleware listens for `http.disconnect`
+   from 5 ms into the request on; faster requests are never watched, which keeps them cheap).
 5. Safety net: any other exception becomes 500 `internal-error` without its text; the traceback
    is logged with the request id; the server keeps serving.
 6. The response carries `Server-Timing: app;dur=<ms in this hop>, budget;dur=<ms received>`.
@@ -44,8 +44,8 @@ from tether.problems import (
     Problem,
     problem_for_exception,
 )
-from tether.request_id import new_request_id, request_id_scope
-from tether.tracing import incoming_traceparent
+from tether.request_id import new_request_id, reset_request_id, set_request_id
+from tether.tracing import reset_incoming_traceparent, set_incoming_traceparent
 from tether.wire import deadline_from_headers
 
 Scope = MutableMapping[str, Any]
@@ -58,6 +58,9 @@ log = logging.getLogger("tether.http")
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 _DISCONNECT: Message = {"type": "http.disconnect"}
+
+# How long a request runs before the middleware starts watching for its client to leave.
+WATCH_AFTER = 0.005
 
 
 class TetherMiddleware:
@@ -79,22 +82,27 @@ class TetherMiddleware:
             return
         exchange = _Exchange(send, _clock.monotonic())
         try:
-            request_id, deadline, traceparent = self._read_headers(scope["headers"], exchange)
+            request_id, when, traceparent = self._read_headers(scope["headers"], exchange)
         except _Refused as refusal:
             await exchange.answer(refusal.problem)
             return
-        exchange.request_id = request_id
-        exchange.budget = deadline.when - exchange.started
-        if deadline.expired:
+        exchange.budget = when - exchange.started
+        if when <= exchange.started:
             detail = "the request's deadline had passed before it arrived; nothing was done"
             await exchange.answer(EXPIRED_ON_ARRIVAL.problem(detail))
             return
-        with request_id_scope(request_id), incoming_traceparent(traceparent):
-            await self._run(scope, receive, exchange, deadline)
+        id_token = set_request_id(request_id)
+        trace_token = set_incoming_traceparent(traceparent)
+        try:
+            await self._run(scope, receive, exchange, Deadline(when))
+        finally:
+            reset_incoming_traceparent(trace_token)
+            reset_request_id(id_token)
 
     def _read_headers(
         self, headers: list[tuple[bytes, bytes]], exchange: _Exchange
-    ) -> tuple[str, Deadline, str | None]:
+    ) -> tuple[str, float, str | None]:
+        """The request id, the deadline's instant, and the incoming traceparent."""
         request_id: str | None = None
         traceparent: str | None = None
         for name, value in headers:
@@ -113,10 +121,9 @@ class TetherMiddleware:
             asked = deadline_from_headers(headers)
         except InvalidDeadlineHeader as exc:
             raise _Refused(INVALID_DEADLINE_HEADER.problem(str(exc), header=exc.header)) from None
-        ceiling = Deadline(exchange.started + self.max_budget)
         if asked is None:
-            return request_id, Deadline(exchange.started + self.default_budget), traceparent
-        return request_id, asked.earlier(ceiling), traceparent
+            return request_id, exchange.started + self.default_budget, traceparent
+        return request_id, min(asked.when, exchange.started + self.max_budget), traceparent
 
     async def _run(
         self, scope: Scope, receive: Receive, exchange: _Exchange, deadline: Deadline
@@ -188,10 +195,11 @@ class _Exchange:
 
     def _tether_headers(self) -> list[tuple[bytes, bytes]]:
         elapsed = (_clock.monotonic() - self.started) * 1000
-        timing = f"app;dur={elapsed:.1f}"
-        if self.budget is not None:
-            timing += f", budget;dur={self.budget * 1000:.1f}"
-        return [(b"x-request-id", self.request_id.encode()), (b"server-timing", timing.encode())]
+        if self.budget is None:
+            timing = b"app;dur=%.1f" % elapsed
+        else:
+            timing = b"app;dur=%.1f, budget;dur=%.1f" % (elapsed, self.budget * 1000)
+        return [(b"x-request-id", self.request_id.encode()), (b"server-timing", timing)]
 
     async def answer(self, problem: Problem) -> None:
         """Send `problem` as the whole response."""
@@ -217,11 +225,12 @@ class _Exchange:
 
 
 class _DisconnectWatcher:
-    """The only reader of the server's `receive`: hands messages to the app one at a time and
-    cancels the app's task when the client disconnects.
+    """Cancels the app's task when the client disconnects.
 
-    Invariant: at most one message is read ahead of the app, so request bodies keep their
-    backpressure; the watcher still sees a disconnect as soon as the body has been read.
+    Rule: a request that is answered within `WATCH_AFTER` costs no watching at all. After that
+    the watcher becomes the only reader of the server's `receive`, handing messages to the app
+    one at a time (so request bodies keep their backpressure) and cancelling the app's task when
+    `http.disconnect` arrives. A disconnect is therefore noticed at most `WATCH_AFTER` late.
     """
 
     def __init__(self, receive: Receive, task: asyncio.Task[Any], exchange: _Exchange) -> None:
@@ -229,31 +238,59 @@ class _DisconnectWatcher:
         self._task = task
         self._exchange = exchange
         self._cancelling = task.cancelling()
-        self._slot: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)
+        self._slot: asyncio.Queue[Message] | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._app_receiving = False
+        self._start_when_app_returns = False
         self.disconnected = False
-        self._pump = asyncio.get_running_loop().create_task(self._run())
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            WATCH_AFTER, self._start
+        )
 
-    async def _run(self) -> None:
+    def _start(self) -> None:
+        self._timer = None
+        if self._exchange.response_done:
+            return
+        if self._app_receiving:  # two readers of `receive` at once are not allowed
+            self._start_when_app_returns = True
+            return
+        self._slot = asyncio.Queue(maxsize=1)
+        self._pump = asyncio.get_running_loop().create_task(self._run(self._slot))
+
+    async def _run(self, slot: asyncio.Queue[Message]) -> None:
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 if self._exchange.response_done:
                     return  # servers report the end of the exchange as a disconnect too
                 self.disconnected = True
-                if self._slot.empty():
-                    self._slot.put_nowait(message)
+                if slot.empty():
+                    slot.put_nowait(message)
                 self._task.cancel()
                 return
-            await self._slot.put(message)
+            await slot.put(message)
 
     async def receive(self) -> Message:
-        if self.disconnected and self._slot.empty():
+        slot = self._slot
+        if slot is None:  # not watching yet: the app reads directly
+            self._app_receiving = True
+            try:
+                return await self._receive()
+            finally:
+                self._app_receiving = False
+                if self._start_when_app_returns:
+                    self._start_when_app_returns = False
+                    self._start()
+        if self.disconnected and slot.empty():
             return _DISCONNECT
-        return await self._slot.get()
+        return await slot.get()
 
     def caused(self, task: asyncio.Task[Any]) -> bool:
         """True when the cancellation being handled is the one this watcher sent."""
         return self.disconnected and task.uncancel() <= self._cancelling
 
     def stop(self) -> None:
-        self._pump.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._pump is not None:
+            self._pump.cancel()

@@ -21,8 +21,9 @@ from __future__ import annotations
 import json as jsonlib
 import logging
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from types import SimpleNamespace, TracebackType
+from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -49,7 +50,9 @@ __all__ = ["CallTimings", "Client", "HTTPStatusError", "Response"]
 class CallTimings:
     """When each phase of one call ended, in seconds from its start (None: did not happen).
 
-    `dns` and `connect` are None when a pooled connection was reused; `connect` includes TLS.
+    `dns` and `connect` are None when a pooled connection was reused; `connect` includes TLS;
+    `request_sent` is when the request line, headers and (for small bodies) body were written;
+    `first_byte` is when the response headers had arrived; `body_done` when the body had.
     """
 
     dns: float | None = None
@@ -145,8 +148,7 @@ class Client:
     def _session_for_call(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._limit),
-                trace_configs=[_timing_trace()],
+                connector=_TimedConnector(limit=self._limit), request_class=_TimedRequest
             )
         return self._session
 
@@ -175,12 +177,12 @@ class Client:
             outgoing.setdefault(name, value)
         timings = CallTimings(_start=time.perf_counter())
         full_url = self._base_url + url if self._base_url and url.startswith("/") else url
+        token = _timings.set(timings)
         try:
             async with self._session_for_call().request(
                 method,
                 full_url,
                 headers=outgoing,
-                trace_request_ctx=timings,
                 timeout=aiohttp.ClientTimeout(total=limit),
                 **kwargs,
             ) as answer:
@@ -192,6 +194,8 @@ class Client:
             raise _timeout_error(full_url, limit, budget_bound) from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise UpstreamUnavailable(f"{method} {full_url} failed: {exc}") from exc
+        finally:
+            _timings.reset(token)
         log.debug("%s %s -> %s %s", method, full_url, response.status, timings)
         return response
 
@@ -217,26 +221,36 @@ def _timeout_error(url: str, limit: float | None, budget_bound: bool) -> Excepti
     return UpstreamTimeout(f"no answer from {url} within its {waited} timeout")
 
 
-def _timing_trace() -> aiohttp.TraceConfig:
-    """aiohttp trace hooks that fill in each call's `CallTimings`."""
-    trace = aiohttp.TraceConfig(trace_config_ctx_factory=_TraceContext)
-
-    async def dns_end(_: Any, ctx: SimpleNamespace, __: Any) -> None:
-        ctx.trace_request_ctx.mark("dns")
-
-    async def connected(_: Any, ctx: SimpleNamespace, __: Any) -> None:
-        ctx.trace_request_ctx.mark("connect")
-
-    async def sent(_: Any, ctx: SimpleNamespace, __: Any) -> None:
-        ctx.trace_request_ctx.mark("request_sent")
-
-    trace.on_dns_resolvehost_end.append(dns_end)
-    trace.on_connection_create_end.append(connected)
-    trace.on_request_headers_sent.append(sent)
-    trace.on_request_chunk_sent.append(sent)  # the last body chunk sent ends the phase
-    trace.freeze()
-    return trace
+# The timings of the call the running task is making; read by the connector and request
+# classes below, which aiohttp calls within that task (or tasks it starts from it).
+_timings: ContextVar[CallTimings | None] = ContextVar("tether.http.timings", default=None)
 
 
-class _TraceContext(SimpleNamespace):
-    trace_request_ctx: CallTimings
+def _mark(phase: str) -> None:
+    timings = _timings.get()
+    if timings is not None:
+        timings.mark(phase)
+
+
+class _TimedConnector(aiohttp.TCPConnector):
+    """Notes when name resolution and connecting (TLS included) end; only new connections
+    pass here, so pooled calls pay nothing."""
+
+    async def _resolve_host(self, host: str, port: int, traces: Any = None) -> Any:
+        resolved = await super()._resolve_host(host, port, traces)
+        _mark("dns")
+        return resolved
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109 - aiohttp's signature
+        protocol = await super()._create_connection(req, traces, timeout)
+        _mark("connect")
+        return protocol
+
+
+class _TimedRequest(aiohttp.ClientRequest):
+    """Notes when the request has been sent."""
+
+    async def send(self, conn: Any) -> aiohttp.ClientResponse:
+        response = await super().send(conn)
+        _mark("request_sent")
+        return response

@@ -1,0 +1,213 @@
+"""The cost of the service toolkit, each against the same stack without tether, same run.
+
+    .venv/bin/python bench/bench_toolkit.py            # prints and updates docs/benchmarks.md
+    .venv/bin/python bench/bench_toolkit.py --quick    # shorter runs, prints only
+
+- ASGI middleware: hello-world Starlette under uvicorn (httptools, uvloop, one worker pinned to
+  core 0), wrk on core 1 with 50 keep-alive connections; with vs without TetherMiddleware
+  (target: at most 10% fewer requests per second).
+- gRPC interceptors: unary echo, server in its own process, 50 concurrent callers; tether's
+  server interceptor and client interceptors vs none (target: at most 10% slower).
+- Outbound client: 50 concurrent GETs to a local upstream; tether.http.Client inside a deadline
+  block vs a plain aiohttp session (target: at least 90% of aiohttp's throughput).
+Each pair alternates A, B, A, B and reports the median of its rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+import grpc.aio
+from _report import machine, write_section
+
+import tether
+import tether.grpc
+from tether.http import Client
+
+BENCH = Path(__file__).resolve().parent
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(port: int) -> None:
+    for _ in range(400):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.025)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@contextmanager
+def server(argv: list[str], port: int, core: str = "0") -> Iterator[None]:
+    taskset = ["taskset", "-c", core] if shutil.which("taskset") else []
+    proc = subprocess.Popen([*taskset, *argv], cwd=BENCH, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(port)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def uvicorn(app: str, port: int) -> list[str]:
+    return [PY, "-m", "uvicorn", app, "--port", str(port), "--log-level", "warning",
+            "--http", "httptools", "--loop", "uvloop", "--no-access-log"]
+
+
+def wrk(port: int, seconds: int) -> tuple[float, float]:
+    """Requests per second and p99 latency (ms) of wrk with 50 connections on core 1."""
+    taskset = ["taskset", "-c", "1"] if shutil.which("taskset") else []
+    out = subprocess.run(
+        [*taskset, "wrk", "-t1", "-c50", f"-d{seconds}s", "--latency",
+         f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    assert p99 is not None
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    return rps, float(p99.group(1)) * scale
+
+
+def middleware_rows(seconds: int, rounds: int) -> list[tuple[str, float, float]]:
+    results: dict[str, list[tuple[float, float]]] = {"plain": [], "tether": []}
+    apps = {"plain": "apps.hello:plain", "tether": "apps.hello:with_tether"}
+    for _ in range(rounds):
+        for kind in ("plain", "tether"):
+            port = free_port()
+            with server(uvicorn(apps[kind], port), port):
+                wrk(port, 1)  # warm-up
+                results[kind].append(wrk(port, seconds))
+    return [(kind, statistics.median(r for r, _ in runs), statistics.median(p for _, p in runs))
+            for kind, runs in results.items()]
+
+
+async def call_loop(call: Callable[[], Awaitable[object]], seconds: float,
+                    concurrency: int = 50) -> float:
+    """Calls per second that `concurrency` tasks complete in `seconds`."""
+    done = 0
+    end = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            await call()
+            done += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - start)
+
+
+async def grpc_rate(kind: str, port: int, seconds: float) -> float:
+    channel = (tether.grpc.insecure_channel(f"127.0.0.1:{port}") if kind == "tether"
+               else grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+    async with channel:
+        echo = channel.unary_unary("/bench.Echo/Echo")
+        await call_loop(lambda: echo(b"x"), 0.5)  # warm-up
+        if kind == "tether":
+            async with tether.deadline_after(3600):
+                return await call_loop(lambda: echo(b"x"), seconds)
+        return await call_loop(lambda: echo(b"x"), seconds)
+
+
+def grpc_rows(seconds: int, rounds: int) -> list[tuple[str, float]]:
+    results: dict[str, list[float]] = {"plain": [], "tether": []}
+    for _ in range(rounds):
+        for kind in ("plain", "tether"):
+            port = free_port()
+            with server([PY, "apps/grpc_echo.py", str(port), kind], port):
+                results[kind].append(asyncio.run(grpc_rate(kind, port, seconds)))
+    return [(kind, statistics.median(runs)) for kind, runs in results.items()]
+
+
+async def client_rate(kind: str, url: str, seconds: float) -> float:
+    if kind == "aiohttp":
+        async with aiohttp.ClientSession() as session:
+
+            async def plain() -> None:
+                async with session.get(url) as answer:
+                    await answer.read()
+
+            await call_loop(plain, 0.5)
+            return await call_loop(plain, seconds)
+    async with Client() as client:
+        await call_loop(lambda: client.get(url), 0.5)
+        async with tether.deadline_after(3600):
+            return await call_loop(lambda: client.get(url), seconds)
+
+
+def client_rows(seconds: int, rounds: int) -> list[tuple[str, float]]:
+    results: dict[str, list[float]] = {"aiohttp": [], "tether": []}
+    port = free_port()
+    with server(uvicorn("apps.hello:plain", port), port, core="0"):
+        for _ in range(rounds):
+            for kind in ("aiohttp", "tether"):
+                results[kind].append(asyncio.run(client_rate(kind, f"http://127.0.0.1:{port}/",
+                                                             seconds)))
+    return [(kind, statistics.median(runs)) for kind, runs in results.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=["middleware", "grpc", "client"],
+                        help="run one case and print it (does not update the docs)")
+    args = parser.parse_args()
+    if args.only:
+        os.sched_setaffinity(0, {1})
+        seconds, rounds = (3, 1) if args.quick else (8, 3)
+        case = {"middleware": middleware_rows, "grpc": grpc_rows, "client": client_rows}
+        print(case[args.only](seconds, rounds))
+        return
+    seconds, rounds = (3, 1) if args.quick else (8, 3)
+    os.sched_setaffinity(0, {1})  # the load side runs on core 1, servers on core 0
+
+    mw = dict((k, (r, p)) for k, r, p in middleware_rows(seconds, rounds))
+    mw_ratio = mw["tether"][0] / mw["plain"][0]
+    gr = dict(grpc_rows(seconds, rounds))
+    gr_ratio = gr["tether"] / gr["plain"]
+    cl = dict(client_rows(seconds, rounds))
+    cl_ratio = cl["tether"] / cl["aiohttp"]
+
+    def verdict(ok: bool) -> str:
+        return "meets" if ok else "misses"
+
+    body = f"""## Service toolkit overhead (`bench/bench_toolkit.py`)
+
+Reproduce: `.venv/bin/python bench/bench_toolkit.py`. Machine: {machine()}.
+Servers on core 0, load on core 1; {rounds} alternating rounds of {seconds} s, medians.
+
+| case | without tether | with tether | ratio | target |
+|---|---:|---:|---:|---|
+| ASGI middleware: Starlette hello under uvicorn, wrk 50 conns (req/s) | {mw["plain"][0]:,.0f} | {mw["tether"][0]:,.0f} | {mw_ratio:.3f} | >= 0.90 ({verdict(mw_ratio >= 0.9)}) |
+| same, p99 latency | {mw["plain"][1]:.2f} ms | {mw["tether"][1]:.2f} ms | | |
+| gRPC unary echo, 50 concurrent callers (calls/s), server + client interceptors | {gr["plain"]:,.0f} | {gr["tether"]:,.0f} | {gr_ratio:.3f} | >= 0.90 ({verdict(gr_ratio >= 0.9)}) |
+| outbound client, 50 concurrent GETs (calls/s): plain aiohttp vs `tether.http.Client` | {cl["aiohttp"]:,.0f} | {cl["tether"]:,.0f} | {cl_ratio:.3f} | >= 0.90 ({verdict(cl_ratio >= 0.9)}) |
+"""
+    print(body)
+    if not args.quick:
+        write_section("toolkit", body)
+
+
+if __name__ == "__main__":
+    main()
