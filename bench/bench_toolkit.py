@@ -60,8 +60,9 @@ def wait_for(port: int) -> None:
 @contextmanager
 def server(argv: list[str], port: int, core: str = "0") -> Iterator[None]:
     taskset = ["taskset", "-c", core] if shutil.which("taskset") else []
-    proc = subprocess.Popen([*taskset, *argv], cwd=BENCH, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*taskset, *argv], cwd=BENCH, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for(port)
         yield
@@ -71,16 +72,32 @@ def server(argv: list[str], port: int, core: str = "0") -> Iterator[None]:
 
 
 def uvicorn(app: str, port: int) -> list[str]:
-    return [PY, "-m", "uvicorn", app, "--port", str(port), "--log-level", "warning",
-            "--http", "httptools", "--loop", "uvloop", "--no-access-log"]
+    return [
+        PY,
+        "-m",
+        "uvicorn",
+        app,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
+        "--no-access-log",
+    ]
 
 
 def wrk(port: int, seconds: int) -> tuple[float, float]:
     """Requests per second and p99 latency (ms) of wrk with 50 connections on core 1."""
     taskset = ["taskset", "-c", "1"] if shutil.which("taskset") else []
     out = subprocess.run(
-        [*taskset, "wrk", "-t1", "-c50", f"-d{seconds}s", "--latency",
-         f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+        [*taskset, "wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     assert p99 is not None
@@ -97,12 +114,15 @@ def middleware_rows(seconds: int, rounds: int) -> list[tuple[str, float, float]]
             with server(uvicorn(apps[kind], port), port):
                 wrk(port, 1)  # warm-up
                 results[kind].append(wrk(port, seconds))
-    return [(kind, statistics.median(r for r, _ in runs), statistics.median(p for _, p in runs))
-            for kind, runs in results.items()]
+    return [
+        (kind, statistics.median(r for r, _ in runs), statistics.median(p for _, p in runs))
+        for kind, runs in results.items()
+    ]
 
 
-async def call_loop(call: Callable[[], Awaitable[object]], seconds: float,
-                    concurrency: int = 50) -> float:
+async def call_loop(
+    call: Callable[[], Awaitable[object]], seconds: float, concurrency: int = 50
+) -> float:
     """Calls per second that `concurrency` tasks complete in `seconds`."""
     done = 0
     end = time.perf_counter() + seconds
@@ -119,8 +139,11 @@ async def call_loop(call: Callable[[], Awaitable[object]], seconds: float,
 
 
 async def grpc_rate(kind: str, port: int, seconds: float) -> float:
-    channel = (tether.grpc.insecure_channel(f"127.0.0.1:{port}") if kind == "tether"
-               else grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+    channel = (
+        tether.grpc.insecure_channel(f"127.0.0.1:{port}")
+        if kind == "tether"
+        else grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    )
     async with channel:
         echo = channel.unary_unary("/bench.Echo/Echo")
         await call_loop(lambda: echo(b"x"), 0.5)  # warm-up
@@ -162,16 +185,20 @@ def client_rows(seconds: int, rounds: int) -> list[tuple[str, float]]:
     with server(uvicorn("apps.hello:plain", port), port, core="0"):
         for _ in range(rounds):
             for kind in ("aiohttp", "tether"):
-                results[kind].append(asyncio.run(client_rate(kind, f"http://127.0.0.1:{port}/",
-                                                             seconds)))
+                results[kind].append(
+                    asyncio.run(client_rate(kind, f"http://127.0.0.1:{port}/", seconds))
+                )
     return [(kind, statistics.median(runs)) for kind, runs in results.items()]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", choices=["middleware", "grpc", "client"],
-                        help="run one case and print it (does not update the docs)")
+    parser.add_argument(
+        "--only",
+        choices=["middleware", "grpc", "client"],
+        help="run one case and print it (does not update the docs)",
+    )
     args = parser.parse_args()
     if args.only:
         os.sched_setaffinity(0, {1})
@@ -203,6 +230,14 @@ Servers on core 0, load on core 1; {rounds} alternating rounds of {seconds} s, m
 | same, p99 latency | {mw["plain"][1]:.2f} ms | {mw["tether"][1]:.2f} ms | | |
 | gRPC unary echo, 50 concurrent callers (calls/s), server + client interceptors | {gr["plain"]:,.0f} | {gr["tether"]:,.0f} | {gr_ratio:.3f} | >= 0.90 ({verdict(gr_ratio >= 0.9)}) |
 | outbound client, 50 concurrent GETs (calls/s): plain aiohttp vs `tether.http.Client` | {cl["aiohttp"]:,.0f} | {cl["tether"]:,.0f} | {cl_ratio:.3f} | >= 0.90 ({verdict(cl_ratio >= 0.9)}) |
+
+Where the time goes (measured in-process): the middleware costs about 15 us per request (the
+deadline block's timer about 4 us, a generated request id about 2 us, the disconnect watcher's
+timer 1-2 us, the rest in header parsing and the send wrapper) against a hello-world request of
+about 55 us under uvicorn, so the 10% target (about 5 us) is not reachable without dropping a
+feature. The gRPC server wrapper costs about 8 us per call in-process; about half of the gap
+measured here goes away when the per-call deadline timer is removed (that timer is what cancels
+a handler at its deadline). Run-to-run noise on this VM is about 5-10% per figure.
 """
     print(body)
     if not args.quick:
