@@ -14,3 +14,12 @@ def clock() -> Iterator[VirtualClock]:
     """A virtual clock that tether reads for the test's duration."""
     with VirtualClock() as virtual:
         yield virtual
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """A real PostgreSQL: TETHER_PG_DSN if set, else an embedded one for the session."""
+    from tether.postgres.embedded import postgres_dsn
+
+    with postgres_dsn() as dsn:
+        yield dsn

@@ -159,7 +159,7 @@ class Client:
         *,
         # An explicit cap for this one call (the "caller's explicit timeout"); it can only
         # shorten the ambient budget, never extend it.
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         headers: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> Response:
@@ -241,7 +241,7 @@ class _TimedConnector(aiohttp.TCPConnector):
         _mark("dns")
         return resolved
 
-    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109 - aiohttp's signature
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
         protocol = await super()._create_connection(req, traces, timeout)
         _mark("connect")
         return protocol

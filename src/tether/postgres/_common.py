@@ -1,0 +1,97 @@
+"""What every PostgreSQL integration shares: error translation, the backstop, the tag.
+
+Rules:
+1. Our budget running out is `DeadlineExceeded`. Waiting for a pool connection until the budget
+   ran out is `PoolExhausted` (a `DeadlineExceeded`): the pool-exhaustion symptom.
+2. SQLSTATE 57014 (query_canceled) is ours when our budget is spent (tether's own
+   `statement_timeout` backstop fired, or tether cancelled the statement), and the server's
+   otherwise (a `statement_timeout` a DBA set on the role or database): `UpstreamTimeout`.
+3. Inside a transaction, tether sets `statement_timeout` to the remaining budget with
+   `SET LOCAL`: the server ends the statement even when the client is gone (killed, network
+   cut). It bounds each statement by the budget left when the transaction began.
+4. Each connection carries the request id in `application_name` (`<prefix> <request id>`), so a
+   row of `pg_stat_activity` leads back to a request.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tether.deadline import current_deadline
+from tether.errors import DeadlineExceeded, UpstreamTimeout, format_seconds
+from tether.request_id import current_request_id
+
+QUERY_CANCELED = "57014"
+APPLICATION_NAME_LIMIT = 63  # NAMEDATALEN - 1
+
+
+class PoolExhausted(DeadlineExceeded):
+    """The budget ran out while waiting for a free pool connection."""
+
+
+def budget_spent(margin: float) -> bool:
+    """True when the ambient budget has (about) run out: less than `margin` is left."""
+    deadline = current_deadline()
+    return deadline is not None and deadline.remaining() <= margin
+
+
+def query_canceled(detail: str, margin: float) -> Exception:
+    """The error for SQLSTATE 57014: ours when the budget is spent, the server's otherwise."""
+    if budget_spent(margin):
+        return DeadlineExceeded(
+            f"deadline exceeded: PostgreSQL cancelled the statement as the budget ran out "
+            f"({detail})",
+            deadline=current_deadline(),
+        )
+    return UpstreamTimeout(
+        f"PostgreSQL cancelled the statement on its own (a statement_timeout set on the server, "
+        f"role or database, not tether's budget): {detail}"
+    )
+
+
+def statement_timed_out(limit: float, budget_bound: bool) -> Exception:
+    """The error when the driver's own per-statement timeout ran out."""
+    if budget_bound:
+        return DeadlineExceeded(
+            f"deadline exceeded: the statement did not finish within the "
+            f"{format_seconds(limit)} left of the budget; it was cancelled on the server",
+            deadline=current_deadline(),
+        )
+    return UpstreamTimeout(f"the statement did not finish within its {format_seconds(limit)}")
+
+
+def pool_exhausted(waited: float, size: int | None) -> PoolExhausted:
+    of = f" (all {size} connections busy)" if size else ""
+    return PoolExhausted(
+        f"deadline exceeded: no pool connection became free within the "
+        f"{format_seconds(waited)} left of the budget{of}: the pool is exhausted",
+        deadline=current_deadline(),
+    )
+
+
+def backstop_sql(prefix: str | None) -> str | None:
+    """`SET LOCAL statement_timeout` to the remaining budget (and the request tag), or None
+    when there is no deadline and no tag to set."""
+    parts = []
+    deadline = current_deadline()
+    if deadline is not None:
+        parts.append(
+            f"SET LOCAL statement_timeout = {max(1, math.ceil(deadline.remaining() * 1000))}"
+        )
+    tag = application_name(prefix)
+    if tag is not None:
+        parts.append(f"SET application_name = {quote_literal(tag)}")
+    return "; ".join(parts) or None
+
+
+def application_name(prefix: str | None) -> str | None:
+    """`<prefix> <request id>` (cut to PostgreSQL's 63 bytes), or None without either."""
+    request_id = current_request_id()
+    if prefix is None or request_id is None:
+        return None
+    return f"{prefix} {request_id}".encode()[:APPLICATION_NAME_LIMIT].decode("utf-8", "ignore")
+
+
+def quote_literal(text: str) -> str:
+    """A PostgreSQL string literal (standard_conforming_strings is on since 9.1)."""
+    return "'" + text.replace("'", "''") + "'"
