@@ -75,10 +75,17 @@ async def test_sleep_10s_under_200ms_budget_stops_on_the_server(
 async def test_500_cancelled_queries_leave_a_healthy_pool(
     pg_dsn: str, monitor: asyncpg.Connection
 ) -> None:
-    """500 cancelled queries through a pool of 5: then a query takes < 5 ms, at most 5
-    backends exist for the pool, and none is active."""
+    """500 cancelled queries through a pool of 5: then a query takes < 5 ms, the same 5
+    backends serve the pool (connections were reused, not replaced), and none is active."""
     prefix = app_name()
-    pool = await pool_for(pg_dsn, prefix, size=5)
+    pool = await tether.postgres.create_pool(
+        pg_dsn,
+        min_size=5,
+        max_size=5,
+        application_name=prefix,
+        server_settings={"application_name": prefix},
+    )
+    pids_before = await backend_pids(monitor, prefix)
     cancelled = 0
 
     async def one() -> None:
@@ -98,12 +105,22 @@ async def test_500_cancelled_queries_leave_a_healthy_pool(
         took = time.perf_counter() - start
         backends = await all_backends(monitor, prefix)
         active = await active_backends(monitor, prefix)
+        pids_after = await backend_pids(monitor, prefix)
     finally:
         await pool.close()
     assert cancelled == 500
     assert took < 0.005, f"a query took {took * 1000:.1f} ms after the churn"
     assert backends <= 5
     assert active == 0
+    assert len(pids_before) == 5
+    assert pids_after == pids_before
+
+
+async def backend_pids(monitor: asyncpg.Connection, prefix: str) -> set[int]:
+    rows = await monitor.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE $1 || '%'", prefix
+    )
+    return {row["pid"] for row in rows}
 
 
 async def test_server_backstop_ends_the_statement_after_the_client_is_killed(

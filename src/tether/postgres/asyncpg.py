@@ -43,6 +43,9 @@ from tether.wire import DEFAULT_MARGIN, call_timeout
 
 __all__ = ["Connection", "Pool", "PoolClosed", "create_pool"]
 
+# Seconds a connection may take to finish a cancellation and reset when it goes back to the pool.
+RELEASE_TIMEOUT = 5.0
+
 
 class PoolClosed(TetherError):
     """The pool was closed; no connection can be taken from it."""
@@ -104,7 +107,10 @@ class Pool:
             await connection.tag()
             yield connection
         finally:
-            await self.raw.release(raw)
+            # Releasing is clean-up, not the request's work: asyncpg would otherwise reuse the
+            # acquire timeout (what was left of the budget) to wait out a cancelled statement
+            # and reset the connection, and terminate a healthy connection when that ran out.
+            await self.raw.release(raw, timeout=RELEASE_TIMEOUT)
 
     async def execute(self, query: str, *args: Any) -> str:
         async with self.acquire() as conn:
