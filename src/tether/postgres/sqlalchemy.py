@@ -1,0 +1,116 @@
+"""SQLAlchemy 2 asyncio with the budget (the `sqlalchemy` extra; asyncpg as the driver).
+
+    engine = tether.postgres.sqlalchemy.instrument(create_async_engine(url))
+    async with tether.postgres.sqlalchemy.connect(engine) as conn:     # waits at most the budget
+        await conn.execute(text("SELECT ..."))
+
+- Every transaction (SQLAlchemy 2 begins one for every statement) starts with
+  `SET LOCAL statement_timeout` = the remaining budget, and the request id in `application_name`:
+  the server itself stops a statement that outlives the budget, even if this process dies.
+- `connect()` / `session()` wait at most the remaining budget for a pool connection
+  (`PoolExhausted` otherwise) and translate errors at the edge: our budget running out is
+  `DeadlineExceeded`, a DBA's `statement_timeout` is `UpstreamTimeout`, a lost connection is
+  `UpstreamUnavailable`.
+- At the deadline, tether's cancellation reaches asyncpg, which cancels the statement on the
+  server. SQLAlchemy then discards that connection and opens a new one on the next checkout (one
+  new backend, a few ms on loopback): the pool stays healthy, it does not reuse the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from tether._settings import margin_seconds
+from tether.errors import UpstreamUnavailable
+from tether.postgres._common import (
+    QUERY_CANCELED,
+    backstop_sql,
+    pool_exhausted,
+    query_canceled,
+)
+from tether.wire import DEFAULT_MARGIN, call_timeout
+
+__all__ = ["connect", "instrument", "session"]
+
+# The margin each instrumented engine was given.
+_margins: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+
+
+def instrument(
+    engine: AsyncEngine, *, margin: float = DEFAULT_MARGIN, application_name: str | None = "tether"
+) -> AsyncEngine:
+    """Install tether's per-transaction backstop and request tag on `engine`; returns it."""
+    _margins[engine.sync_engine] = margin_seconds(margin)
+
+    def on_begin(connection: Any) -> None:
+        sql = backstop_sql(application_name)
+        if sql is not None:
+            connection.exec_driver_sql(sql)
+
+    event.listen(engine.sync_engine, "begin", on_begin)
+    return engine
+
+
+@asynccontextmanager
+async def connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection from `engine`'s pool, waiting at most the remaining budget for it."""
+    margin = _margins.get(engine.sync_engine, DEFAULT_MARGIN)
+    limit = call_timeout(margin=margin)
+    with _translated(margin):
+        try:
+            async with asyncio.timeout(limit):
+                connection = await engine.connect()
+        except TimeoutError as exc:
+            raise pool_exhausted(limit or 0.0, engine.pool.size()) from exc  # type: ignore[attr-defined]
+        try:
+            yield connection
+        finally:
+            await connection.close()
+
+
+@asynccontextmanager
+async def session(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session that has its connection (waiting at most the remaining budget for it) and
+    whose errors are translated like `connect()`'s."""
+    bind = maker.kw.get("bind")
+    engine = bind.sync_engine if isinstance(bind, AsyncEngine) else None
+    margin = _margins.get(engine, DEFAULT_MARGIN) if engine is not None else DEFAULT_MARGIN
+    limit = call_timeout(margin=margin)  # no session without budget
+    with _translated(margin):
+        async with maker() as opened:
+            try:
+                async with asyncio.timeout(limit):
+                    await opened.connection()  # check out now, within the budget
+            except TimeoutError as exc:
+                size = engine.pool.size() if engine is not None else None  # type: ignore[attr-defined]
+                raise pool_exhausted(limit or 0.0, size) from exc
+            yield opened
+
+
+class _translated:  # noqa: N801 - a context manager used like a function
+    """Translate driver errors raised inside the block into tether's."""
+
+    def __init__(self, margin: float) -> None:
+        self._margin = margin
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if not isinstance(exc, DBAPIError):
+            return
+        code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        if code == QUERY_CANCELED:
+            raise query_canceled(str(exc.orig), self._margin) from exc
+        if exc.connection_invalidated:
+            raise UpstreamUnavailable(f"lost the PostgreSQL connection: {exc.orig}") from exc
