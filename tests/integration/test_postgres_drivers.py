@@ -273,11 +273,10 @@ async def test_cancellation_styles(
         except AssertionError:
             stopped_after = None  # still running on the server 1.5 s later
         record_property(f"{name}-{style}", stopped_after)
-        print(
-            f"{name} under {style}: backend stopped "
-            f"{'never (within 1.5 s)' if stopped_after is None else f'{stopped_after * 1000:.0f} ms'}"
-            " after the deadline"
+        outcome = (
+            "never (within 1.5 s)" if stopped_after is None else (f"{stopped_after * 1000:.0f} ms")
         )
+        print(f"{name} under {style}: backend stopped {outcome} after the deadline")
     finally:
         await close()
     if style == "tether":
