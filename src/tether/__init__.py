@@ -4,6 +4,7 @@ The public API, re-exported. Integrations live in subpackages (`tether.http`, `t
 `tether.postgres`, `tether.gateway`) and need their optional extras; this module needs none.
 """
 
+from tether.budgets import Budgets
 from tether.chain import Filter, Handler, SafetyNet, chain, server_chain
 from tether.deadline import (
     Deadline,
@@ -31,6 +32,7 @@ from tether.request_id import current_request_id, new_request_id, request_id_sco
 __version__ = "0.1.0"
 
 __all__ = [
+    "Budgets",
     "ChainError",
     "Deadline",
     "DeadlineExceeded",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 
 def positive_seconds(name: str, value: object) -> float:
@@ -26,3 +27,16 @@ def margin_seconds(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
         raise ValueError(f"margin must be zero or more seconds, got {value!r}")
     return float(value)
+
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+
+
+def parse_duration(text: str) -> float:
+    """`250ms`, `1.5s` or `2m` as seconds; ValueError for anything else (no sign, no space,
+    no bare number: the unit is required)."""
+    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"expected a duration such as 250ms, 1.5s or 2m, got {text!r}")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import sys
 from collections.abc import Sequence
 
 from tether import __version__
+from tether._settings import parse_duration
 
 
 def _milliseconds(text: str) -> float:
@@ -33,11 +36,69 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MS",
         help="the request's budget in milliseconds (default: 300)",
     )
+    pg = commands.add_parser("pg", help="look at a PostgreSQL server")
+    pg_commands = pg.add_subparsers(dest="pg_command", required=True, metavar="PG_COMMAND")
+    activity = pg_commands.add_parser(
+        "activity", help="statements running longer than a threshold, with their request ids"
+    )
+    activity.add_argument(
+        "--dsn",
+        default=os.environ.get("TETHER_PG_DSN"),
+        help="the server to look at (default: $TETHER_PG_DSN)",
+    )
+    activity.add_argument(
+        "--older-than",
+        type=_duration,
+        default=0.5,
+        metavar="DURATION",
+        help="only statements running longer than this (250ms, 2s, 1m; default 500ms)",
+    )
+    activity.add_argument("--json", action="store_true", help="one JSON object per statement")
     return parser
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _pg_activity(args: argparse.Namespace) -> int:
+    from tether.errors import UpstreamUnavailable
+    from tether.postgres.activity import format_table, long_running
+
+    if not args.dsn:
+        print("tether pg activity: give --dsn or set TETHER_PG_DSN", file=sys.stderr)
+        return 2
+    try:
+        statements = asyncio.run(long_running(args.dsn, args.older_than))
+    except (UpstreamUnavailable, ValueError) as exc:
+        print(f"tether pg activity: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        for s in statements:
+            print(
+                json.dumps(
+                    {
+                        "pid": s.pid,
+                        "running_ms": round(s.running * 1000),
+                        "state": s.state,
+                        "request_id": s.request_id,
+                        "application_name": s.application_name,
+                        "query": s.query,
+                    }
+                )
+            )
+    else:
+        print(format_table(statements))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "pg":
+        return _pg_activity(args)
     if args.command == "demo":
         from tether.demo import run_demo
 
