@@ -155,6 +155,16 @@ def time_remaining() -> float | None:
     return None if scope is None else scope._deadline.remaining()
 
 
+def deadline_enforced_here() -> bool:
+    """True when the ambient deadline will cancel the running task by itself: it was set by a
+    deadline block of this very task, whose timer is armed. (A task that only inherited a
+    deadline from the task that created it knows the deadline but is not cancelled at it.)"""
+    scope = _current.get()
+    return scope is not None and scope._task is not None and scope._task is _current_task()
+
+
+_current_task = asyncio.current_task
+
 # Scope states.
 _CREATED: Final = 0
 _ENTERED: Final = 1

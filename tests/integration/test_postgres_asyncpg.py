@@ -261,3 +261,23 @@ async def test_cancelled_while_waiting_for_a_connection_leaks_nothing(pg_dsn: st
         assert pool.raw.get_idle_size() == 1
     finally:
         await pool.close()
+
+
+async def test_a_task_that_only_inherited_the_deadline_is_still_bounded(
+    pg_dsn: str, monitor: asyncpg.Connection
+) -> None:
+    """A plain child task knows the deadline but is not cancelled at it: its statements get the
+    budget as their timeout instead, and still stop on the server."""
+    prefix = app_name()
+    pool = await pool_for(pg_dsn, prefix)
+    try:
+        async with deadline_after(0.2):
+            child = asyncio.create_task(pool.fetchval("SELECT pg_sleep(10)"))
+        start = time.perf_counter()
+        with pytest.raises(DeadlineExceeded, match="cancelled on the server"):
+            await child
+        raised = time.perf_counter()
+        await idle_after(monitor, prefix)
+    finally:
+        await pool.close()
+    assert raised - start <= 0.25

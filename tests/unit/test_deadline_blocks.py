@@ -268,3 +268,27 @@ def test_real_clock_expiry() -> None:
                 await asyncio.sleep(10)
 
     asyncio.run(main())
+
+
+def test_deadline_enforced_here_only_in_the_task_whose_block_is_armed(
+    clock: VirtualClock,
+) -> None:
+    """True inside a block of this task; False outside, in detached(), and in a child task
+    that merely inherited the deadline."""
+    from tether.deadline import deadline_enforced_here, detached
+
+    async def child() -> bool:
+        return deadline_enforced_here()
+
+    async def main() -> list[bool]:
+        seen = [deadline_enforced_here()]
+        async with deadline_after(5):
+            seen.append(deadline_enforced_here())
+            async with deadline_after(10):  # inherits, unarmed, but the parent's timer is here
+                seen.append(deadline_enforced_here())
+            seen.append(await asyncio.create_task(child()))
+            async with detached():
+                seen.append(deadline_enforced_here())
+        return seen
+
+    assert clock.run(main()) == [False, True, True, False, False]

@@ -8,9 +8,12 @@
 
 - Waiting for a pool connection is bounded by the remaining budget; running out while waiting
   raises `PoolExhausted`. No connection is taken when the budget is already gone.
-- Every statement gets `remaining - margin` as asyncpg's timeout, so on expiry asyncpg sends
-  PostgreSQL's cancel request and the server stops the statement (measured: the backend leaves
-  `active` within a few ms, and the connection is reusable at once).
+- No statement outlives the budget. When the running task's own deadline block enforces the
+  deadline, its cancellation at the deadline makes asyncpg send PostgreSQL's cancel request;
+  otherwise (a task that only inherited the deadline, or an explicit shorter `timeout=`) the
+  statement gets `remaining - margin` as asyncpg's timeout, with the same effect. Either way the
+  server stops the statement (measured: the backend leaves `active` within a few ms) and the
+  connection is reusable at once.
 - Inside `conn.transaction()`, `SET LOCAL statement_timeout` to the remaining budget makes the
   server end the statement even if this process dies.
 - The request id goes into `application_name` as `<application_name> <request id>`, set on
@@ -29,6 +32,7 @@ from typing import Any
 import asyncpg
 
 from tether._settings import margin_seconds
+from tether.deadline import deadline_enforced_here
 from tether.errors import TetherError, UpstreamUnavailable
 from tether.postgres._common import (
     QUERY_CANCELED,
@@ -194,8 +198,12 @@ class Connection:
 
     async def _run(self, method: Any, *args: Any, explicit: float | None = None) -> Any:
         limit = call_timeout(explicit, margin=self._margin)  # raises when the budget is gone
+        # When this task's own deadline block will cancel it at the deadline, asyncpg answers
+        # that cancellation by cancelling the statement on the server: a per-statement timer
+        # would only duplicate it (and cost a timer per statement).
+        timeout = None if explicit is None and deadline_enforced_here() else limit
         try:
-            return await method(*args, timeout=limit)
+            return await method(*args, timeout=timeout)
         except TimeoutError as exc:
             budget_bound = limit is not None and (explicit is None or limit < explicit)
             raise statement_timed_out(limit or 0.0, budget_bound) from exc

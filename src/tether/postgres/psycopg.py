@@ -23,6 +23,7 @@ import psycopg
 import psycopg_pool
 
 from tether._settings import margin_seconds
+from tether.deadline import deadline_enforced_here
 from tether.errors import TetherError, UpstreamUnavailable
 from tether.postgres._common import (
     QUERY_CANCELED,
@@ -143,7 +144,9 @@ class Connection:
     async def _run(self, query: str, params: Sequence[Any] | None, shape: str) -> Any:
         limit = call_timeout(margin=self._margin)
         try:
-            async with asyncio.timeout(limit):
+            # This task's own deadline block already cancels it at the deadline; otherwise bound
+            # the statement here (psycopg answers the cancellation with a cancel request).
+            async with asyncio.timeout(None if deadline_enforced_here() else limit):
                 cursor = await self.raw.execute(query, params)
                 if shape == "none":
                     return None
