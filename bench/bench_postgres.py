@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -144,27 +145,28 @@ async def psycopg_lateness(dsn: str, runs: int) -> list[float]:
 async def query_overhead(dsn: str, queries: int, rounds: int) -> dict[str, float]:
     """Microseconds per `SELECT 1` and per checkout, raw and through tether.
 
-    Short chunks alternate raw / raw with a timeout / tether, and each ratio is the median of
-    the per-chunk ratios, so drift in the machine's speed cancels out.
+    Short chunks of raw / raw with a timeout / tether run in a shuffled order each round, and
+    each ratio is the median of the per-round ratios, so drift and order effects cancel out.
     """
     pool = await tether.postgres.create_pool(dsn, min_size=1, max_size=1)
-    chunk = 1000
+    chunk = 500
     per: dict[str, list[float]] = {"raw": [], "raw_timeout": [], "tether": []}
     try:
         async with pool.acquire() as conn, tether.deadline_after(3600):
             raw = conn.raw
+            kinds: dict[str, Callable[[], Awaitable[Any]]] = {  # called the same way, each
+                "raw": lambda: raw.fetchval("SELECT 1"),
+                "raw_timeout": lambda: raw.fetchval("SELECT 1", timeout=3600.0),
+                "tether": lambda: conn.fetchval("SELECT 1"),
+            }
+            order = list(kinds)
             for _ in range(max(queries // chunk, 1) * rounds):
-                for name in per:
+                random.shuffle(order)  # no kind always runs first, or right after another
+                for name in order:
+                    statement = kinds[name]
                     start = time.perf_counter()
-                    if name == "raw":
-                        for _ in range(chunk):
-                            await raw.fetchval("SELECT 1")
-                    elif name == "raw_timeout":
-                        for _ in range(chunk):
-                            await raw.fetchval("SELECT 1", timeout=3600.0)
-                    else:
-                        for _ in range(chunk):
-                            await conn.fetchval("SELECT 1")
+                    for _ in range(chunk):
+                        await statement()
                     per[name].append((time.perf_counter() - start) / chunk * 1e6)
         raw_c, tether_c = [], []
         for _ in range(rounds):
@@ -242,7 +244,8 @@ margin).
 {statement_row}
 {checkout_row}
 
-Ratios are medians of per-chunk ratios (1,000 statements a chunk, the three kinds alternating).
+Ratios are medians of per-round ratios (500 statements a chunk, the three kinds in a shuffled
+order each round).
 A statement costs tether one budget computation (the ambient deadline minus the margin), and
 asyncpg one timer for the statement's timeout, which any statement timeout costs (the middle
 column). A checkout with a request id costs one extra round trip to set

@@ -35,7 +35,8 @@ def test_bad_command_lines_exit_2_with_a_message(
 
 
 def test_demo_runs_a_budget_through_nested_calls(capsys: pytest.CaptureFixture[str]) -> None:
-    """`tether demo` shows the budget shrinking, the inherit rule, expiry and the leak."""
+    """`tether demo` shows the budget shrinking, the inherit rule, expiry, the leak, and a
+    query stopped on a real PostgreSQL."""
     assert main(["demo", "--budget-ms", "300"]) == 0
     out = capsys.readouterr().out
     for expected in (
@@ -45,6 +46,7 @@ def test_demo_runs_a_budget_through_nested_calls(capsys: pytest.CaptureFixture[s
         "deadline exceeded",
         "TaskGroup children end",
         "plain task outlives",
+        "statements still running on the server: 0",
     ):
         assert expected in out
 

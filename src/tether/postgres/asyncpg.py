@@ -146,7 +146,7 @@ class Pool:
 class Connection:
     """An asyncpg connection whose statements get the remaining budget as their timeout."""
 
-    __slots__ = ("_margin", "_prefix", "raw")
+    __slots__ = ("_limit", "_margin", "_prefix", "raw")
 
     def __init__(
         self, raw: Any, *, margin: float = DEFAULT_MARGIN, application_name: str | None = None
@@ -154,38 +154,57 @@ class Connection:
         self.raw = raw
         self._margin = margin
         self._prefix = application_name
+        self._limit: float | None = None  # the budget-derived limit of the latest statement
 
     async def tag(self) -> None:
         """Put the ambient request id into this connection's application_name (if it differs)."""
         tag = application_name(self._prefix)
         if tag is not None and self.raw.get_settings().application_name != tag:
-            await self._run(self.raw.execute, f"SET application_name = {quote_literal(tag)}")
+            await self.execute(f"SET application_name = {quote_literal(tag)}")
+
+    # Each statement calls asyncpg directly (no extra coroutine frame on the hot path) with
+    # `_timeout()`, and translates its failure with `_translated()`.
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-        result: str = await self._run(self.raw.execute, query, *args, explicit=timeout)
+        try:
+            result: str = await self.raw.execute(query, *args, timeout=self._timeout(timeout))
+        except _DRIVER_ERRORS as exc:
+            raise self._translated(exc, timeout) from exc
         return result
 
     async def executemany(self, query: str, args: Any, *, timeout: float | None = None) -> None:
-        await self._run(self.raw.executemany, query, args, explicit=timeout)
+        try:
+            await self.raw.executemany(query, args, timeout=self._timeout(timeout))
+        except _DRIVER_ERRORS as exc:
+            raise self._translated(exc, timeout) from exc
 
     async def fetch(
         self, query: str, *args: Any, timeout: float | None = None
     ) -> list[asyncpg.Record]:
-        result: list[asyncpg.Record] = await self._run(
-            self.raw.fetch, query, *args, explicit=timeout
-        )
-        return result
+        try:
+            rows: list[asyncpg.Record] = await self.raw.fetch(
+                query, *args, timeout=self._timeout(timeout)
+            )
+        except _DRIVER_ERRORS as exc:
+            raise self._translated(exc, timeout) from exc
+        return rows
 
     async def fetchrow(
         self, query: str, *args: Any, timeout: float | None = None
     ) -> asyncpg.Record | None:
-        result: asyncpg.Record | None = await self._run(
-            self.raw.fetchrow, query, *args, explicit=timeout
-        )
-        return result
+        try:
+            row: asyncpg.Record | None = await self.raw.fetchrow(
+                query, *args, timeout=self._timeout(timeout)
+            )
+        except _DRIVER_ERRORS as exc:
+            raise self._translated(exc, timeout) from exc
+        return row
 
     async def fetchval(self, query: str, *args: Any, timeout: float | None = None) -> Any:
-        return await self._run(self.raw.fetchval, query, *args, explicit=timeout)
+        try:
+            return await self.raw.fetchval(query, *args, timeout=self._timeout(timeout))
+        except _DRIVER_ERRORS as exc:
+            raise self._translated(exc, timeout) from exc
 
     @asynccontextmanager
     async def transaction(self, **kwargs: Any) -> AsyncIterator[Connection]:
@@ -193,25 +212,35 @@ class Connection:
         async with self.raw.transaction(**kwargs):
             backstop = backstop_sql(self._prefix)
             if backstop is not None:
-                await self._run(self.raw.execute, backstop)
+                await self.execute(backstop)
             yield self
 
-    async def _run(self, method: Any, *args: Any, explicit: float | None = None) -> Any:
-        limit = call_timeout(explicit, margin=self._margin)  # raises when the budget is gone
-        # When this task's own deadline block will cancel it at the deadline, asyncpg answers
-        # that cancellation by cancelling the statement on the server: a per-statement timer
-        # would only duplicate it (and cost a timer per statement).
-        timeout = None if explicit is None and deadline_enforced_here() else limit
-        try:
-            return await method(*args, timeout=timeout)
-        except TimeoutError as exc:
+    def _timeout(self, explicit: float | None) -> float | None:
+        """The timeout to give asyncpg for one statement; raises when the budget is gone.
+
+        When this task's own deadline block will cancel it at the deadline, asyncpg answers that
+        cancellation by cancelling the statement on the server: a per-statement timer would
+        only duplicate it (and cost a timer per statement).
+        """
+        limit = self._limit = call_timeout(explicit, margin=self._margin)
+        if explicit is None and deadline_enforced_here():
+            return None
+        return limit
+
+    def _translated(self, exc: BaseException, explicit: float | None) -> BaseException:
+        """tether's error for a driver failure (or `exc` itself when it has none)."""
+        limit = self._limit
+        if isinstance(exc, TimeoutError):
             budget_bound = limit is not None and (explicit is None or limit < explicit)
-            raise statement_timed_out(limit or 0.0, budget_bound) from exc
-        except asyncpg.PostgresError as exc:
+            return statement_timed_out(limit or 0.0, budget_bound)
+        if isinstance(exc, asyncpg.PostgresError):
             if exc.sqlstate == QUERY_CANCELED:
-                raise query_canceled(str(exc), self._margin) from exc
-            raise
-        except (OSError, asyncpg.InterfaceError) as exc:
-            if isinstance(exc, asyncpg.InterfaceError) and "another operation" in str(exc):
-                raise
-            raise UpstreamUnavailable(f"lost the PostgreSQL connection: {exc}") from exc
+                return query_canceled(str(exc), self._margin)
+            return exc
+        if isinstance(exc, asyncpg.InterfaceError) and "another operation" in str(exc):
+            return exc
+        return UpstreamUnavailable(f"lost the PostgreSQL connection: {exc}")
+
+
+# Failures a statement's driver call can end with that tether translates.
+_DRIVER_ERRORS = (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
