@@ -282,3 +282,57 @@ async def test_cancellation_styles(
     if style == "tether":
         assert stopped_after is not None
         assert stopped_after <= 0.05
+
+
+async def test_zero_and_negative_budgets_fail_at_once(driver: Driver) -> None:
+    """No statement runs without budget, with any driver."""
+    for budget in (0, -1):
+        with pytest.raises(DeadlineExceeded):
+            async with deadline_after(budget):
+                await driver.run("SELECT 1", "pool")
+    assert await driver.run("SELECT 1", "pool") == 1
+
+
+async def test_cancelled_while_waiting_for_a_connection_leaks_nothing(driver: Driver) -> None:
+    """A caller cancelled while queued for a connection leaves the pool fully usable."""
+    holders = [asyncio.create_task(driver.run("SELECT pg_sleep(0.3)", "pool")) for _ in range(5)]
+    await asyncio.sleep(0.1)
+    waiter = asyncio.create_task(driver.run("SELECT 1", "pool"))
+    await asyncio.sleep(0.05)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await asyncio.gather(*holders)
+    results = await asyncio.gather(*(driver.run("SELECT 1", "pool") for _ in range(5)))
+    assert results == [1] * 5
+
+
+async def test_psycopg_bad_dsn_unreachable_and_closed_pool(pg_dsn: str) -> None:
+    """psycopg: malformed DSN is ValueError, unreachable is UpstreamUnavailable, a closed pool
+    is refused."""
+    from tether import TetherError, UpstreamUnavailable
+
+    with pytest.raises(ValueError, match="DSN"):
+        await tpsycopg.open_pool("host=x port=notaport dbname=")
+    with pytest.raises(UpstreamUnavailable):
+        async with deadline_after(1):
+            await tpsycopg.open_pool("postgresql://postgres@127.0.0.1:1/x", min_size=1)
+    pool = await tpsycopg.open_pool(pg_dsn, min_size=1, max_size=1)
+    await pool.close()
+    with pytest.raises(TetherError, match="closed"):
+        await pool.fetchval("SELECT 1")
+
+
+async def test_sqlalchemy_unreachable_server_is_upstream_unavailable() -> None:
+    """SQLAlchemy: a server that refuses connections is UpstreamUnavailable, within budget."""
+    from tether import UpstreamUnavailable
+
+    engine = tsqlalchemy.instrument(
+        create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/x")
+    )
+    try:
+        with pytest.raises(UpstreamUnavailable):
+            async with deadline_after(2), tsqlalchemy.connect(engine) as conn:
+                await conn.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()

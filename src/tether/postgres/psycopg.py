@@ -48,18 +48,39 @@ async def open_pool(
 ) -> Pool:
     """An opened psycopg_pool.AsyncConnectionPool wrapped by tether (kwargs go to it)."""
     margin = margin_seconds(margin)
-    try:
-        psycopg.conninfo.conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError as exc:
-        raise ValueError(f"invalid PostgreSQL DSN: {exc}") from exc
-    raw = psycopg_pool.AsyncConnectionPool(conninfo, open=False, **kwargs)
+    _check_conninfo(conninfo)
     limit = call_timeout(margin=margin)
+    wait = limit if limit is not None else OPEN_TIMEOUT
+    # One direct connection first: psycopg_pool would retry a bad server quietly until its
+    # timeout, where this fails at once with the server's (or resolver's) own words.
     try:
-        await raw.open(wait=True, timeout=limit if limit is not None else 30.0)
+        async with asyncio.timeout(wait):
+            probe = await psycopg.AsyncConnection.connect(conninfo, **kwargs.get("kwargs", {}))
+        await probe.close()
+    except (psycopg.OperationalError, TimeoutError) as exc:
+        raise UpstreamUnavailable(f"cannot connect to PostgreSQL: {exc or 'timed out'}") from exc
+    raw = psycopg_pool.AsyncConnectionPool(conninfo, open=False, **kwargs)
+    try:
+        await raw.open(wait=True, timeout=wait)
     except psycopg_pool.PoolTimeout as exc:
         await raw.close()
         raise UpstreamUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
     return Pool(raw, margin=margin, application_name=application_name)
+
+
+# Seconds to wait for a pool's first connections when no deadline is ambient.
+OPEN_TIMEOUT = 30.0
+
+
+def _check_conninfo(conninfo: str) -> None:
+    """ValueError for a DSN that cannot be right (libpq would say so only when connecting)."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f"invalid PostgreSQL DSN: {exc}") from exc
+    port = str(params.get("port") or "")
+    if port and not all(part.isdigit() for part in port.split(",")):
+        raise ValueError(f"invalid PostgreSQL DSN: port {port!r} is not a number")
 
 
 class Pool:

@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from tether._settings import margin_seconds
-from tether.errors import UpstreamUnavailable
+from tether.errors import TetherError, UpstreamUnavailable
 from tether.postgres._common import (
     QUERY_CANCELED,
     backstop_sql,
@@ -107,6 +107,10 @@ class _translated:  # noqa: N801 - a context manager used like a function
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
+        if isinstance(exc, OSError) and not isinstance(exc, TimeoutError | TetherError):
+            # the driver's connect failed before SQLAlchemy could wrap it (TimeoutError is an
+            # OSError too: our own PoolExhausted / DeadlineExceeded must pass unchanged)
+            raise UpstreamUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
         if not isinstance(exc, DBAPIError):
             return
         code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
