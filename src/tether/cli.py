@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MS",
         help="the request's budget in milliseconds (default: 300)",
     )
+    gateway = commands.add_parser("gateway", help="run the API gateway (or --check its config)")
+    gateway.add_argument("config", metavar="FILE", help="the gateway's YAML configuration")
+    gateway.add_argument(
+        "--check",
+        action="store_true",
+        help="validate FILE, report every mistake with its line, and exit (0: valid, 1: not)",
+    )
     pg = commands.add_parser("pg", help="look at a PostgreSQL server")
     pg_commands = pg.add_subparsers(dest="pg_command", required=True, metavar="PG_COMMAND")
     activity = pg_commands.add_parser(
@@ -95,10 +102,31 @@ def _pg_activity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    from tether.gateway.config import ConfigError, load
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.check:
+        services = ", ".join(f"{s.name} ({'/'.join(s.versions)})" for s in config.services.values())
+        print(
+            f"{args.config}: valid; listen {config.listen}, admin {config.admin_listen}, "
+            f"zone {config.zone}, services: {services}"
+        )
+        return 0
+    print("tether gateway: serving is not built yet; only --check works", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "pg":
         return _pg_activity(args)
+    if args.command == "gateway":
+        return _gateway(args)
     if args.command == "demo":
         from tether.demo import run_demo
 

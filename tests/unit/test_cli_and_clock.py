@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +84,23 @@ def test_virtual_loop_skips_sleeps() -> None:
     start_real = time.monotonic()
     assert clock.run(main()) == pytest.approx(1_000 + 3600)
     assert time.monotonic() - start_real < 5
+
+
+def test_gateway_check_accepts_the_example_and_lists_every_mistake(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tether gateway FILE --check`: 0 and a summary for a valid file, 1 and every mistake
+    with its line for a bad one, 1 for a file that cannot be read."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "gateway" / "gateway.yaml"
+    assert main(["gateway", str(example), "--check"]) == 0
+    assert "valid" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen: nowhere\nzone: Zone\nservices: {}\n")
+    assert main(["gateway", str(bad), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "3 mistakes" in err
+    assert "line 1: listen" in err
+    assert "line 2: zone" in err
+    assert "line 3: services" in err
+    assert main(["gateway", str(tmp_path / "missing.yaml"), "--check"]) == 1
+    assert "cannot be read" in capsys.readouterr().err

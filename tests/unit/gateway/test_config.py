@@ -1,0 +1,166 @@
+"""Gateway configuration: the documented example loads as written; mistakes are all reported."""
+
+from __future__ import annotations
+
+import pytest
+
+from tether.gateway.config import Address, ConfigError, parse
+
+EXAMPLE = """\
+listen: 127.0.0.1:8080
+admin:
+  listen: 127.0.0.1:9901
+zone: zone-a
+deadline:
+  default: 3s          # budget for requests that bring none
+  max: 30s             # budgets that clients send are clamped to this
+  margin: 5ms          # kept back at each hop for the answer's way home
+conventions:
+  request_id: require  # require | generate
+  app_ids: [checkout-web, order-service]
+limits:
+  header_timeout: 10s
+  body_timeout: 30s
+  idle_timeout: 60s
+  max_header_bytes: 16384
+  max_body_bytes: 10485760
+policies:
+  same_zone:  {connect: 300ms, read: 1500ms, retries: 1}
+  cross_zone: {connect: 500ms, read: 3s, retries: 0}
+services:
+  user:
+    versions: [v1, v2]
+    endpoints:
+      - address: 127.0.0.1:9001
+      - address: 127.0.0.1:9002
+        zone: zone-b
+  order:
+    versions: [v1]
+    endpoints:
+      - address: 127.0.0.1:9101
+"""
+
+
+def test_the_documented_example_is_accepted_as_written() -> None:
+    """The example file from the docs loads, with every value as written."""
+    config = parse(EXAMPLE)
+    assert config.listen == Address("127.0.0.1", 8080)
+    assert config.admin_listen == Address("127.0.0.1", 9901)
+    assert config.zone == "zone-a"
+    assert (config.deadline.default, config.deadline.max, config.deadline.margin) == (3, 30, 0.005)
+    assert config.conventions.request_id == "require"
+    assert config.conventions.app_ids == ("checkout-web", "order-service")
+    assert config.limits.max_body_bytes == 10485760
+    assert config.same_zone.read == 1.5
+    assert config.cross_zone.retries == 0
+    user = config.services["user"]
+    assert user.versions == ("v1", "v2")
+    assert [e.zone for e in user.endpoints] == ["zone-a", "zone-b"]  # no zone: the gateway's
+    assert user.strip_prefix
+    assert not user.retry_with_idempotency_key
+
+
+def test_every_mistake_is_reported_with_its_path_and_line() -> None:
+    """A file with several mistakes reports all of them at once, each with key path and line."""
+    text = """\
+listen: localhost
+zone: Zone A
+deadline:
+  default: 3
+  max: 1s
+limits:
+  max_header_bytes: lots
+  body_timeout: -5s
+policies:
+  same_zone: {connect: 300ms, read: 1500ms, retries: -1}
+conventions:
+  request_id: sometimes
+services:
+  user:
+    versions: [1, v2]
+    endpoints:
+      - address: 127.0.0.1:99999
+  Order:
+    versions: [v1]
+    endpoints: []
+surprise: yes
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse(text, "gateway.yaml")
+    found = {(m.path, m.line) for m in caught.value.mistakes}
+    expected = {
+        ("listen", 1),
+        ("zone", 2),
+        ("deadline.default", 4),
+        ("limits.max_header_bytes", 7),
+        ("limits.body_timeout", 8),
+        ("policies.same_zone.retries", 10),
+        ("conventions.request_id", 12),
+        ("services.user.versions[0]", 15),
+        ("services.user.endpoints[0].address", 17),
+        ("services.Order", 19),
+        ("surprise", 21),
+    }
+    assert expected <= found, sorted(found)
+    message = str(caught.value)
+    assert message.startswith("gateway.yaml: ")
+    assert "line 17: services.user.endpoints[0].address" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ("deadline:\n  default: 10s\n  max: 5s\n", "deadline.default"),
+        ("deadline:\n  default: 3s\n  margin: 5s\n", "deadline.margin"),
+        ("deadline:\n  default: 0ms\n", "deadline.default"),
+        ("limits:\n  idle_timeout: 1h\n", "limits.idle_timeout"),
+        ("limits:\n  max_body_bytes: 1.5\n", "limits.max_body_bytes"),
+        ("limits:\n  max_header_bytes: 10\n", "limits.max_header_bytes"),
+        ("conventions:\n  app_ids: [has space]\n", "conventions.app_ids[0]"),
+        ("policies:\n  cross_zone: {connect: fast}\n", "policies.cross_zone.connect"),
+        ("policies:\n  other_zone: {connect: 1s}\n", "policies.other_zone"),
+        ("admin:\n  listen: nowhere\n", "admin.listen"),
+        ("auth:\n  jwt: {algorithm: HS256}\n", "auth.jwt.secret_env"),
+        ("auth:\n  jwt: {algorithm: RS256}\n", "auth.jwt"),
+        ("auth:\n  jwt: {algorithm: none, secret_env: X}\n", "auth.jwt.algorithm"),
+    ],
+)
+def test_bad_values(change: str, path: str) -> None:
+    """Each bad value is named by its key path."""
+    base = (
+        "listen: 127.0.0.1:8080\nzone: a\nservices:\n  s:\n    versions: [v1]\n"
+        "    endpoints: [{address: 127.0.0.1:9000}]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse(base + change)
+    assert path in {m.path for m in caught.value.mistakes}, caught.value
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "is empty"),
+        ("listen: [\n", "not valid YAML"),
+        ("- a\n- b\n", "mapping"),
+        ("zone: a\n", "is required"),
+    ],
+)
+def test_broken_files(text: str, message: str) -> None:
+    """Empty files, invalid YAML, a list at the top, missing required keys."""
+    with pytest.raises(ConfigError, match=message):
+        parse(text)
+
+
+def test_ipv6_and_service_options() -> None:
+    """[::1]:port addresses, strip_prefix and retry_with_idempotency_key."""
+    config = parse(
+        "listen: '[::1]:8080'\nzone: a\nservices:\n  s:\n    versions: [v1]\n"
+        "    strip_prefix: false\n    retry_with_idempotency_key: true\n"
+        "    endpoints: [{address: '[::1]:9000'}]\n"
+        "auth:\n  jwt: {algorithm: HS256, secret_env: JWT_SECRET, issuer: me, audience: you}\n"
+    )
+    assert str(config.listen) == "[::1]:8080"
+    assert not config.services["s"].strip_prefix
+    assert config.services["s"].retry_with_idempotency_key
+    assert config.auth is not None
+    assert config.auth.secret_env == "JWT_SECRET"
