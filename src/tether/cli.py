@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate FILE, report every mistake with its line, and exit (0: valid, 1: not)",
     )
+    gateway.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="processes sharing the listening port (SO_REUSEPORT); default 1",
+    )
     pg = commands.add_parser("pg", help="look at a PostgreSQL server")
     pg_commands = pg.add_subparsers(dest="pg_command", required=True, metavar="PG_COMMAND")
     activity = pg_commands.add_parser(
@@ -62,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     activity.add_argument("--json", action="store_true", help="one JSON object per statement")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= 256:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 256, got {text!r}")
+    return int(text)
 
 
 def _duration(text: str) -> float:
@@ -117,8 +130,16 @@ def _gateway(args: argparse.Namespace) -> int:
             f"zone {config.zone}, services: {services}"
         )
         return 0
-    print("tether gateway: serving is not built yet; only --check works", file=sys.stderr)
-    return 2
+    from tether.gateway.server import UnsupportedConfig, run
+
+    try:
+        return run(config, workers=args.workers)
+    except UnsupportedConfig as exc:
+        print(f"tether gateway: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"tether gateway: cannot listen on {config.listen}: {exc}", file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

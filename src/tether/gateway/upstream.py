@@ -1,0 +1,224 @@
+"""Connections to upstream services: pooled keep-alive HTTP/1.1, responses parsed by httptools.
+
+Rules:
+1. A connection goes back to the pool only after a complete response on a connection that
+   both sides keep alive. Anything else (a timeout, the deadline, a client that left, a parse
+   error) closes it: an upstream that watches for disconnects then stops its work.
+2. Bodies stream: response chunks are handed over as they arrive, and reading from the upstream
+   pauses while more than `HIGH_WATER` bytes wait for the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from typing import cast
+
+import httptools
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+
+class UpstreamError(Exception):
+    """The upstream connection failed: `kind` is refused, reset or protocol."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+class Feed:
+    """Chunks of a body on their way from one side to the other, with backpressure."""
+
+    def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._pause, self._resume = pause, resume
+        self._paused = False
+
+    def put(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size > HIGH_WATER and not self._paused:
+            self._paused = True
+            self._pause()
+        self._wake()
+
+    @property
+    def finished(self) -> bool:
+        """True once the whole body has arrived (or failed)."""
+        return self._done
+
+    def end(self, error: BaseException | None = None) -> None:
+        self._done = True
+        self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self) -> bytes | None:
+        """The next chunk, or None at the end; raises the error that ended the body."""
+        while not self._chunks:
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        chunk = self._chunks.popleft()
+        self._size -= len(chunk)
+        if self._paused and self._size < LOW_WATER:
+            self._paused = False
+            self._resume()
+        return chunk
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to an upstream; one exchange at a time."""
+
+    def __init__(self, pool: EndpointPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head: asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]] | None = None
+        self.body: Feed | None = None
+        self.complete = False
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError("protocol", f"the upstream's answer is not valid HTTP: {exc}"))
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        if (
+            self.body is not None
+            and not self.complete
+            and self._parser.should_keep_alive() is False
+        ):
+            self.on_message_complete()  # a body delimited by the connection's end
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._can_write.set()
+        if not self.complete:
+            self._fail(UpstreamError("reset", "the upstream closed the connection mid-answer"))
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    # -- httptools callbacks ------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._head is not None and not self._head.done():
+            self._head.set_result((self._parser.get_status_code(), self._headers))
+
+    def on_body(self, body: bytes) -> None:
+        if self.body is not None:
+            self.body.put(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        if self.body is not None:
+            self.body.end()
+
+    # -- the exchange -------------------------------------------------------------------
+
+    def start(self) -> asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]]:
+        """Prepare for one response; the future resolves with its status and headers."""
+        self._headers = []
+        self.complete = False
+        self._head = asyncio.get_running_loop().create_future()
+        assert self.transport is not None
+        self.body = Feed(self.transport.pause_reading, self.transport.resume_reading)
+        return self._head
+
+    async def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise UpstreamError("reset", "the upstream connection is closed")
+        self.transport.write(data)
+        if not self._can_write.is_set():
+            await self._can_write.wait()
+
+    def keep_alive(self) -> bool:
+        return self.complete and not self.closed and bool(self._parser.should_keep_alive())
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(error)
+            self._head.exception()  # retrieved here; the waiter sees it too
+        if self.body is not None:
+            self.body.end(error)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class EndpointPool:
+    """Idle keep-alive connections to one upstream address."""
+
+    def __init__(self, host: str, port: int, *, max_idle: int = 64) -> None:
+        self.host, self.port = host, port
+        self._idle: list[UpstreamConnection] = []
+        self._max_idle = max_idle
+        self.in_flight = 0
+
+    async def acquire(self, connect_timeout: float) -> UpstreamConnection:
+        """An idle connection, or a new one opened within `connect_timeout` seconds."""
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed:
+                return connection
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port
+                )
+        except ConnectionRefusedError as exc:
+            raise UpstreamError(
+                "refused", f"{self.host}:{self.port} refused the connection"
+            ) from exc
+        except OSError as exc:
+            raise UpstreamError(
+                "refused", f"cannot connect to {self.host}:{self.port}: {exc}"
+            ) from exc
+        return protocol
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """Back to the pool if the exchange ended cleanly; closed otherwise."""
+        if connection.keep_alive() and len(self._idle) < self._max_idle:
+            self._idle.append(connection)
+        else:
+            connection.close()
+
+    def close(self) -> None:
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
