@@ -157,6 +157,7 @@ class ClientConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._backlog: list[bytes] = []
+        self._answering = False  # bytes of the current request's answer have been written
         self._can_write = asyncio.Event()
         self._can_write.set()
         self.closed = False
@@ -217,6 +218,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._request = Request(time.monotonic())
+        self._answering = False
         self._header_bytes = 0
         self._arm(self.limits.header_timeout)
 
@@ -285,16 +287,17 @@ class ClientConnection(asyncio.Protocol):
     def _refuse(self, problem: Problem) -> None:
         """Answer a request that cannot be parsed or allowed, then close the connection."""
         self._disarm()
-        if self._task is None and self.transport is not None and not self.closed:
-            self.transport.write(_problem_bytes(problem, None, close=True))
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if not self._answering and self.transport is not None and not self.closed:
+            self.transport.write(_problem_bytes(problem, None, close=True))
         if self.transport is not None:
             self.transport.close()
 
     async def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
             raise ConnectionResetError("the client went away")
+        self._answering = True
         self.transport.write(data)
         if not self._can_write.is_set():
             await self._can_write.wait()
@@ -513,10 +516,18 @@ class Exchange:
                 status, headers = await head_future
         except TimeoutError:
             upstream.close()
+            if left < read:  # the budget, not the zone's read timeout, is what ran out
+                self.outcome = "deadline_exceeded"
+                return await self.answer_problem(
+                    DEADLINE_EXCEEDED.problem(
+                        f"the request's budget of {(self.budget or 0) * 1000:.0f} ms ran out "
+                        "before the upstream answered"
+                    )
+                )
             self.outcome = "upstream_timeout"
             return await self.answer_problem(
                 UPSTREAM_TIMEOUT.problem(
-                    f"the upstream did not answer within {min(read, left) * 1000:.0f} ms"
+                    f"the upstream did not answer within its {read * 1000:.0f} ms read timeout"
                 )
             )
         except UpstreamError as exc:

@@ -1,0 +1,500 @@
+"""The gateway as a black box: a real `tether gateway` process, a real upstream on loopback, and
+raw sockets where the request must be malformed on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from .servers import free_port
+
+pytestmark = pytest.mark.integration
+
+RID = "5b0c6a52-3d2e-4c4e-9a53-8d8f3cd1a1f0"
+GOOD = {"X-Request-ID": RID, "X-App-ID": "checkout-web", "X-User-ID": "42"}
+
+
+@dataclass
+class Upstream:
+    """A small HTTP/1.1 upstream that records requests and when their connections closed."""
+
+    port: int = 0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    closed_at: list[float] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = {
+                    k.lower(): v.strip()
+                    for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)
+                }
+                body = b""
+                if "content-length" in headers:
+                    body = await reader.readexactly(int(headers["content-length"]))
+                elif headers.get("transfer-encoding") == "chunked":
+                    while (size := int((await reader.readline()).strip(), 16)) > 0:
+                        body += await reader.readexactly(size)
+                        await reader.readline()
+                    await reader.readline()
+                self.requests.append(
+                    {
+                        "method": method,
+                        "target": target,
+                        "headers": headers,
+                        "body": body.decode(),
+                        "at": time.monotonic(),
+                    }
+                )
+                if target.startswith("/v1/slow"):  # work for 5 s, watching for a disconnect
+                    work = asyncio.ensure_future(asyncio.sleep(5))
+                    gone = asyncio.ensure_future(reader.read(1))
+                    await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
+                    work.cancel()
+                    if gone.done():
+                        return  # the gateway closed the connection: stop working
+                    gone.cancel()
+                await self.answer(writer, target, headers, body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.closed_at.append(time.monotonic())
+            writer.close()
+
+    async def answer(
+        self, writer: asyncio.StreamWriter, target: str, headers: dict[str, str], body: bytes
+    ) -> None:
+        status, content_type, payload = 200, "application/json", b""
+        if target.startswith("/v1/fail"):
+            status, payload = 500, b'{"message": "database on fire"}'
+        elif target.startswith("/v1/problem"):
+            status, content_type = 503, "application/problem+json"
+            payload = b'{"type": "urn:x:busy", "title": "Busy", "status": 503}'
+        elif target.startswith("/v1/text-error"):
+            status, content_type, payload = 404, "text/plain", b"nope"
+        if not payload:
+            payload = json.dumps(
+                {"target": target, "headers": headers, "body": body.decode()}
+            ).encode()
+        writer.write(
+            f"HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\n"
+            f"content-length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        await writer.drain()
+
+
+CONFIG = """\
+listen: 127.0.0.1:{port}
+admin:
+  listen: 127.0.0.1:{admin}
+zone: zone-a
+deadline: {{default: 3s, max: 30s, margin: 5ms}}
+conventions:
+  request_id: require
+  app_ids: [checkout-web, order-service]
+limits:
+  header_timeout: 500ms
+  body_timeout: 500ms
+  idle_timeout: 1s
+  max_header_bytes: 4096
+  max_body_bytes: 1000
+policies:
+  same_zone:  {{connect: 300ms, read: 1500ms, retries: 1}}
+  cross_zone: {{connect: 500ms, read: 3s, retries: 0}}
+services:
+  user:
+    versions: [v1, v2]
+    endpoints:
+      - address: 127.0.0.1:{upstream}
+  down:
+    versions: [v1]
+    endpoints:
+      - address: 127.0.0.1:{dead}
+"""
+
+
+@dataclass
+class Gateway:
+    url: str
+    port: int
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+    def access_log(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    recorder = Upstream()
+    server = await asyncio.start_server(recorder.handle, "127.0.0.1", 0)
+    recorder.port = server.sockets[0].getsockname()[1]
+    yield recorder
+    server.close()
+
+
+@pytest.fixture
+async def gateway(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Gateway]:
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        CONFIG.format(port=port, admin=free_port(), upstream=upstream.port, dead=free_port())
+    )
+    log_path = tmp_path / "access.log"
+    with log_path.open("w") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tether.cli",
+            "gateway",
+            str(config),
+            stdout=log_file,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+    for _ in range(400):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.02)
+    yield Gateway(f"http://127.0.0.1:{port}", port, process, log_path)
+    if process.returncode is None:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+
+
+async def get(
+    gateway: Gateway, path: str, headers: dict[str, str] | None = None, **kwargs: Any
+) -> tuple[int, dict[str, str], Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            kwargs.pop("method", "GET"), gateway.url + path, headers=headers, **kwargs
+        ) as answer,
+    ):
+        body = await answer.read()
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = body
+        return answer.status, dict(answer.headers), parsed
+
+
+async def raw(gateway: Gateway, data: bytes, *, wait: float = 2.0) -> tuple[bytes, bool]:
+    """Send raw bytes; return what came back and whether the gateway closed the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(data)
+    await writer.drain()
+    received = b""
+    closed = False
+    try:
+        async with asyncio.timeout(wait):
+            while chunk := await reader.read(65536):
+                received += chunk
+            closed = True
+    except TimeoutError:
+        pass
+    writer.close()
+    return received, closed
+
+
+async def test_a_conforming_request_is_proxied(gateway: Gateway, upstream: Upstream) -> None:
+    """Routing, the stripped prefix, the query, the margin, forwarding headers, Server-Timing."""
+    status, headers, body = await get(
+        gateway, "/api/user/v2/items/7?color=red&x", {**GOOD, "X-Request-Timeout": "800"}
+    )
+    assert status == 200
+    assert body["target"] == "/v2/items/7?color=red&x"
+    sent = body["headers"]
+    assert 780 <= int(sent["x-request-timeout"]) <= 795
+    assert sent["x-request-id"] == RID
+    assert sent["x-forwarded-for"] == "127.0.0.1"
+    assert sent["x-forwarded-proto"] == "http"
+    assert headers["X-Request-ID"] == RID
+    assert "budget;dur=800.0" in headers["Server-Timing"]
+    entry = gateway.access_log()[-1]
+    assert (entry["status"], entry["service"], entry["version"], entry["app_id"]) == (
+        200,
+        "user",
+        "v2",
+        "checkout-web",
+    )
+    assert entry["budget_ms"] == 800.0
+
+
+async def test_budgets_are_clamped_and_defaulted(gateway: Gateway, upstream: Upstream) -> None:
+    """An hour asked for is clamped to deadline.max; no header gives deadline.default."""
+    _, _, clamped = await get(gateway, "/api/user/v1/a", {**GOOD, "X-Request-Timeout": "3600000"})
+    _, _, default = await get(gateway, "/api/user/v1/a", GOOD)
+    assert 29_900 <= int(clamped["headers"]["x-request-timeout"]) <= 29_995
+    assert 2_900 <= int(default["headers"]["x-request-timeout"]) <= 2_995
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "kind"),
+    [
+        ("/api/user/v1/a", {**GOOD, "X-Request-ID": ""}, 400, "validation-failed"),
+        (
+            "/api/user/v1/a",
+            {"X-App-ID": "checkout-web", "X-User-ID": "1"},
+            400,
+            "validation-failed",
+        ),
+        ("/api/user/v1/a", {**GOOD, "X-Request-ID": "123"}, 400, "validation-failed"),
+        ("/api/user/v1/a", {**GOOD, "X-App-ID": "bad app"}, 400, "validation-failed"),
+        ("/api/user/v1/a", {**GOOD, "X-App-ID": "intruder"}, 403, "forbidden-app"),
+        (
+            "/api/user/v1/a",
+            {k: v for k, v in GOOD.items() if k != "X-User-ID"},
+            400,
+            "validation-failed",
+        ),
+        ("/api/nobody/v1/a", GOOD, 404, "route-not-found"),
+        ("/api/user/v7/a", GOOD, 404, "route-not-found"),
+        ("/api/user/a?version=v1", GOOD, 404, "route-not-found"),
+        ("/api/user/v1/a", {**GOOD, "X-Request-Timeout": "soon"}, 400, "invalid-deadline-header"),
+        (
+            "/api/user/v1/a",
+            {**GOOD, "X-Request-Deadline": str(int(time.time() * 1000) - 5000)},
+            504,
+            "deadline-expired-on-arrival",
+        ),
+    ],
+)
+async def test_refusals_are_problems(
+    gateway: Gateway, upstream: Upstream, path: str, headers: dict[str, str], status: int, kind: str
+) -> None:
+    """Every convention, routing and deadline refusal is a problem; nothing reaches upstream."""
+    got, answer_headers, body = await get(gateway, path, headers)
+    assert got == status
+    assert answer_headers["Content-Type"] == "application/problem+json"
+    assert body["type"].endswith(kind)
+    assert body["status"] == status
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/api/user/v1/%2e%2e/%2e%2e/down/v1/x",
+        b"/api/user/v1/../../down/v1/x",
+        b"/api/user/v1/a%2f..%2f..",
+    ],
+)
+async def test_paths_that_escape_their_prefix_are_400(
+    gateway: Gateway, upstream: Upstream, path: bytes
+) -> None:
+    """Sent as written (clients normalize such paths, so raw bytes): 400, nothing upstream."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in GOOD.items()).encode()
+    answer, _ = await raw(
+        gateway, b"GET " + path + b" HTTP/1.1\r\nhost: x\r\n" + head + b"connection: close\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b"climbs out" in answer
+    assert upstream.requests == []
+
+
+async def test_bodies_must_be_json(gateway: Gateway, upstream: Upstream) -> None:
+    """A body without JSON in UTF-8 is 415; with it, the body reaches the upstream."""
+    status, _, _ = await get(
+        gateway,
+        "/api/user/v1/a",
+        GOOD,
+        method="POST",
+        data=b"{}",
+    )
+    assert status == 415
+    status, _, body = await get(
+        gateway,
+        "/api/user/v1/a",
+        {**GOOD, "Content-Type": "application/json; charset=utf-8"},
+        method="POST",
+        data=b'{"n": 1}',
+    )
+    assert status == 200
+    assert body["body"] == '{"n": 1}'
+
+
+async def test_upstream_errors_become_problems(gateway: Gateway, upstream: Upstream) -> None:
+    """A JSON error keeps its status and message; problem+json passes through unchanged."""
+    status, headers, body = await get(gateway, "/api/user/v1/fail", GOOD)
+    assert status == 500
+    assert headers["Content-Type"] == "application/problem+json"
+    assert body["detail"] == "database on fire"
+    assert body["request_id"] == RID
+    status, headers, body = await get(gateway, "/api/user/v1/problem", GOOD)
+    assert status == 503
+    assert body == {"type": "urn:x:busy", "title": "Busy", "status": 503}
+    status, _, body = await get(gateway, "/api/user/v1/text-error", GOOD)
+    assert status == 404
+    assert body["title"] == "Not Found"
+
+
+async def test_a_refused_upstream_is_503(gateway: Gateway) -> None:
+    """Nothing listening at the endpoint: 503 upstream-unavailable."""
+    status, _, body = await get(gateway, "/api/down/v1/x", GOOD)
+    assert status == 503
+    assert body["type"].endswith("upstream-unavailable")
+
+
+async def test_deadline_gives_504_and_closes_the_upstream_connection(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    """A 200 ms budget and a 5 s upstream: 504 at ~200 ms, and the upstream sees its
+    connection closed right then (so it can stop its work)."""
+    start = time.monotonic()
+    status, _, body = await get(gateway, "/api/user/v1/slow", {**GOOD, "X-Request-Timeout": "200"})
+    answered = time.monotonic() - start
+    await asyncio.sleep(0.05)
+    assert status == 504
+    assert body["type"].endswith("deadline-exceeded")
+    assert 0.18 <= answered <= 0.25
+    assert len(upstream.closed_at) == 1
+    assert upstream.closed_at[0] - start <= 0.22
+
+
+async def test_a_client_that_leaves_abandons_the_upstream_call(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    """The client disconnects mid-request: the upstream connection closes within 10 ms."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    head = "".join(f"{k}: {v}\r\n" for k, v in GOOD.items())
+    writer.write(f"GET /api/user/v1/slow HTTP/1.1\r\nhost: x\r\n{head}\r\n".encode())
+    await writer.drain()
+    for _ in range(200):
+        if upstream.requests:
+            break
+        await asyncio.sleep(0.005)
+    writer.close()
+    left = time.monotonic()
+    for _ in range(200):
+        if upstream.closed_at:
+            break
+        await asyncio.sleep(0.002)
+    assert upstream.closed_at
+    assert upstream.closed_at[0] - left <= 0.01 + 0.005
+
+
+async def test_the_budget_starts_at_the_first_byte(gateway: Gateway, upstream: Upstream) -> None:
+    """A slow sender spends budget: headers sent in three parts over 200 ms leave the upstream
+    1000 - 200 - margin ms, not 1000 - margin (the clock started at the first byte)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    head = "".join(f"{k}: {v}\r\n" for k, v in GOOD.items())
+    request = f"GET /api/user/v1/a HTTP/1.1\r\nhost: x\r\n{head}x-request-timeout: 1000\r\n\r\n"
+    third = len(request) // 3
+    for piece in (request[:third], request[third : 2 * third], request[2 * third :]):
+        writer.write(piece.encode())
+        await writer.drain()
+        await asyncio.sleep(0.1)
+    answer = await asyncio.wait_for(reader.read(65536), 2)
+    writer.close()
+    assert b"200" in answer.split(b"\r\n", 1)[0]
+    assert 770 <= int(upstream.requests[-1]["headers"]["x-request-timeout"]) <= 796
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /api/user/v1/a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n"
+        b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /api/user/v1/a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 4\r\n"
+        b"\r\nabcd",
+        b"POST /api/user/v1/a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"zz\r\nabc\r\n0\r\n\r\n",
+        b"GET /api/user/v1/a HTTP/1.1\r\nhost: x\r\nx-app-id: checkout-web\r\n folded\r\n\r\n",
+    ],
+    ids=["cl-and-te", "differing-cl", "bad-chunk-size", "obs-fold"],
+)
+async def test_request_smuggling_is_refused(
+    gateway: Gateway, upstream: Upstream, request_bytes: bytes
+) -> None:
+    """Ambiguous framing: 400 and the connection closed; nothing reaches the upstream."""
+    answer, closed = await raw(gateway, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert closed
+    assert upstream.requests == []
+
+
+async def test_size_limits(gateway: Gateway, upstream: Upstream) -> None:
+    """Headers over max_header_bytes: 431; a body over max_body_bytes: 413."""
+    big = "x" * 5000
+    answer, closed = await raw(
+        gateway, f"GET /api/user/v1/a HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n".encode()
+    )
+    assert answer.startswith(b"HTTP/1.1 431")
+    assert closed
+    status, _, body = await get(
+        gateway,
+        "/api/user/v1/a",
+        {**GOOD, "Content-Type": "application/json; charset=utf-8"},
+        method="POST",
+        data=b"[" + b"1," * 600 + b"1]",
+    )
+    assert status == 413
+    assert body["type"].endswith("payload-too-large")
+
+
+async def test_slow_and_silent_clients_are_closed(gateway: Gateway, upstream: Upstream) -> None:
+    """Dripping headers, a silent connection and an idle keep-alive are closed at their
+    limits, while a normal client is served meanwhile."""
+    start = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+
+    async def drip() -> float:
+        try:
+            for byte in b"GET /api/user/v1/a HTTP/1.1\r\nhost: x\r\n":
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            await reader.read()
+        except OSError:  # the gateway hung up on us: that is the point
+            pass
+        return time.monotonic() - start
+
+    dripper = asyncio.create_task(drip())
+    status, _, _ = await get(gateway, "/api/user/v1/a", GOOD)  # served while the drip goes on
+    assert status == 200
+    assert await asyncio.wait_for(silent_reader.read(), 2) == b""
+    silent_closed = time.monotonic() - start
+    dripped_closed = await asyncio.wait_for(dripper, 3)
+    writer.close()
+    silent_writer.close()
+    assert 0.45 <= silent_closed <= 0.8
+    assert 0.45 <= dripped_closed <= 0.8
+
+
+async def test_graceful_drain(gateway: Gateway, upstream: Upstream) -> None:
+    """SIGTERM with requests in flight: they all complete, then the gateway exits 0."""
+
+    async def one() -> int:
+        status, _, _ = await get(gateway, "/api/user/v1/slow", {**GOOD, "X-Request-Timeout": "300"})
+        return status
+
+    # 504s here are the budget, not the drain: each request ends by itself at 300 ms.
+    tasks = [asyncio.create_task(one()) for _ in range(5)]
+    await asyncio.sleep(0.1)
+    os.kill(gateway.process.pid, signal.SIGTERM)
+    statuses = await asyncio.gather(*tasks)
+    code = await asyncio.wait_for(gateway.process.wait(), 10)
+    assert statuses == [504] * 5  # answered, not dropped
+    assert code == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", gateway.port), timeout=0.5).close()
