@@ -229,6 +229,7 @@ async def test_a_conforming_request_is_proxied(gateway: Gateway, upstream: Upstr
     assert sent["x-forwarded-proto"] == "http"
     assert headers["X-Request-ID"] == RID
     assert "budget;dur=800.0" in headers["Server-Timing"]
+    await asyncio.sleep(0.2)  # access log lines are written in batches every 100 ms
     entry = gateway.access_log()[-1]
     assert (entry["status"], entry["service"], entry["version"], entry["app_id"]) == (
         200,
@@ -237,6 +238,19 @@ async def test_a_conforming_request_is_proxied(gateway: Gateway, upstream: Upstr
         "checkout-web",
     )
     assert entry["budget_ms"] == 800.0
+
+
+async def test_the_answer_is_framed_once(gateway: Gateway, upstream: Upstream) -> None:
+    """The upstream's Content-Length is kept and no Transfer-Encoding is added (an answer with
+    both would be ambiguous: a response-smuggling vector)."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in GOOD.items()).encode()
+    answer, _ = await raw(
+        gateway, b"GET /api/user/v1/a HTTP/1.1\r\nhost: x\r\n" + head + b"connection: close\r\n\r\n"
+    )
+    head_part = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert head_part.count(b"content-length:") == 1
+    assert b"transfer-encoding" not in head_part
 
 
 async def test_budgets_are_clamped_and_defaulted(gateway: Gateway, upstream: Upstream) -> None:

@@ -39,7 +39,13 @@ from tether.errors import DeadlineExceeded, InvalidDeadlineHeader
 from tether.gateway.config import Config, Endpoint, Service
 from tether.gateway.conventions import Caller, check
 from tether.gateway.routing import Route, route
-from tether.gateway.upstream import EndpointPool, Feed, UpstreamConnection, UpstreamError
+from tether.gateway.upstream import (
+    EndpointPool,
+    Feed,
+    UpstreamConnection,
+    UpstreamError,
+    no_delay,
+)
 from tether.problems import (
     BAD_GATEWAY,
     BAD_REQUEST,
@@ -86,6 +92,7 @@ _REPLACED = frozenset(
     }
 )
 _ERROR_BODY_LIMIT = 64 * 1024
+LOG_FLUSH_SECONDS = 0.1  # access log lines are written in batches at most this old
 _UUID = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
@@ -101,6 +108,8 @@ class Gateway:
         self.idle.set()
         self.draining = False
         self._access_log = access_log if access_log is not None else sys.stdout
+        self._log_lines: list[str] = []
+        self._log_timer: asyncio.TimerHandle | None = None
         self._next: dict[str, int] = {}
 
     def pool(self, endpoint: Endpoint) -> EndpointPool:
@@ -120,8 +129,19 @@ class Gateway:
         return local[turn % len(local)]
 
     def write_access_log(self, entry: dict[str, Any]) -> None:
-        self._access_log.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        self._access_log.flush()
+        """Queue one access log line; lines go out together every `LOG_FLUSH_SECONDS`."""
+        self._log_lines.append(json.dumps(entry, separators=(",", ":")))
+        if self._log_timer is None:
+            self._log_timer = asyncio.get_running_loop().call_later(
+                LOG_FLUSH_SECONDS, self.flush_access_log
+            )
+
+    def flush_access_log(self) -> None:
+        self._log_timer = None
+        if self._log_lines:
+            self._access_log.write("\n".join(self._log_lines) + "\n")
+            self._access_log.flush()
+            self._log_lines.clear()
 
 
 class _TooLarge(Exception):
@@ -131,7 +151,16 @@ class _TooLarge(Exception):
 class Request:
     """One request as parsed: method, target, headers, body feed, and its timeline."""
 
-    __slots__ = ("body", "first_byte", "has_body", "headers", "method", "target", "version")
+    __slots__ = (
+        "body",
+        "first_byte",
+        "has_body",
+        "headers",
+        "keep_alive",
+        "method",
+        "target",
+        "version",
+    )
 
     def __init__(self, first_byte: float) -> None:
         self.first_byte = first_byte
@@ -141,6 +170,7 @@ class Request:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: Feed | None = None
         self.has_body = False
+        self.keep_alive = False  # the client's wish, read when its headers were complete
 
 
 class ClientConnection(asyncio.Protocol):
@@ -166,6 +196,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        no_delay(self.transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "-"
         self.gateway.connections.add(self)
@@ -238,6 +269,7 @@ class ClientConnection(asyncio.Protocol):
         assert self.transport is not None
         self._disarm()
         request.method = self._parser.get_method()
+        request.keep_alive = bool(self._parser.should_keep_alive())  # forgotten after the body
         request.version = self._parser.get_http_version()
         request.has_body = any(
             (n == b"content-length" and v.strip() != b"0") or n == b"transfer-encoding"
@@ -341,7 +373,7 @@ class ClientConnection(asyncio.Protocol):
             if not gateway.in_flight:
                 gateway.idle.set()
             exchange.log()
-        self.finished(keep_alive and self._parser.should_keep_alive())
+        self.finished(keep_alive and request.keep_alive)
 
 
 class Exchange:
@@ -625,7 +657,7 @@ class Exchange:
             body = await _read_bounded(upstream.body)
             return await self.answer_problem(_rewritten(status, body))
         self.status = status
-        keep_alive = self.connection._parser.should_keep_alive()
+        keep_alive = self.request.keep_alive
         length = _first(_multi(headers), b"content-length")
         framed = [(n, v) for n, v in headers if n not in _HOP_BY_HOP and n != b"content-length"]
         head = [f"HTTP/1.1 {status} {_phrase(status)}\r\n".encode()]
@@ -639,8 +671,15 @@ class Exchange:
         if not keep_alive:
             head.append(b"connection: close\r\n")
         self.response_started = True
-        await self.connection.write(b"".join(head) + b"\r\n")
         assert upstream.body is not None
+        ready, whole = upstream.body.ready()  # usually all of a small answer: one write
+        if ready and length is None:
+            ready = b"%x\r\n%s\r\n" % (len(ready), ready)
+        if whole:
+            ending = b"0\r\n\r\n" if length is None else b""
+            await self.connection.write(b"".join(head) + b"\r\n" + ready + ending)
+            return keep_alive
+        await self.connection.write(b"".join(head) + b"\r\n" + ready)
         while (chunk := await upstream.body.next()) is not None:
             await self.connection.write(
                 chunk if length is not None else b"%x\r\n%s\r\n" % (len(chunk), chunk)
@@ -688,7 +727,7 @@ class Exchange:
             )
         body = self.request.body
         unread_body = body is not None and not body.finished
-        keep = keep_alive and not unread_body and self.connection._parser.should_keep_alive()
+        keep = keep_alive and not unread_body and self.request.keep_alive
         self.response_started = True
         await self.connection.write(_problem_bytes(problem, self._tether_headers(), close=not keep))
         return keep

@@ -78,6 +78,7 @@ async def drain(server: asyncio.Server, gateway: Gateway) -> None:
             connection.transport.close()
     for pool in gateway.pools.values():
         pool.close()
+    gateway.flush_access_log()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(1):
             await server.wait_closed()

