@@ -32,13 +32,11 @@ from tether.errors import DeadlineExceeded, UpstreamUnavailable
 from tether.request_id import (
     REQUEST_ID_HEADER,
     new_request_id,
-    request_id_scope,
     reset_request_id,
     set_request_id,
 )
 from tether.tracing import (
     TRACEPARENT_HEADER,
-    incoming_traceparent,
     reset_incoming_traceparent,
     set_incoming_traceparent,
 )
@@ -122,7 +120,16 @@ def _wrap(
 class _Call:
     """One call's bookkeeping: its ids, budget, and the log line at its end."""
 
-    __slots__ = ("budget", "deadline", "method", "request_id", "started", "traceparent")
+    __slots__ = (
+        "_id_token",
+        "_trace_token",
+        "budget",
+        "deadline",
+        "method",
+        "request_id",
+        "started",
+        "traceparent",
+    )
 
     def __init__(
         self,
@@ -146,6 +153,17 @@ class _Call:
         budget = policy.default_budget if remaining is None else min(remaining, policy.max_budget)
         self.budget = budget
         self.deadline = Deadline.after(budget)
+
+    def bind(self) -> None:
+        """Make this call's request id and trace context ambient (until `unbind`)."""
+        self._id_token = set_request_id(self.request_id)
+        self._trace_token = set_incoming_traceparent(self.traceparent)
+
+    def unbind(self, code: grpc.StatusCode) -> None:
+        """Undo `bind` and write the call's log line."""
+        reset_incoming_traceparent(self._trace_token)
+        reset_request_id(self._id_token)
+        self.finish(code)
 
     def finish(self, code: grpc.StatusCode) -> None:
         if not log.isEnabledFor(logging.INFO):
@@ -175,24 +193,15 @@ def _unary(
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         call = _Call(policy, method, context)
         code = grpc.StatusCode.OK
-        id_token = set_request_id(call.request_id)
-        trace_token = set_incoming_traceparent(call.traceparent)
+        call.bind()
         try:
             async with deadline_at(call.deadline):
                 return await behavior(request, context)
-        except grpc.aio.AbortError:
-            code = _code_of(context)
+        except BaseException as exc:
+            code = await _failed(exc, call, context)
             raise
-        except asyncio.CancelledError:  # the client cancelled, or grpc saw its deadline pass
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            code = _status_for(exc, call)
-            await context.abort(code, _details_for(code))
         finally:
-            reset_incoming_traceparent(trace_token)
-            reset_request_id(id_token)
-            call.finish(code)
+            call.unbind(code)
 
     return guarded
 
@@ -207,28 +216,39 @@ def _streaming(
     ) -> AsyncIterator[Any]:
         call = _Call(policy, method, context)
         code = grpc.StatusCode.OK
+        call.bind()
         try:
-            with request_id_scope(call.request_id), incoming_traceparent(call.traceparent):
-                async with deadline_at(call.deadline):
-                    produced = behavior(request, context)
-                    if inspect.isasyncgen(produced):
-                        async for response in produced:
-                            yield response
-                    else:  # a coroutine that writes with context.write()
-                        await produced
-        except grpc.aio.AbortError:
-            code = _code_of(context)
+            async with deadline_at(call.deadline):
+                produced = behavior(request, context)
+                if inspect.isasyncgen(produced):
+                    async for response in produced:
+                        yield response
+                else:  # a coroutine that writes with context.write()
+                    await produced
+        except BaseException as exc:
+            code = await _failed(exc, call, context)
             raise
-        except asyncio.CancelledError:  # the client cancelled, or grpc saw its deadline pass
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            code = _status_for(exc, call)
-            await context.abort(code, _details_for(code))
         finally:
-            call.finish(code)
+            call.unbind(code)
 
     return guarded
+
+
+async def _failed(
+    exc: BaseException, call: _Call, context: grpc.aio.ServicerContext[Any, Any]
+) -> grpc.StatusCode:
+    """The status a call ends with when `exc` ends it. The safety net: a plain exception is
+    answered here with a generic abort (which raises AbortError); `context.abort(...)` from the
+    handler, cancellations and other BaseExceptions pass on with their own status."""
+    if isinstance(exc, grpc.aio.AbortError):
+        return _code_of(context)
+    if isinstance(exc, asyncio.CancelledError):  # the client cancelled, or grpc's deadline
+        return grpc.StatusCode.CANCELLED
+    if not isinstance(exc, Exception):
+        return grpc.StatusCode.UNKNOWN
+    code = _status_for(exc, call)
+    await context.abort(code, _details_for(code))
+    return code  # not reached: abort raises
 
 
 def _status_for(exc: Exception, call: _Call) -> grpc.StatusCode:
