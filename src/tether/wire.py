@@ -127,11 +127,15 @@ def parse_request_deadline(value: str | bytes) -> float:
     return _whole_number(REQUEST_DEADLINE, value, 15) / 1000
 
 
-def deadline_from_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) -> Deadline | None:
+def deadline_from_headers(
+    headers: Iterable[tuple[str | bytes, str | bytes]], *, received_at: float | None = None
+) -> Deadline | None:
     """The deadline that request headers ask for, or None when they carry none.
 
     `headers` is any sequence of (name, value) pairs, str or bytes (ASGI scope headers, gRPC
     metadata, `dict.items()`). A header given twice must carry the same value both times.
+    Relative budgets count from `received_at` (a monotonic instant; default now), so a server
+    can start the clock at the request's first byte.
     """
     seen: dict[str, str | bytes] | None = None
     for raw_name, value in headers:
@@ -153,16 +157,18 @@ def deadline_from_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) ->
             )
     if seen is None:
         return None
-    seconds = min(_seconds_from_now(name, value) for name, value in seen.items())
-    return Deadline(_clock.monotonic() + seconds)
+    now = _clock.monotonic()
+    start = now if received_at is None else received_at
+    return Deadline(min(_instant(name, value, start, now) for name, value in seen.items()))
 
 
-def _seconds_from_now(name: str, value: str | bytes) -> float:
+def _instant(name: str, value: str | bytes, start: float, now: float) -> float:
+    """The monotonic instant one header's deadline falls on."""
     if name == REQUEST_TIMEOUT:
-        return parse_request_timeout(value)
+        return start + parse_request_timeout(value)
     if name == GRPC_TIMEOUT:
-        return decode_grpc_timeout(value)
-    return parse_request_deadline(value) - _clock.wall()
+        return start + decode_grpc_timeout(value)
+    return now + parse_request_deadline(value) - _clock.wall()  # absolute: no start needed
 
 
 _HEADER_NAMES: dict[str | bytes, str] = {

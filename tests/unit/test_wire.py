@@ -324,3 +324,15 @@ def test_parsers_are_total(text: str) -> None:
     for parse in (decode_grpc_timeout, parse_request_timeout, parse_request_deadline):
         with contextlib.suppress(InvalidDeadlineHeader):
             assert parse(text) >= 0
+
+
+def test_relative_budgets_count_from_when_the_request_was_received(clock: VirtualClock) -> None:
+    """received_at starts the clock at the first byte; absolute deadlines stay absolute."""
+    received = clock.monotonic()
+    clock.advance(0.3)  # the rest of the request took 300 ms to arrive
+    relative = deadline_from_headers([("x-request-timeout", "1000")], received_at=received)
+    assert relative == Deadline.at(received + 1.0)
+    epoch_ms = str(int((clock.wall() + 2) * 1000))
+    absolute = deadline_from_headers([("x-request-deadline", epoch_ms)], received_at=received)
+    assert absolute is not None
+    assert absolute.when == pytest.approx(clock.monotonic() + 2, abs=0.001)

@@ -29,7 +29,10 @@ from tether.problems import (
 )
 from tether.request_id import new_request_id
 
-_UUID = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# The one form of X-Request-ID the gateway accepts (and echoes, even on early refusals).
+REQUEST_ID_FORM = re.compile(
+    rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 _APP_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 _USER_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 _JSON_UTF8 = re.compile(rb"\s*application/json\s*;\s*charset\s*=\s*\"?utf-8\"?\s*", re.IGNORECASE)
@@ -57,7 +60,7 @@ def check(
         if rules.request_id != "generate":
             return _invalid("X-Request-ID is required (a UUID)", "X-Request-ID")
         request_id, generated = new_request_id().encode(), True
-    elif not _UUID.fullmatch(request_id):
+    elif not REQUEST_ID_FORM.fullmatch(request_id):
         return _invalid(
             "X-Request-ID must be a UUID, like 5b0c6a52-3d2e-4c4e-9a53-8d8f3cd1a1f0", "X-Request-ID"
         )

@@ -37,7 +37,7 @@ import httptools
 from tether.deadline import Deadline, deadline_at
 from tether.errors import DeadlineExceeded, InvalidDeadlineHeader
 from tether.gateway.config import Config, Endpoint, Service
-from tether.gateway.conventions import Caller, check
+from tether.gateway.conventions import REQUEST_ID_FORM, Caller, check
 from tether.gateway.routing import Route, route
 from tether.gateway.upstream import (
     EndpointPool,
@@ -60,7 +60,7 @@ from tether.problems import (
     UPSTREAM_UNAVAILABLE,
     Problem,
 )
-from tether.wire import decode_grpc_timeout, parse_request_deadline, parse_request_timeout
+from tether.wire import deadline_from_headers
 
 log = logging.getLogger("tether.gateway")
 
@@ -93,7 +93,6 @@ _REPLACED = frozenset(
 )
 _ERROR_BODY_LIMIT = 64 * 1024
 LOG_FLUSH_SECONDS = 0.1  # access log lines are written in batches at most this old
-_UUID = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class Gateway:
@@ -382,6 +381,7 @@ class Exchange:
     def __init__(self, connection: ClientConnection, request: Request) -> None:
         self.connection = connection
         self.request = request
+        self.headers = _multi(request.headers)  # indexed once: every step reads it
         self.config = connection.gateway.config
         self.request_id: str | None = None
         self.caller: Caller | None = None
@@ -397,11 +397,11 @@ class Exchange:
     async def run(self) -> bool:
         """Serve the request; True when the client connection may be kept alive."""
         request = self.request
-        headers = _multi(request.headers)
+        headers = self.headers
         given = _first(headers, b"x-request-id")
-        if given is not None and _UUID.fullmatch(given):  # echoed even on early refusals
+        if given is not None and REQUEST_ID_FORM.fullmatch(given):  # echoed even on early refusals
             self.request_id = given.decode("ascii")
-        deadline = self._deadline(headers)
+        deadline = self._deadline()
         if isinstance(deadline, Problem):
             return await self.answer_problem(deadline)
         caller = check(
@@ -452,43 +452,21 @@ class Exchange:
                 )
             )
 
-    def _deadline(self, headers: dict[bytes, list[bytes]]) -> Deadline | Problem:
+    def _deadline(self) -> Deadline | Problem:
         """The budget from the first byte: the earliest deadline header, clamped, or default."""
         first_byte = self.request.first_byte
-        seconds: float | None = None
         try:
-            for name, parse in (
-                (b"x-request-timeout", parse_request_timeout),
-                (b"grpc-timeout", decode_grpc_timeout),
-            ):
-                values = headers.get(name, [])
-                if len(set(values)) > 1:
-                    raise InvalidDeadlineHeader(
-                        name.decode(),
-                        b", ".join(values).decode("latin-1"),
-                        "repeated with different values",
-                    )
-                if values:
-                    found = parse(values[0])
-                    seconds = found if seconds is None else min(seconds, found)
-            absolute = headers.get(b"x-request-deadline", [])
-            if absolute:
-                if len(set(absolute)) > 1:
-                    raise InvalidDeadlineHeader(
-                        "x-request-deadline", "several values", "repeated with different values"
-                    )
-                found = (
-                    parse_request_deadline(absolute[0])
-                    - time.time()
-                    + (time.monotonic() - first_byte)
-                )
-                seconds = found if seconds is None else min(seconds, found)
+            asked = deadline_from_headers(self.request.headers, received_at=first_byte)
         except InvalidDeadlineHeader as exc:
             return INVALID_DEADLINE_HEADER.problem(str(exc), header=exc.header)
         settings = self.config.deadline
-        seconds = settings.default if seconds is None else min(seconds, settings.max)
-        self.budget = max(seconds, 0.0)
-        return Deadline(first_byte + seconds)
+        when = (
+            first_byte + settings.default
+            if asked is None
+            else min(asked.when, first_byte + settings.max)
+        )
+        self.budget = max(when - first_byte, 0.0)
+        return Deadline(when)
 
     async def forward(self, found: Route, caller: Caller) -> bool:
         endpoint = self.connection.gateway.endpoint(found.service)
@@ -604,7 +582,7 @@ class Exchange:
             for t in v.split(b",")
         }
         headers = [(n, v) for n, v in headers if n not in connection_tokens]
-        host = _first(_multi(request.headers), b"host")
+        host = _first(self.headers, b"host")
         forwarded_for = [v for n, v in request.headers if n == b"x-forwarded-for"]
         chain = b", ".join([*forwarded_for, self.connection.peer.encode()])
         out = [
@@ -619,7 +597,7 @@ class Exchange:
         out.append(b"x-forwarded-proto: http\r\n")
         if host is not None:
             out.append(b"x-forwarded-host: " + host + b"\r\n")
-        length = _first(_multi(request.headers), b"content-length")
+        length = _first(self.headers, b"content-length")
         if request.has_body:
             out.append(
                 b"content-length: " + length + b"\r\n"
@@ -633,7 +611,7 @@ class Exchange:
         body = self.request.body
         if body is None:
             return
-        chunked = _first(_multi(self.request.headers), b"content-length") is None
+        chunked = _first(self.headers, b"content-length") is None
         sent = 0
         limit = self.config.limits.max_body_bytes
         while (chunk := await body.next()) is not None:
@@ -652,13 +630,14 @@ class Exchange:
         started: float,
     ) -> bool:
         """Stream the upstream's answer to the client (rewriting errors into problems)."""
-        content_type = _first(_multi(headers), b"content-type") or b""
+        answered = _multi(headers)
+        content_type = _first(answered, b"content-type") or b""
         if status >= 400 and not content_type.lower().startswith(MEDIA_TYPE.encode()):
             body = await _read_bounded(upstream.body)
             return await self.answer_problem(_rewritten(status, body))
         self.status = status
         keep_alive = self.request.keep_alive
-        length = _first(_multi(headers), b"content-length")
+        length = _first(answered, b"content-length")
         framed = [(n, v) for n, v in headers if n not in _HOP_BY_HOP and n != b"content-length"]
         head = [f"HTTP/1.1 {status} {_phrase(status)}\r\n".encode()]
         head += [n + b": " + v + b"\r\n" for n, v in framed]

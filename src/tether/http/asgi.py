@@ -118,7 +118,7 @@ class TetherMiddleware:
                 traceparent = value.decode("latin-1")
         exchange.request_id = request_id = request_id or new_request_id()
         try:
-            asked = deadline_from_headers(headers)
+            asked = deadline_from_headers(headers, received_at=exchange.started)
         except InvalidDeadlineHeader as exc:
             raise _Refused(INVALID_DEADLINE_HEADER.problem(str(exc), header=exc.header)) from None
         if asked is None:
