@@ -42,11 +42,11 @@ def reset_incoming_traceparent(token: Token[str | None] | None) -> None:
 @contextmanager
 def incoming_traceparent(value: str | None) -> Iterator[None]:
     """Pass the caller's traceparent on from calls made in the block (ignored when malformed)."""
-    token = _current.set(value if value is not None and valid_traceparent(value) else None)
+    token = set_incoming_traceparent(value)
     try:
         yield
     finally:
-        _current.reset(token)
+        reset_incoming_traceparent(token)
 
 
 def outgoing_trace_headers() -> list[tuple[str, str]]:
