@@ -123,6 +123,14 @@ def _gateway(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    from tether.gateway.auth import AuthSetupError
+    from tether.gateway.server import check_startable, run
+
+    try:
+        check_startable(config)
+    except AuthSetupError as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 1
     if args.check:
         services = ", ".join(f"{s.name} ({'/'.join(s.versions)})" for s in config.services.values())
         print(
@@ -130,15 +138,14 @@ def _gateway(args: argparse.Namespace) -> int:
             f"zone {config.zone}, services: {services}"
         )
         return 0
-    from tether.gateway.server import UnsupportedConfig, run
-
     try:
         return run(config, workers=args.workers)
-    except UnsupportedConfig as exc:
-        print(f"tether gateway: {exc}", file=sys.stderr)
-        return 1
     except OSError as exc:
-        print(f"tether gateway: cannot listen on {config.listen}: {exc}", file=sys.stderr)
+        print(
+            f"tether gateway: cannot listen on {config.listen} or admin {config.admin_listen}: "
+            f"{exc}",
+            file=sys.stderr,
+        )
         return 1
 
 

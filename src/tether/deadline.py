@@ -188,6 +188,7 @@ class DeadlineScope:
         "_fired",
         "_handle",
         "_in_force",
+        "_known_task",
         "_loop_when",
         "_parent",
         "_requested",
@@ -212,6 +213,7 @@ class DeadlineScope:
         self.inherited = False
         self._fired = False
         self._asked: float | None = None
+        self._known_task: asyncio.Task[Any] | None = None
 
     @property
     def deadline(self) -> Deadline | None:
@@ -249,7 +251,7 @@ class DeadlineScope:
         if self._in_force <= now:
             self._state = _DONE
             raise self._exceeded()
-        task = asyncio.current_task()
+        task = self._known_task or asyncio.current_task()
         if task is None:
             raise RuntimeError("a deadline block must run inside an asyncio task")
         if self.inherited and parent is not None and parent._task is task:
@@ -260,7 +262,9 @@ class DeadlineScope:
         return self
 
     def _arm(self, task: asyncio.Task[Any], now: float) -> None:
-        loop = asyncio.get_running_loop()
+        # The task's loop, not asyncio.get_running_loop(): on CPython 3.11 every lookup of the
+        # running loop is a getpid() system call, and this runs once per request.
+        loop = task.get_loop()
         self._task = task
         self._cancelling = task.cancelling()
         self._loop_when = loop.time() + (self._in_force - now)
@@ -338,14 +342,21 @@ def deadline_after(seconds: float) -> DeadlineScope:
     return DeadlineScope(Deadline(_clock.monotonic() + seconds), seconds)
 
 
-def deadline_at(deadline: Deadline | None) -> DeadlineScope:
+def deadline_at(
+    deadline: Deadline | None, *, task: asyncio.Task[Any] | None = None
+) -> DeadlineScope:
     """A block that must finish by `deadline` (or the caller's, if earlier).
 
     None narrows nothing: the block runs under the caller's deadline, if any.
+    `task`: the task that runs the block, for a caller that already holds it (a server's
+    per-request task). It saves `asyncio.current_task()`, which on CPython 3.11 costs a
+    getpid() system call; passing any other task than the current one is a bug.
     """
     if deadline is not None and not isinstance(deadline, Deadline):
         raise TypeError(f"deadline_at() takes a Deadline or None, got {deadline!r}")
-    return DeadlineScope(deadline, None)
+    scope = DeadlineScope(deadline, None)
+    scope._known_task = task
+    return scope
 
 
 @final

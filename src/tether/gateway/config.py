@@ -18,6 +18,7 @@ from typing import TypeVar
 import yaml
 
 from tether._settings import parse_duration
+from tether.gateway.retries import RetrySettings
 
 _T = TypeVar("_T")
 
@@ -103,6 +104,9 @@ class Config:
     cross_zone: Policy
     services: dict[str, Service] = field(default_factory=dict)
     auth: JwtAuth | None = None
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    access_log: bool = True
+    metrics: bool = True
     source: str = "<config>"
 
 
@@ -163,6 +167,8 @@ _TOP = {
     "policies",
     "services",
     "auth",
+    "retry",
+    "observability",
 }
 
 
@@ -297,6 +303,10 @@ class _Reader:
         same_zone, cross_zone = self.policies(top.get("policies"))
         services = self.services(self.required(top, "services", "", root), zone or "")
         auth = self.auth(top.get("auth"))
+        retry = self.retry(top.get("retry"))
+        observability = self.section(top, "observability", {"access_log", "metrics"})
+        access_log = self.boolean(observability.get("access_log"), "observability.access_log")
+        metrics = self.boolean(observability.get("metrics"), "observability.metrics")
         if self.mistakes or listen is None or zone is None:
             return None
         return Config(
@@ -310,6 +320,9 @@ class _Reader:
             cross_zone=cross_zone,
             services=services,
             auth=auth,
+            retry=retry,
+            access_log=_or(access_log, True),
+            metrics=_or(metrics, True),
             source=source,
         )
 
@@ -395,6 +408,60 @@ class _Reader:
                 base.max_body_bytes,
             ),
         )
+
+    def retry(self, node: yaml.Node | None) -> RetrySettings:
+        keys = {"backoff_base", "backoff_cap", "min_attempt", "body_buffer", "budget"}
+        items = self.mapping(node, "retry", keys) or {}
+        base = RetrySettings()
+        budget = self.mapping(
+            items.get("budget"), "retry.budget", {"ratio", "per_second", "window"}
+        )
+        budget = budget or {}
+        settings = RetrySettings(
+            backoff_base=_or(
+                self.duration(items.get("backoff_base"), "retry.backoff_base"), base.backoff_base
+            ),
+            backoff_cap=_or(
+                self.duration(items.get("backoff_cap"), "retry.backoff_cap"), base.backoff_cap
+            ),
+            min_attempt=_or(
+                self.duration(items.get("min_attempt"), "retry.min_attempt"), base.min_attempt
+            ),
+            body_buffer=_or(
+                self.integer(items.get("body_buffer"), "retry.body_buffer", minimum=0),
+                base.body_buffer,
+            ),
+            budget_ratio=_or(
+                self.number(budget.get("ratio"), "retry.budget.ratio", maximum=10.0),
+                base.budget_ratio,
+            ),
+            budget_per_second=_or(
+                self.number(budget.get("per_second"), "retry.budget.per_second", maximum=1e6),
+                base.budget_per_second,
+            ),
+            budget_window=_or(
+                self.duration(budget.get("window"), "retry.budget.window"), base.budget_window
+            ),
+        )
+        if settings.backoff_base > settings.backoff_cap:
+            self.fail(
+                "retry.backoff_base",
+                items.get("backoff_base") or node,
+                "cannot be longer than retry.backoff_cap",
+            )
+        return settings
+
+    def number(self, node: yaml.Node | None, path: str, *, maximum: float) -> float | None:
+        def convert(text: str) -> float:
+            if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,9})?", text):
+                raise ValueError(f"expected a number like 0.2 or 10, got {text!r}")
+            return float(text)
+
+        value = self.typed(node, path, convert, "must be a number")
+        if value is not None and value > maximum:
+            self.fail(path, node, f"must be at most {maximum:g}")
+            return None
+        return value
 
     def policies(self, node: yaml.Node | None) -> tuple[Policy, Policy]:
         items = self.mapping(node, "policies", {"same_zone", "cross_zone"}) or {}

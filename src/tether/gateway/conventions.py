@@ -40,12 +40,12 @@ _JSON_UTF8 = re.compile(rb"\s*application/json\s*;\s*charset\s*=\s*\"?utf-8\"?\s
 Headers = Mapping[bytes, Sequence[bytes]]  # lowercased name -> every value, in order
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Caller:
     request_id: str
     request_id_generated: bool
     app_id: str
-    user_id: str | None  # None when auth will set it from the token
+    user_id: str | None  # set from the token's subject when auth is on
 
 
 def check(
@@ -96,7 +96,7 @@ def _single(headers: Headers, name: bytes) -> bytes | Problem | None:
     values = headers.get(name)
     if not values:
         return None
-    if any(value != values[0] for value in values[1:]):
+    if len(values) > 1 and values.count(values[0]) != len(values):
         shown = name.decode().title()
         return _invalid(f"{shown} is given more than once, with different values", shown)
     return values[0]

@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -36,8 +37,12 @@ import httptools
 
 from tether.deadline import Deadline, deadline_at
 from tether.errors import DeadlineExceeded, InvalidDeadlineHeader
-from tether.gateway.config import Config, Endpoint, Service
+from tether.gateway.auth import TokenVerifier
+from tether.gateway.balancing import connected, pick, refused
+from tether.gateway.config import Config, Policy
 from tether.gateway.conventions import REQUEST_ID_FORM, Caller, check
+from tether.gateway.metrics import Metrics
+from tether.gateway.retries import RETRIED_STATUSES, RetryBudget, backoff, fits, method_may_retry
 from tether.gateway.routing import Route, route
 from tether.gateway.upstream import (
     EndpointPool,
@@ -98,42 +103,56 @@ LOG_FLUSH_SECONDS = 0.1  # access log lines are written in batches at most this 
 class Gateway:
     """What every connection of one gateway process shares."""
 
-    def __init__(self, config: Config, *, access_log: Any = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        access_log: Any = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.config = config
-        self.pools: dict[tuple[str, int], EndpointPool] = {}
+        # Looked up once: on CPython 3.11 each asyncio.get_running_loop() is a getpid() call.
+        self.loop = loop if loop is not None else asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
         self.in_flight = 0
-        self.idle = asyncio.Event()  # set whenever no request is in flight
-        self.idle.set()
+        self.idle = asyncio.Event()  # set when draining and no request is in flight
         self.draining = False
+        self.listening = False
+        self.rng = random.Random()
+        self.verifier = TokenVerifier(config.auth) if config.auth is not None else None
+        self.metrics = (
+            Metrics(
+                gauges={
+                    "in_flight_requests": lambda: float(self.in_flight),
+                    "open_connections": lambda: float(len(self.connections)),
+                }
+            )
+            if config.metrics
+            else None
+        )
+        pools: dict[tuple[str, int, str], EndpointPool] = {}
+        self.endpoints: dict[str, list[EndpointPool]] = {}
+        self.retry_budgets: dict[str, RetryBudget] = {}
+        retry = config.retry
+        for name, service in config.services.items():
+            for endpoint in service.endpoints:
+                key = (endpoint.address.host, endpoint.address.port, endpoint.zone)
+                if key not in pools:
+                    pools[key] = EndpointPool(self.loop, *key)
+                self.endpoints.setdefault(name, []).append(pools[key])
+            self.retry_budgets[name] = RetryBudget(
+                retry.budget_ratio, retry.budget_per_second, retry.budget_window
+            )
+        self.pools = list(pools.values())
         self._access_log = access_log if access_log is not None else sys.stdout
         self._log_lines: list[str] = []
         self._log_timer: asyncio.TimerHandle | None = None
-        self._next: dict[str, int] = {}
 
-    def pool(self, endpoint: Endpoint) -> EndpointPool:
-        key = (endpoint.address.host, endpoint.address.port)
-        pool = self.pools.get(key)
-        if pool is None:
-            pool = self.pools[key] = EndpointPool(*key)
-        return pool
-
-    def endpoint(self, service: Service) -> Endpoint:
-        """The next endpoint of `service`, preferring the gateway's own zone."""
-        local = [e for e in service.endpoints if e.zone == self.config.zone] or list(
-            service.endpoints
-        )
-        turn = self._next.get(service.name, 0)
-        self._next[service.name] = turn + 1
-        return local[turn % len(local)]
-
-    def write_access_log(self, entry: dict[str, Any]) -> None:
+    def write_access_log(self, line: str) -> None:
         """Queue one access log line; lines go out together every `LOG_FLUSH_SECONDS`."""
-        self._log_lines.append(json.dumps(entry, separators=(",", ":")))
+        self._log_lines.append(line)
         if self._log_timer is None:
-            self._log_timer = asyncio.get_running_loop().call_later(
-                LOG_FLUSH_SECONDS, self.flush_access_log
-            )
+            self._log_timer = self.loop.call_later(LOG_FLUSH_SECONDS, self.flush_access_log)
 
     def flush_access_log(self) -> None:
         self._log_timer = None
@@ -177,14 +196,22 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.loop = gateway.loop
         self.limits = gateway.config.limits
         self.transport: asyncio.Transport | None = None
         self.peer = "-"
+        self.peer_bytes = b"-"
         self._parser = httptools.HttpRequestParser(self)
         self._request: Request | None = None
         self._header_bytes = 0
-        self._task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        # One lazy timer per connection (header, body and idle limits): `_due` moves without
+        # touching the timer, which re-arms itself when it fires early. A request whose headers
+        # arrive in one read costs no timer call at all.
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._due: float | None = None
+        self._headers_pending = False
         self._backlog: list[bytes] = []
         self._answering = False  # bytes of the current request's answer have been written
         self._can_write = asyncio.Event()
@@ -198,17 +225,21 @@ class ClientConnection(asyncio.Protocol):
         no_delay(self.transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "-"
+        self.peer_bytes = self.peer.encode()
         self.gateway.connections.add(self)
         self._arm(self.limits.header_timeout)  # a connection that sends nothing is closed too
 
     def data_received(self, data: bytes) -> None:
-        if self._task is not None and self._request is None:
+        if self.task is not None and self._request is None:
             self._backlog.append(data)  # a pipelined request: parsed once this one is done
             assert self.transport is not None
             self.transport.pause_reading()
             return
         try:
             self._parser.feed_data(data)
+            if self._headers_pending:  # headers split over reads: their limit starts now
+                self._headers_pending = False
+                self._arm(self.limits.header_timeout)
         except _TooLarge:
             self._refuse(
                 HEADERS_TOO_LARGE.problem(
@@ -231,12 +262,12 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._can_write.set()
-        self._disarm()
+        self._stop_timer()
         self.gateway.connections.discard(self)
         if self._request is not None and self._request.body is not None:
             self._request.body.end(ConnectionResetError("the client went away"))
-        if self._task is not None and not self._task.done():
-            self._task.cancel()  # the client left: abandon the upstream call now
+        if self.task is not None and not self.task.done():
+            self.task.cancel()  # the client left: abandon the upstream call now
 
     def pause_writing(self) -> None:
         self._can_write.clear()
@@ -250,7 +281,8 @@ class ClientConnection(asyncio.Protocol):
         self._request = Request(time.monotonic())
         self._answering = False
         self._header_bytes = 0
-        self._arm(self.limits.header_timeout)
+        self._disarm()
+        self._headers_pending = True  # armed after this read unless the headers are complete
 
     def on_url(self, url: bytes) -> None:
         assert self._request is not None
@@ -266,6 +298,7 @@ class ClientConnection(asyncio.Protocol):
         request = self._request
         assert request is not None
         assert self.transport is not None
+        self._headers_pending = False
         self._disarm()
         request.method = self._parser.get_method()
         request.keep_alive = bool(self._parser.should_keep_alive())  # forgotten after the body
@@ -275,9 +308,11 @@ class ClientConnection(asyncio.Protocol):
             for n, v in request.headers
         )
         if request.has_body:
-            request.body = Feed(self.transport.pause_reading, self.transport.resume_reading)
+            request.body = Feed(
+                self.loop, self.transport.pause_reading, self.transport.resume_reading
+            )
             self._arm(self.limits.body_timeout)
-        self._task = asyncio.get_running_loop().create_task(self._serve(request))
+        self.task = self.loop.create_task(self._serve(request))
 
     def on_body(self, body: bytes) -> None:
         if self._request is not None and self._request.body is not None:
@@ -299,17 +334,38 @@ class ClientConnection(asyncio.Protocol):
             raise _TooLarge
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._too_slow)
+        """Close the connection unless `_disarm` or another `_arm` comes within `seconds`."""
+        due = self._due = self.loop.time() + seconds
+        if self._timer is not None and self._timer_when <= due:
+            return  # fires first and re-arms for the rest
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_when = due
+        self._timer = self.loop.call_at(due, self._on_timer)
 
     def _disarm(self) -> None:
+        self._due = None
+
+    def _stop_timer(self) -> None:
+        self._due = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
+    def _on_timer(self) -> None:
+        self._timer = None
+        due = self._due
+        if due is None:
+            return
+        if due > self.loop.time():
+            self._timer_when = due
+            self._timer = self.loop.call_at(due, self._on_timer)
+            return
+        self._too_slow()
+
     def _too_slow(self) -> None:
         """Headers or a body that did not arrive in time, or an idle keep-alive: close."""
-        self._timer = None
+        self._due = None
         if self.transport is not None:
             self.transport.close()
 
@@ -318,8 +374,8 @@ class ClientConnection(asyncio.Protocol):
     def _refuse(self, problem: Problem) -> None:
         """Answer a request that cannot be parsed or allowed, then close the connection."""
         self._disarm()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
         if not self._answering and self.transport is not None and not self.closed:
             self.transport.write(_problem_bytes(problem, None, close=True))
         if self.transport is not None:
@@ -335,7 +391,7 @@ class ClientConnection(asyncio.Protocol):
 
     def finished(self, keep_alive: bool) -> None:
         """The current exchange is over: wait for the next request, or close."""
-        self._task = None
+        self.task = None
         if self.closed or self.transport is None:
             return
         if not keep_alive or self.gateway.draining:
@@ -350,7 +406,6 @@ class ClientConnection(asyncio.Protocol):
     async def _serve(self, request: Request) -> None:
         gateway = self.gateway
         gateway.in_flight += 1
-        gateway.idle.clear()
         exchange = Exchange(self, request)
         try:
             keep_alive = await exchange.run()
@@ -369,17 +424,38 @@ class ClientConnection(asyncio.Protocol):
                 )
         finally:
             gateway.in_flight -= 1
-            if not gateway.in_flight:
+            if gateway.draining and not gateway.in_flight:
                 gateway.idle.set()
-            exchange.log()
+            exchange.finish()
         self.finished(keep_alive and request.keep_alive)
 
 
 class Exchange:
     """One request's trip through the gateway and back."""
 
+    __slots__ = (
+        "_body_kept",
+        "_held_body",
+        "attempts",
+        "budget",
+        "caller",
+        "config",
+        "connection",
+        "deadline",
+        "gateway",
+        "headers",
+        "outcome",
+        "request",
+        "request_id",
+        "response_started",
+        "retry_reasons",
+        "route",
+        "status",
+    )
+
     def __init__(self, connection: ClientConnection, request: Request) -> None:
         self.connection = connection
+        self.gateway = connection.gateway
         self.request = request
         self.headers = _multi(request.headers)  # indexed once: every step reads it
         self.config = connection.gateway.config
@@ -390,9 +466,11 @@ class Exchange:
         self.outcome = ""
         self.budget: float | None = None
         self.deadline: Deadline | None = None
-        self.upstream_address = "-"
-        self.upstream_time = 0.0
+        self.attempts: list[tuple[str, float, str]] = []  # (upstream, seconds, outcome) each
+        self.retry_reasons: list[str] = []
         self.response_started = False
+        self._held_body: list[bytes] | None = None  # the request body, kept for a retry
+        self._body_kept = False  # True once `_held_body` holds the whole body
 
     async def run(self) -> bool:
         """Serve the request; True when the client connection may be kept alive."""
@@ -404,15 +482,21 @@ class Exchange:
         deadline = self._deadline()
         if isinstance(deadline, Problem):
             return await self.answer_problem(deadline)
+        gateway = self.gateway
         caller = check(
             headers,
             has_body=request.has_body,
             rules=self.config.conventions,
-            authenticated=self.config.auth is not None,
+            authenticated=gateway.verifier is not None,
         )
         if isinstance(caller, Problem):
             return await self.answer_problem(caller)
         self.caller, self.request_id = caller, caller.request_id
+        if gateway.verifier is not None:
+            user = gateway.verifier.verify(_first(headers, b"authorization"))
+            if isinstance(user, Problem):
+                return await self.answer_problem(user, extra=[b"www-authenticate: Bearer\r\n"])
+            caller.user_id = user
         found = route(
             request.target, self.config.services, version_header=b"api-version" in headers
         )
@@ -432,6 +516,7 @@ class Exchange:
                 keep_alive=False,
             )
         if deadline.expired:
+            self.outcome = "expired_on_arrival"
             return await self.answer_problem(
                 EXPIRED_ON_ARRIVAL.problem(
                     "the request's deadline had passed when it arrived; nothing was done"
@@ -439,18 +524,19 @@ class Exchange:
             )
         self.deadline = deadline
         try:
-            async with deadline_at(deadline):
+            async with deadline_at(deadline, task=self.connection.task):
                 return await self.forward(found, caller)
         except DeadlineExceeded:
             self.outcome = "deadline_exceeded"
             if self.response_started:
                 return False
-            return await self.answer_problem(
-                DEADLINE_EXCEEDED.problem(
-                    f"the request's budget of {self.budget * 1000 if self.budget else 0:.0f} ms "
-                    "ran out before the upstream answered"
-                )
-            )
+            return await self.answer_problem(self._budget_ran_out())
+
+    def _budget_ran_out(self) -> Problem:
+        return DEADLINE_EXCEEDED.problem(
+            f"the request's budget of {(self.budget or 0) * 1000:.0f} ms ran out before the "
+            "upstream answered"
+        )
 
     def _deadline(self) -> Deadline | Problem:
         """The budget from the first byte: the earliest deadline header, clamped, or default."""
@@ -468,41 +554,106 @@ class Exchange:
         self.budget = max(when - first_byte, 0.0)
         return Deadline(when)
 
+    # -- upstream attempts (rules in retries.py and balancing.py) ---------------------------
+
     async def forward(self, found: Route, caller: Caller) -> bool:
-        endpoint = self.connection.gateway.endpoint(found.service)
-        policy = (
-            self.config.same_zone if endpoint.zone == self.config.zone else self.config.cross_zone
-        )
-        pool = self.connection.gateway.pool(endpoint)
-        self.upstream_address = str(endpoint.address)
+        """Attempts until one answers, retrying only what retries.py allows."""
+        gateway = self.gateway
+        config = self.config
+        service = found.service
+        settings = config.retry
+        margin = config.deadline.margin
         deadline = self.deadline
         assert deadline is not None
-        margin = self.config.deadline.margin
-        left = deadline.remaining() - margin
-        if left < 0.001:
-            raise DeadlineExceeded("no budget left for an upstream attempt")
+        budget = gateway.retry_budgets[service.name]
+        budget.record_request()
+        pools = gateway.endpoints[service.name]
+        pool = pick(pools, zone=config.zone, now=gateway.loop.time(), rng=gateway.rng)
+        first_policy = config.same_zone if pool.zone == config.zone else config.cross_zone
+        retries = 0
+        if first_policy.retries and method_may_retry(
+            self.request.method,
+            idempotency_key=b"idempotency-key" in self.headers,
+            service_allows_key=service.retry_with_idempotency_key,
+        ):
+            retries = first_policy.retries
+            if self.request.body is not None:
+                self._held_body = []
+        attempt = 1
+        while True:
+            if deadline.remaining() < margin + settings.min_attempt:
+                raise DeadlineExceeded("no budget left for an upstream attempt")
+            policy = config.same_zone if pool.zone == config.zone else config.cross_zone
+            result = await self._attempt(pool, attempt, policy, found, caller, retries >= attempt)
+            if not isinstance(result, _Failure):
+                return result
+            if attempt > retries or (self.request.body is not None and self._held_body is None):
+                return await self._answer_failure(result)
+            pause = backoff(attempt, settings, gateway.rng)
+            if not fits(pause, deadline.remaining(), margin, settings):
+                return await self._answer_failure(result)
+            if not budget.try_withdraw():
+                if gateway.metrics is not None:
+                    gateway.metrics.count("retry_budget_refusals", (service.name,))
+                return await self._answer_failure(result)
+            self.retry_reasons.append(result.reason)
+            if gateway.metrics is not None:
+                gateway.metrics.count("retries", (service.name, result.reason))
+            if pause > 0:
+                await asyncio.sleep(pause)
+            pool = pick(
+                pools, zone=config.zone, now=gateway.loop.time(), rng=gateway.rng, avoid=pool
+            )
+            attempt += 1
+
+    async def _attempt(
+        self,
+        pool: EndpointPool,
+        attempt: int,
+        policy: Policy,
+        found: Route,
+        caller: Caller,
+        may_retry: bool,
+    ) -> bool | _Failure:
+        """One attempt: the keep-alive verdict once answered, or a `_Failure` to retry."""
+        deadline = self.deadline
+        assert deadline is not None
+        metrics = self.gateway.metrics
+        if metrics is not None:
+            attempts = metrics.attempts
+            key = (found.service.name, str(attempt))
+            attempts[key] = attempts.get(key, 0) + 1
         started = time.monotonic()
+        outcome = "abandoned"  # unless the attempt ends in one of the ways below
         try:
-            upstream = await pool.acquire(min(policy.connect, deadline.remaining()))
-        except TimeoutError:
-            self.outcome = "connect_timeout"
-            return await self.answer_problem(
-                UPSTREAM_TIMEOUT.problem(
-                    f"could not connect to the upstream within {policy.connect * 1000:.0f} ms"
+            try:
+                upstream = await pool.acquire(min(policy.connect, deadline.remaining()))
+            except TimeoutError:
+                outcome = "connect_timeout"
+                return _Failure(
+                    "connect_timeout",
+                    UPSTREAM_TIMEOUT.problem(
+                        f"could not connect to the upstream within {policy.connect * 1000:.0f} ms"
+                    ),
                 )
-            )
-        except UpstreamError as exc:
-            self.outcome = exc.kind
-            return await self.answer_problem(
-                UPSTREAM_UNAVAILABLE.problem("the upstream service refused the connection")
-            )
-        pool.in_flight += 1
-        try:
-            return await self._exchange(upstream, found, caller, policy.read, margin, started)
+            except UpstreamError as exc:
+                outcome = exc.kind
+                refused(pool, self.gateway.loop.time())
+                return _Failure(exc.kind, UPSTREAM_UNAVAILABLE.problem(str(exc)))
+            if pool.refusals:
+                connected(pool)
+            pool.in_flight += 1
+            try:
+                result = await self._exchange(
+                    upstream, found, caller, policy.read, started, attempt, may_retry
+                )
+            finally:
+                pool.in_flight -= 1
+                pool.release(upstream)
+            outcome = result.reason if isinstance(result, _Failure) else self.outcome or "ok"
+            return result
         finally:
-            pool.in_flight -= 1
-            self.upstream_time = time.monotonic() - started
-            pool.release(upstream)
+            self.attempts.append((pool.label, time.monotonic() - started, outcome))
 
     async def _exchange(
         self,
@@ -510,30 +661,30 @@ class Exchange:
         found: Route,
         caller: Caller,
         read: float,
-        margin: float,
         started: float,
-    ) -> bool:
+        attempt: int,
+        may_retry: bool,
+    ) -> bool | _Failure:
         deadline = self.deadline
         assert deadline is not None
+        margin = self.config.deadline.margin
         head_future = upstream.start()
         left = deadline.remaining() - margin
         if left < 0.001:
             raise DeadlineExceeded("no budget left for an upstream attempt")
+        head_wait = read
         try:
-            await upstream.write(self._upstream_head(found, caller, left, upstream))
+            await upstream.write(self._upstream_head(found, caller, left, upstream, attempt))
             await self._send_body(upstream)
-            async with asyncio.timeout(min(read, left)):
-                status, headers = await head_future
+            # The read timeout is counted from the end of the request, capped by the budget.
+            head_wait = min(read, deadline.remaining() - margin)
+            upstream.expect_head_within(head_wait)
+            status, headers = await head_future
         except TimeoutError:
             upstream.close()
-            if left < read:  # the budget, not the zone's read timeout, is what ran out
+            if head_wait < read:  # the budget, not the zone's read timeout, is what ran out
                 self.outcome = "deadline_exceeded"
-                return await self.answer_problem(
-                    DEADLINE_EXCEEDED.problem(
-                        f"the request's budget of {(self.budget or 0) * 1000:.0f} ms ran out "
-                        "before the upstream answered"
-                    )
-                )
+                return await self.answer_problem(self._budget_ran_out())
             self.outcome = "upstream_timeout"
             return await self.answer_problem(
                 UPSTREAM_TIMEOUT.problem(
@@ -541,10 +692,9 @@ class Exchange:
                 )
             )
         except UpstreamError as exc:
-            upstream.close()
-            self.outcome = exc.kind
+            upstream.close()  # nothing of an answer came: safe to try elsewhere
             kind = UPSTREAM_UNAVAILABLE if exc.kind == "refused" else BAD_GATEWAY
-            return await self.answer_problem(kind.problem(str(exc)))
+            return _Failure(exc.kind, kind.problem(str(exc)))
         except _BodyTooLarge:
             upstream.close()
             self.outcome = "body_too_large"
@@ -557,48 +707,77 @@ class Exchange:
         except BaseException:
             upstream.close()  # the deadline, or the client left: the upstream must stop too
             raise
-        self.outcome = "ok"
         try:
+            if may_retry and status in RETRIED_STATUSES:
+                body = await _read_bounded(upstream.body)
+                return _Failure(f"status_{status}", response=(status, headers, body))
+            self.outcome = "ok"
             return await self._relay(upstream, status, headers, started)
         except BaseException:
             upstream.close()
             raise
 
+    async def _answer_failure(self, failure: _Failure) -> bool:
+        """The last attempt's failure, as the client's answer."""
+        self.outcome = failure.reason
+        if failure.response is None:
+            assert failure.problem is not None
+            return await self.answer_problem(failure.problem)
+        status, headers, body = failure.response
+        content_type, _ = _content(headers)
+        if not content_type.lower().startswith(MEDIA_TYPE.encode()):
+            return await self.answer_problem(_rewritten(status, body))
+        self.status = status
+        self.response_started = True
+        keep_alive = self.request.keep_alive
+        head = self._response_head(status, headers, None)
+        head.append(b"content-length: %d\r\n" % len(body))
+        if not keep_alive:
+            head.append(b"connection: close\r\n")
+        await self.connection.write(b"".join(head) + b"\r\n" + body)
+        return keep_alive
+
     def _upstream_head(
-        self, found: Route, caller: Caller, left: float, upstream: UpstreamConnection
+        self,
+        found: Route,
+        caller: Caller,
+        left: float,
+        upstream: UpstreamConnection,
+        attempt: int,
     ) -> bytes:
         request = self.request
-        headers = [
-            (n, v)
-            for n, v in request.headers
-            if n not in _HOP_BY_HOP
-            and n not in _REPLACED
-            and not (self.config.auth and n == b"x-user-id")
-        ]
-        connection_tokens = {
-            t.strip().lower()
-            for n, v in request.headers
-            if n == b"connection"
-            for t in v.split(b",")
-        }
-        headers = [(n, v) for n, v in headers if n not in connection_tokens]
-        host = _first(self.headers, b"host")
-        forwarded_for = [v for n, v in request.headers if n == b"x-forwarded-for"]
-        chain = b", ".join([*forwarded_for, self.connection.peer.encode()])
+        headers = self.headers
+        authenticated = self.gateway.verifier is not None
+        dropped: set[bytes] = set()
+        if b"connection" in headers:  # names listed in Connection are hop-by-hop too
+            for value in headers[b"connection"]:
+                dropped.update(t.strip().lower() for t in value.split(b","))
         out = [
             request.method + b" " + found.upstream_target + b" HTTP/1.1\r\n",
-            b"host: " + f"{upstream.pool.host}:{upstream.pool.port}".encode() + b"\r\n",
+            upstream.pool.host_header,
         ]
-        out += [n + b": " + v + b"\r\n" for n, v in headers]
-        out.append(b"x-request-timeout: " + str(max(1, int(left * 1000))).encode() + b"\r\n")
+        for name, value in request.headers:
+            if (
+                name in _NOT_FORWARDED
+                or (dropped and name in dropped)
+                or (authenticated and name == b"x-user-id")
+            ):
+                continue
+            out.append(name + b": " + value + b"\r\n")
+        out.append(b"x-request-timeout: %d\r\n" % max(1, int(left * 1000)))
+        out.append(b"x-tether-attempt: %d\r\n" % attempt)
         if caller.request_id_generated:
             out.append(b"x-request-id: " + caller.request_id.encode() + b"\r\n")
+        if authenticated and caller.user_id is not None:
+            out.append(b"x-user-id: " + caller.user_id.encode() + b"\r\n")
+        chain = b", ".join([*headers.get(b"x-forwarded-for", ()), self.connection.peer_bytes])
         out.append(b"x-forwarded-for: " + chain + b"\r\n")
         out.append(b"x-forwarded-proto: http\r\n")
+        host = _first(headers, b"host")
         if host is not None:
             out.append(b"x-forwarded-host: " + host + b"\r\n")
-        length = _first(self.headers, b"content-length")
         if request.has_body:
+            length = _first(headers, b"content-length")
             out.append(
                 b"content-length: " + length + b"\r\n"
                 if length is not None
@@ -608,19 +787,34 @@ class Exchange:
         return b"".join(out)
 
     async def _send_body(self, upstream: UpstreamConnection) -> None:
+        """Stream the request body upstream (or replay the copy kept from the first attempt)."""
+        held = self._held_body
         body = self.request.body
         if body is None:
             return
         chunked = _first(self.headers, b"content-length") is None
-        sent = 0
-        limit = self.config.limits.max_body_bytes
-        while (chunk := await body.next()) is not None:
-            sent += len(chunk)
-            if sent > limit:
-                raise _BodyTooLarge
-            await upstream.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if held is not None and self._body_kept:  # a retry: replay the copy
+            for kept in held:
+                await upstream.write(b"%x\r\n%s\r\n" % (len(kept), kept) if chunked else kept)
+        else:
+            sent = 0
+            limit = self.config.limits.max_body_bytes
+            keep = self.config.retry.body_buffer
+            while (chunk := await body.next()) is not None:
+                sent += len(chunk)
+                if sent > limit:
+                    raise _BodyTooLarge
+                if held is not None:
+                    if sent <= keep:
+                        held.append(chunk)
+                    else:  # too big to keep: this request cannot be retried
+                        held = self._held_body = None
+                await upstream.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            self._body_kept = self._held_body is not None
         if chunked:
             await upstream.write(b"0\r\n\r\n")
+
+    # -- answers ------------------------------------------------------------------------
 
     async def _relay(
         self,
@@ -630,18 +824,13 @@ class Exchange:
         started: float,
     ) -> bool:
         """Stream the upstream's answer to the client (rewriting errors into problems)."""
-        answered = _multi(headers)
-        content_type = _first(answered, b"content-type") or b""
+        content_type, length = _content(headers)
         if status >= 400 and not content_type.lower().startswith(MEDIA_TYPE.encode()):
             body = await _read_bounded(upstream.body)
             return await self.answer_problem(_rewritten(status, body))
         self.status = status
         keep_alive = self.request.keep_alive
-        length = _first(answered, b"content-length")
-        framed = [(n, v) for n, v in headers if n not in _HOP_BY_HOP and n != b"content-length"]
-        head = [f"HTTP/1.1 {status} {_phrase(status)}\r\n".encode()]
-        head += [n + b": " + v + b"\r\n" for n, v in framed]
-        head += self._tether_headers(started)
+        head = self._response_head(status, headers, started)
         head.append(
             b"content-length: " + length + b"\r\n"
             if length is not None
@@ -667,6 +856,17 @@ class Exchange:
             await self.connection.write(b"0\r\n\r\n")
         return keep_alive
 
+    def _response_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], started: float | None
+    ) -> list[bytes]:
+        """Status line, the upstream's end-to-end headers, and the gateway's own (no framing)."""
+        head = [_status_line(status)]
+        for name, value in headers:
+            if name not in _HOP_BY_HOP and name != b"content-length":
+                head.append(name + b": " + value + b"\r\n")
+        head += self._tether_headers(started)
+        return head
+
     def _tether_headers(self, started: float | None = None) -> list[bytes]:
         now = time.monotonic()
         total = (now - self.request.first_byte) * 1000
@@ -679,7 +879,9 @@ class Exchange:
             out.append(b"x-request-id: " + self.request_id.encode() + b"\r\n")
         return out
 
-    async def answer_problem(self, problem: Problem, *, keep_alive: bool = True) -> bool:
+    async def answer_problem(
+        self, problem: Problem, *, keep_alive: bool = True, extra: list[bytes] | None = None
+    ) -> bool:
         """Answer with `problem` (request id and instance filled in); the keep-alive verdict."""
         problem = Problem(
             type=problem.type,
@@ -693,47 +895,120 @@ class Exchange:
         self.status = problem.status
         self.outcome = self.outcome or "refused"
         if problem.status < 500 and self.outcome == "refused":
-            log.info(
-                json.dumps(
-                    {
-                        "audit": "refused",
-                        "request_id": self.request_id,
-                        "app_id": self.caller.app_id if self.caller else None,
-                        "path": self.request.target.decode("latin-1"),
-                        "reason": problem.detail,
-                    }
-                )
-            )
+            self._refused(problem)
         body = self.request.body
         unread_body = body is not None and not body.finished
         keep = keep_alive and not unread_body and self.request.keep_alive
         self.response_started = True
-        await self.connection.write(_problem_bytes(problem, self._tether_headers(), close=not keep))
+        head = self._tether_headers() + (extra or [])
+        await self.connection.write(_problem_bytes(problem, head, close=not keep))
         return keep
 
-    def log(self) -> None:
-        deadline = self.deadline
-        now = time.monotonic()
-        self.connection.gateway.write_access_log(
-            {
-                "request_id": self.request_id,
-                "app_id": self.caller.app_id if self.caller else None,
-                "service": self.route.service.name if self.route else None,
-                "version": self.route.version if self.route else None,
-                "method": self.request.method.decode("latin-1"),
-                "status": self.status,
-                "duration_ms": round((now - self.request.first_byte) * 1000, 1),
-                "budget_ms": round(self.budget * 1000, 1) if self.budget is not None else None,
-                "budget_left_ms": round(deadline.remaining() * 1000, 1) if deadline else None,
-                "upstream": self.upstream_address,
-                "upstream_ms": round(self.upstream_time * 1000, 1),
-                "outcome": self.outcome or "ok",
-            }
+    def _refused(self, problem: Problem) -> None:
+        """The audit line and the refusal counter for a request the conventions turned away."""
+        reason = problem.type.rpartition(":")[2]
+        header = problem.extensions.get("header")
+        if isinstance(header, str):
+            reason += ":" + header.lower()
+        if self.gateway.metrics is not None:
+            self.gateway.metrics.count("convention_refusals", (reason,))
+        log.info(
+            json.dumps(
+                {
+                    "audit": "refused",
+                    "request_id": self.request_id,
+                    "app_id": self.caller.app_id if self.caller else None,
+                    "path": self.request.target.decode("latin-1"),
+                    "reason": problem.detail,
+                }
+            )
         )
+
+    # -- after the answer ---------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Count the request in the metrics and write its access log line."""
+        now = time.monotonic()
+        duration = now - self.request.first_byte
+        route = self.route
+        service = route.service.name if route is not None else "-"
+        metrics = self.gateway.metrics
+        if metrics is not None:
+            key = (
+                service,
+                route.version if route is not None else "-",
+                self.request.method.decode("latin-1") if route is not None else "-",
+                _STATUS_CLASS.get(self.status // 100, "none"),
+            )
+            requests = metrics.requests
+            requests[key] = requests.get(key, 0) + 1
+            metrics.latency.observe((service,), duration)
+            if self.budget is not None:
+                metrics.budgets.observe((), self.budget)
+            if self.outcome == "deadline_exceeded":
+                metrics.count("deadline_exceeded", (service,))
+            elif self.outcome == "expired_on_arrival":
+                metrics.count("expired_on_arrival")
+        if self.config.access_log:
+            self.gateway.write_access_log(self._access_line(duration, service))
+
+    def _access_line(self, duration: float, service: str) -> str:
+        """One JSON object, built by hand: this runs for every request (json.dumps of a dict
+        cost a tenth of the gateway's time). Free-form strings go through json's escaper."""
+        deadline = self.deadline
+        route = self.route
+        attempts = self.attempts
+        upstream = _js(attempts[-1][0]) if attempts else '"-"'
+        detail = ",".join(
+            f'{{"upstream":{_js(a)},"ms":{t * 1000:.1f},"outcome":{_js(o)}}}'
+            for a, t, o in attempts
+        )
+        reasons = ",".join(_js(r) for r in self.retry_reasons)
+        budget = f"{self.budget * 1000:.1f}" if self.budget is not None else "null"
+        left = f"{deadline.remaining() * 1000:.1f}" if deadline is not None else "null"
+        app = self.caller.app_id if self.caller else None
+        return (
+            f'{{"request_id":{_js(self.request_id)},"app_id":{_js(app)},'
+            f'"service":{_js(service if route is not None else None)},'
+            f'"version":{_js(route.version if route is not None else None)},'
+            f'"method":{_js(self.request.method.decode("latin-1"))},"status":{self.status},'
+            f'"duration_ms":{duration * 1000:.1f},"budget_ms":{budget},"budget_left_ms":{left},'
+            f'"upstream":{upstream},"upstream_ms":{sum(t for _, t, _ in attempts) * 1000:.1f},'
+            f'"outcome":{_js(self.outcome or "ok")},"attempts":{len(attempts)},'
+            f'"retry_reasons":[{reasons}],"attempt_detail":[{detail}]}}'
+        )
+
+
+class _Failure:
+    """An attempt that failed in a way that may be retried (rule 2 of retries.py), with what
+    to answer if it is not: a problem, or the upstream's own error answer held whole."""
+
+    __slots__ = ("problem", "reason", "response")
+
+    def __init__(
+        self,
+        reason: str,
+        problem: Problem | None = None,
+        *,
+        response: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None,
+    ) -> None:
+        self.reason = reason
+        self.problem = problem
+        self.response = response
 
 
 class _BodyTooLarge(Exception):
     pass
+
+
+_STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+_NOT_FORWARDED = _HOP_BY_HOP | _REPLACED | {b"x-tether-attempt"}
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _js(value: str | None) -> str:
+    """A JSON string (or null) through json's own C escaper."""
+    return "null" if value is None else _json_string(value)
 
 
 def _multi(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
@@ -748,6 +1023,27 @@ def _first(headers: dict[bytes, list[bytes]], name: bytes) -> bytes | None:
     return values[0] if values else None
 
 
+def _content(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | None]:
+    """An answer's content type (b"" when absent) and content length (None when absent)."""
+    content_type, length = b"", None
+    for name, value in headers:
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-length":
+            length = value
+    return content_type, length
+
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {_phrase(status)}\r\n".encode()
+    return line
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -758,7 +1054,7 @@ def _phrase(status: int) -> str:
 def _problem_bytes(problem: Problem, extra: list[bytes] | None, *, close: bool) -> bytes:
     body = problem.to_json()
     head = [
-        f"HTTP/1.1 {problem.status} {_phrase(problem.status)}\r\n".encode(),
+        _status_line(problem.status),
         b"content-type: " + MEDIA_TYPE.encode() + b"\r\n",
         b"content-length: " + str(len(body)).encode() + b"\r\n",
     ]

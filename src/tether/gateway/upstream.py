@@ -6,6 +6,8 @@ Rules:
    error) closes it: an upstream that watches for disconnects then stops its work.
 2. Bodies stream: response chunks are handed over as they arrive, and reading from the upstream
    pauses while more than `HIGH_WATER` bytes wait for the client.
+3. The loop is handed in, never looked up per request: on CPython 3.11 every
+   asyncio.get_running_loop() is a getpid() system call, which cost a fifth of the gateway's time.
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ class UpstreamError(Exception):
 class Feed:
     """Chunks of a body on their way from one side to the other, with backpressure."""
 
-    def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+    ) -> None:
+        self._loop = loop
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
         self._done = False
@@ -89,7 +97,7 @@ class Feed:
                 if self._error is not None:
                     raise self._error
                 return None
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             await self._waiter
         chunk = self._chunks.popleft()
         self._size -= len(chunk)
@@ -114,6 +122,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = False
         self._can_write = asyncio.Event()
         self._can_write.set()
+        self._head_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -153,6 +162,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         # Asked now: httptools forgets it once the message is complete.
         self._keep_alive = bool(self._parser.should_keep_alive())
+        self._stop_head_timer()
         if self._head is not None and not self._head.done():
             self._head.set_result((self._parser.get_status_code(), self._headers))
 
@@ -171,10 +181,27 @@ class UpstreamConnection(asyncio.Protocol):
         """Prepare for one response; the future resolves with its status and headers."""
         self._headers = []
         self.complete = False
-        self._head = asyncio.get_running_loop().create_future()
+        loop = self.pool.loop
+        self._head = loop.create_future()
         assert self.transport is not None
-        self.body = Feed(self.transport.pause_reading, self.transport.resume_reading)
+        self.body = Feed(loop, self.transport.pause_reading, self.transport.resume_reading)
         return self._head
+
+    def expect_head_within(self, seconds: float) -> None:
+        """Fail the head future with TimeoutError unless the response's headers arrive in
+        `seconds` (one timer, no task cancellation: the caller decides what a timeout means)."""
+        self._stop_head_timer()
+        self._head_timer = self.pool.loop.call_later(seconds, self._head_too_slow)
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(TimeoutError())
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
     async def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
@@ -195,6 +222,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._stop_head_timer()
         if self.transport is not None:
             self.transport.close()
 
@@ -202,8 +230,22 @@ class UpstreamConnection(asyncio.Protocol):
 class EndpointPool:
     """Idle keep-alive connections to one upstream address."""
 
-    def __init__(self, host: str, port: int, *, max_idle: int = 64) -> None:
-        self.host, self.port = host, port
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        zone: str = "",
+        *,
+        max_idle: int = 64,
+    ) -> None:
+        self.loop = loop
+        self.host, self.port, self.zone = host, port, zone
+        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.host_header = f"host: {self.label}\r\n".encode()
+        # Passive health (see balancing.py): consecutive refusals and the end of the rest.
+        self.refusals = 0
+        self.resting_until = 0.0
         self._idle: list[UpstreamConnection] = []
         self._max_idle = max_idle
         self.in_flight = 0
@@ -214,20 +256,19 @@ class EndpointPool:
             connection = self._idle.pop()
             if not connection.closed:
                 return connection
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
-                _, protocol = await loop.create_connection(
+                _, protocol = await self.loop.create_connection(
                     lambda: UpstreamConnection(self), self.host, self.port
                 )
         except ConnectionRefusedError as exc:
-            raise UpstreamError(
-                "refused", f"{self.host}:{self.port} refused the connection"
-            ) from exc
+            raise UpstreamError("refused", f"{self.label} refused the connection") from exc
+        except socket.gaierror as exc:
+            raise UpstreamError("dns", f"cannot resolve {self.host}: {exc}") from exc
         except OSError as exc:
-            raise UpstreamError(
-                "refused", f"cannot connect to {self.host}:{self.port}: {exc}"
-            ) from exc
+            if isinstance(exc, TimeoutError):
+                raise
+            raise UpstreamError("refused", f"cannot connect to {self.label}: {exc}") from exc
         return protocol
 
     def release(self, connection: UpstreamConnection) -> None:

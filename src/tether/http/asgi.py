@@ -243,9 +243,8 @@ class _DisconnectWatcher:
         self._app_receiving = False
         self._start_when_app_returns = False
         self.disconnected = False
-        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            WATCH_AFTER, self._start
-        )
+        self._loop = task.get_loop()  # not get_running_loop(): a getpid() call on CPython 3.11
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(WATCH_AFTER, self._start)
 
     def _start(self) -> None:
         self._timer = None
@@ -255,7 +254,7 @@ class _DisconnectWatcher:
             self._start_when_app_returns = True
             return
         self._slot = asyncio.Queue(maxsize=1)
-        self._pump = asyncio.get_running_loop().create_task(self._run(self._slot))
+        self._pump = self._loop.create_task(self._run(self._slot))
 
     async def _run(self, slot: asyncio.Queue[Message]) -> None:
         while True:

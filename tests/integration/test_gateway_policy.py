@@ -1,0 +1,457 @@
+"""Upstream policy, auth and observability as a black box: a real `tether gateway` process
+(one or two workers), real scripted upstreams on loopback that count what they receive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .servers import free_port
+
+pytestmark = pytest.mark.integration
+
+RID = "5b0c6a52-3d2e-4c4e-9a53-8d8f3cd1a1f0"
+GOOD = {"X-Request-ID": RID, "X-App-ID": "checkout-web", "X-User-ID": "42"}
+JSON = {"Content-Type": "application/json; charset=utf-8"}
+SECRET = "integration-secret-" + "0123456789abcdef" * 3
+
+
+@dataclass
+class Scripted:
+    """An upstream that answers every request with one status after a delay, and records it."""
+
+    status: int = 200
+    delay: float = 0.0
+    port: int = 0
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = {
+                    k.lower(): v.strip()
+                    for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)
+                }
+                body = b""
+                if "content-length" in headers:
+                    body = await reader.readexactly(int(headers["content-length"]))
+                self.seen.append(
+                    {
+                        "method": method,
+                        "target": target,
+                        "headers": headers,
+                        "body": body.decode(),
+                        "at": time.monotonic(),
+                    }
+                )
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                payload = json.dumps({"port": self.port, "headers": headers}).encode()
+                if self.status >= 400:
+                    payload = b'{"message": "upstream says no"}'
+                writer.write(
+                    f"HTTP/1.1 {self.status} X\r\ncontent-type: application/json\r\n"
+                    f"content-length: {len(payload)}\r\n\r\n".encode()
+                    + payload
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def attempts(self) -> list[str]:
+        return [r["headers"].get("x-tether-attempt", "?") for r in self.seen]
+
+
+@asynccontextmanager
+async def scripted(status: int = 200, delay: float = 0.0) -> AsyncIterator[Scripted]:
+    upstream = Scripted(status, delay)
+    server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
+    upstream.port = server.sockets[0].getsockname()[1]
+    try:
+        yield upstream
+    finally:
+        server.close()
+
+
+@dataclass
+class Running:
+    url: str
+    admin: str
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+    def access_log(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
+
+
+@asynccontextmanager
+async def gateway(
+    tmp_path: Path, body: str, *, workers: int = 1, env: dict[str, str] | None = None
+) -> AsyncIterator[Running]:
+    """A gateway process with `body` (services and more) under a common head; ready on exit."""
+    port, admin = free_port(), free_port()
+    config = tmp_path / f"gateway-{port}.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}}}\nzone: zone-a\n"
+        "conventions: {request_id: require, app_ids: [checkout-web]}\n" + body
+    )
+    log_path = tmp_path / f"access-{port}.log"
+    with log_path.open("w") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tether.cli",
+            "gateway",
+            str(config),
+            "--workers",
+            str(workers),
+            stdout=log_file,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
+    running = Running(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", process, log_path)
+    try:
+        await wait_until(lambda: admin_get(running, "/readyz"), lambda r: r[0] == 200, 15)
+        yield running
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 30)
+
+
+async def wait_until(probe: Callable[[], Any], done: Callable[[Any], bool], seconds: float) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            result = await probe()
+            if done(result):
+                return result
+        except aiohttp.ClientError:
+            result = None
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {seconds} s: last {result!r}")
+        await asyncio.sleep(0.05)
+
+
+async def admin_get(running: Running, path: str, method: str = "GET") -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, running.admin + path) as answer,
+    ):
+        return answer.status, await answer.text()
+
+
+async def call(
+    running: Running,
+    path: str,
+    headers: dict[str, str] | None = None,
+    *,
+    session: aiohttp.ClientSession | None = None,
+    **kwargs: Any,
+) -> tuple[int, dict[str, str], Any]:
+    own = session is None
+    session = session or aiohttp.ClientSession()
+    try:
+        async with session.request(
+            kwargs.pop("method", "GET"), running.url + path, headers=headers or GOOD, **kwargs
+        ) as answer:
+            body = await answer.read()
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = body
+            return answer.status, dict(answer.headers), parsed
+    finally:
+        if own:
+            await session.close()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def service(name: str, *endpoints: tuple[Scripted, str], extra: str = "") -> str:
+    lines = [f"  {name}:", "    versions: [v1]", "    endpoints:"]
+    lines += [f"      - {{address: 127.0.0.1:{u.port}, zone: {zone}}}" for u, zone in endpoints]
+    if extra:
+        lines.append(f"    {extra}")
+    return "\n".join(lines) + "\n"
+
+
+async def test_a_get_answered_503_is_retried_once_on_the_other_endpoint(tmp_path: Path) -> None:
+    """The failing endpoint is in the gateway's zone, so it is always tried first; the retry
+    goes to the other endpoint and succeeds. The attempt number reaches the upstream."""
+    async with scripted(503) as bad, scripted(200) as good:
+        body = "services:\n" + service("pair", (bad, "zone-a"), (good, "zone-b"))
+        async with gateway(tmp_path, body) as running:
+            answers = [await call(running, "/api/pair/v1/x") for _ in range(10)]
+            assert [status for status, _, _ in answers] == [200] * 10
+            assert bad.attempts() == ["1"] * 10
+            assert good.attempts() == ["2"] * 10
+            await asyncio.sleep(0.2)
+            entry = running.access_log()[-1]
+            assert entry["attempts"] == 2
+            assert entry["retry_reasons"] == ["status_503"]
+            assert [a["outcome"] for a in entry["attempt_detail"]] == ["status_503", "ok"]
+            _, text = await admin_get(running, "/metrics")
+            assert metric(text, "tether_gateway_retries_total", reason="status_503") == 10
+            assert metric(text, "tether_gateway_upstream_attempts_total", attempt="2") == 10
+            assert metric(text, "tether_gateway_requests_total", status_class="2xx") == 10
+
+
+async def test_a_post_is_sent_exactly_once(tmp_path: Path) -> None:
+    async with scripted(503) as bad, scripted(200) as good:
+        body = "services:\n" + service("pair", (bad, "zone-a"), (good, "zone-b"))
+        async with gateway(tmp_path, body) as running:
+            for _ in range(5):
+                status, headers, problem = await call(
+                    running, "/api/pair/v1/orders", {**GOOD, **JSON}, method="POST", data=b"{}"
+                )
+                assert status == 503
+                assert headers["Content-Type"] == "application/problem+json"
+                assert problem["detail"] == "upstream says no"
+            assert len(bad.seen) == 5
+            assert good.seen == []
+
+
+async def test_a_post_with_an_idempotency_key_is_retried_only_where_enabled(
+    tmp_path: Path,
+) -> None:
+    async with scripted(503) as bad, scripted(200) as good:
+        body = (
+            "services:\n"
+            + service("plain", (bad, "zone-a"), (good, "zone-b"))
+            + service(
+                "keyed", (bad, "zone-a"), (good, "zone-b"), extra="retry_with_idempotency_key: true"
+            )
+        )
+        keyed = {**GOOD, **JSON, "Idempotency-Key": "order-7"}
+        async with gateway(tmp_path, body) as running:
+            status, _, _ = await call(
+                running, "/api/plain/v1/orders", keyed, method="POST", data=b'{"n": 1}'
+            )
+            assert status == 503
+            assert (len(bad.seen), len(good.seen)) == (1, 0)
+            status, _, answer = await call(
+                running, "/api/keyed/v1/orders", keyed, method="POST", data=b'{"n": 2}'
+            )
+            assert status == 200
+            assert (len(bad.seen), len(good.seen)) == (2, 1)
+            assert good.seen[0]["body"] == '{"n": 2}'  # the body was kept and sent again
+            assert answer["headers"]["x-tether-attempt"] == "2"
+
+
+async def test_a_cross_zone_endpoint_is_not_retried(tmp_path: Path) -> None:
+    async with scripted(503) as bad, scripted(503) as also_bad:
+        body = "services:\n" + service("far", (bad, "zone-b"), (also_bad, "zone-b"))
+        async with gateway(tmp_path, body) as running:
+            for _ in range(6):
+                status, _, _ = await call(running, "/api/far/v1/x")
+                assert status == 503
+            assert len(bad.seen) + len(also_bad.seen) == 6
+            assert set(bad.attempts() + also_bad.attempts()) == {"1"}
+
+
+async def test_no_attempt_starts_once_the_budget_is_gone(tmp_path: Path) -> None:
+    """The first attempt takes 40 ms of a 50 ms budget; what is left is below margin plus the
+    minimum attempt, so the 503 is answered as it is and the second endpoint sees nothing."""
+    async with scripted(503, delay=0.04) as slow_bad, scripted(200) as good:
+        body = "services:\n" + service("tight", (slow_bad, "zone-a"), (good, "zone-b"))
+        async with gateway(tmp_path, body) as running:
+            for _ in range(5):
+                sent = time.monotonic()
+                status, _, _ = await call(
+                    running, "/api/tight/v1/x", {**GOOD, "X-Request-Timeout": "50"}
+                )
+                assert status == 503
+                assert all(r["at"] <= sent + 0.05 for r in slow_bad.seen)
+            assert len(slow_bad.seen) == 5
+            assert good.seen == []
+
+
+async def test_with_the_upstream_down_attempts_stay_within_the_retry_budget(
+    tmp_path: Path,
+) -> None:
+    """1,000 requests to a service whose every endpoint answers 503: retries are capped at
+    20% of requests plus the floor (1/s over 10 s here), and the refusals are counted."""
+    async with scripted(503) as one, scripted(503) as two:
+        body = (
+            "retry: {backoff_base: 1ms, backoff_cap: 2ms, budget: {ratio: 0.2, per_second: 1}}\n"
+            "services:\n" + service("down", (one, "zone-a"), (two, "zone-a"))
+        )
+        async with gateway(tmp_path, body) as running:
+            connector = aiohttp.TCPConnector(limit=50)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                statuses = await asyncio.gather(
+                    *(call(running, "/api/down/v1/x", session=session) for _ in range(1000))
+                )
+            assert {status for status, _, _ in statuses} == {503}
+            attempts = len(one.seen) + len(two.seen)
+            assert 1000 < attempts <= 1.2 * 1000 + 10
+            _, text = await admin_get(running, "/metrics")
+            retried = metric(text, "tether_gateway_retries_total", service="down")
+            assert retried == attempts - 1000
+            refused = metric(text, "tether_gateway_retry_budget_refusals_total", service="down")
+            assert refused == 1000 - retried
+            assert metric(text, "tether_gateway_requests_total", status_class="5xx") == 1000
+
+
+async def test_refusals_and_deadlines_move_their_metrics(tmp_path: Path) -> None:
+    async with scripted(200, delay=0.5) as slow:
+        body = "services:\n" + service("slow", (slow, "zone-a"))
+        async with gateway(tmp_path, body) as running:
+            await call(running, "/api/slow/v1/x", {"X-App-ID": "checkout-web"})
+            await call(running, "/api/slow/v1/x", {**GOOD, "X-App-ID": "stranger"})
+            status, _, _ = await call(
+                running, "/api/slow/v1/x", {**GOOD, "X-Request-Timeout": "50"}
+            )
+            assert status == 504
+            past = str(int(time.time() * 1000) - 1000)
+            status, _, _ = await call(
+                running, "/api/slow/v1/x", {**GOOD, "X-Request-Deadline": past}
+            )
+            assert status == 504
+            _, text = await admin_get(running, "/metrics")
+            refusals = "tether_gateway_convention_refusals_total"
+            assert metric(text, refusals, reason="validation-failed:x-request-id") == 1
+            assert metric(text, refusals, reason="forbidden-app") == 1
+            assert metric(text, "tether_gateway_deadline_exceeded_total", service="slow") == 1
+            assert metric(text, "tether_gateway_expired_on_arrival_total") == 1
+            assert metric(text, "tether_gateway_budget_received_seconds_count") >= 2
+
+
+async def test_admin_endpoints(tmp_path: Path) -> None:
+    async with scripted(200) as up:
+        body = (
+            "auth: {jwt: {algorithm: HS256, secret_env: TETHER_TEST_JWT, issuer: tests}}\n"
+            "services:\n" + service("user", (up, "zone-a"))
+        )
+        async with gateway(tmp_path, body, env={"TETHER_TEST_JWT": SECRET}) as running:
+            assert await admin_get(running, "/healthz") == (200, "ok\n")
+            assert await admin_get(running, "/readyz") == (200, "ready\n")
+            status, text = await admin_get(running, "/config")
+            assert status == 200
+            document = json.loads(text)
+            assert document["services"]["user"]["endpoints"][0]["address"].endswith(str(up.port))
+            assert "TETHER_TEST_JWT" in document["auth"]["secret_env"]
+            assert SECRET not in text
+            assert (await admin_get(running, "/nope"))[0] == 404
+            assert (await admin_get(running, "/metrics", method="POST"))[0] == 405
+            reader, writer = await asyncio.open_connection(*running.admin[7:].split(":"))
+            writer.write(b"garbage\r\n\r\n")
+            assert (await reader.read())[:12] == b"HTTP/1.1 400"
+            writer.close()
+
+
+async def test_jwt_sets_the_user_and_discards_the_clients_claim(tmp_path: Path) -> None:
+    async with scripted(200) as up:
+        body = (
+            "auth: {jwt: {algorithm: HS256, secret_env: TETHER_TEST_JWT, issuer: tests}}\n"
+            "services:\n" + service("user", (up, "zone-a"))
+        )
+        token = jwt.encode(
+            {"sub": "alice", "iss": "tests", "exp": int(time.time()) + 60}, SECRET, "HS256"
+        )
+        base = {"X-Request-ID": RID, "X-App-ID": "checkout-web"}
+        async with gateway(tmp_path, body, env={"TETHER_TEST_JWT": SECRET}) as running:
+            status, headers, problem = await call(running, "/api/user/v1/me", base)
+            assert status == 401
+            assert headers["WWW-Authenticate"] == "Bearer"
+            assert "Bearer token is required" in problem["detail"]
+            status, _, problem = await call(
+                running, "/api/user/v1/me", {**base, "Authorization": "Bearer " + token[:-3]}
+            )
+            assert status == 401
+            assert "signature" in problem["detail"]
+            status, _, answer = await call(
+                running,
+                "/api/user/v1/me",
+                {**base, "Authorization": "Bearer " + token, "X-User-ID": "mallory"},
+            )
+            assert status == 200
+            assert answer["headers"]["x-user-id"] == "alice"
+            assert len(up.seen) == 1
+
+
+async def test_auth_with_a_missing_secret_stops_start_up(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "listen: 127.0.0.1:1\nzone: a\n"
+        "auth: {jwt: {algorithm: HS256, secret_env: TETHER_TEST_UNSET}}\n"
+        "services: {s: {versions: [v1], endpoints: [{address: 127.0.0.1:2}]}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TETHER_TEST_UNSET"}
+    for extra in ([], ["--check"]):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tether.cli",
+            "gateway",
+            str(config),
+            *extra,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        _, err = await process.communicate()
+        assert process.returncode == 1
+        assert b"TETHER_TEST_UNSET is not set" in err
+
+
+async def test_two_workers_share_the_port_and_report_through_one_scrape(tmp_path: Path) -> None:
+    async with scripted(200) as up:
+        body = "services:\n" + service("user", (up, "zone-a"))
+        async with gateway(tmp_path, body, workers=2) as running:
+            for _ in range(40):  # a new connection each: the kernel spreads them
+                assert (await call(running, "/api/user/v1/x"))[0] == 200
+
+            async def scrape() -> str:
+                return (await admin_get(running, "/metrics"))[1]
+
+            text = await wait_until(
+                scrape,
+                lambda t: metric(t, "tether_gateway_requests_total", status_class="2xx") == 40,
+                10,
+            )
+            assert metric(text, "tether_gateway_workers_reporting") == 2
+            running.process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(running.process.wait(), 30) == 0
+
+
+async def test_readyz_turns_503_while_draining_and_the_request_in_flight_finishes(
+    tmp_path: Path,
+) -> None:
+    async with scripted(200, delay=0.6) as slow:
+        body = "services:\n" + service("slow", (slow, "zone-a"))
+        async with gateway(tmp_path, body) as running:
+            in_flight = asyncio.ensure_future(call(running, "/api/slow/v1/x"))
+            await wait_until(lambda: asyncio.sleep(0, len(slow.seen)), bool, 5)
+            running.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.1)
+            assert await admin_get(running, "/readyz") == (503, "not ready: draining\n")
+            assert (await in_flight)[0] == 200
+            assert await asyncio.wait_for(running.process.wait(), 30) == 0
