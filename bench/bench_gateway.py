@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from _report import machine, write_section
@@ -152,12 +152,14 @@ static_resources:
     return conf
 
 
-def tether_conf(folder: Path, port: int, upstream: int) -> Path:
-    conf = folder / "gateway.yaml"
+def tether_conf(folder: Path, port: int, upstream: int, *, observability: bool = True) -> Path:
+    conf = folder / f"gateway-{port}.yaml"
     conf.write_text(f"""
 listen: 127.0.0.1:{port}
+admin: {{listen: 127.0.0.1:{free_port()}}}
 zone: bench
 conventions: {{request_id: require, app_ids: [bench]}}
+observability: {{access_log: {str(observability).lower()}, metrics: {str(observability).lower()}}}
 services:
   hello:
     versions: [v1]
@@ -166,8 +168,44 @@ services:
     return conf
 
 
+def envoy_retry_conf(folder: Path, port: int, upstream: int) -> Path:
+    """Envoy with a route retry policy left at its defaults (num_retries 1) on 5xx/resets."""
+    conf = envoy_conf(folder, port, upstream)
+    text = conf.read_text().replace(
+        "route: {cluster: upstream}",
+        "route: {cluster: upstream, retry_policy: {retry_on: '5xx,reset,connect-failure'}}",
+    )
+    conf = folder / "envoy-retry.yaml"
+    conf.write_text(text)
+    return conf
+
+
+def failing_conf(folder: Path, port: int) -> Path:
+    """nginx answering 503 to everything, logging one line per attempt it receives."""
+    return nginx_conf(
+        folder,
+        port,
+        f"""
+  server {{ listen 127.0.0.1:{port}; keepalive_requests 1000000;
+    access_log {folder}/attempts-{port}.log;
+    location / {{ return 503; }} }}""",
+    )
+
+
 def wrk(port: int, seconds: int, path: str) -> tuple[float, float, float]:
     """Requests per second, p50 and p99 latency in ms."""
+    out = _wrk(port, seconds, path)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return rps, _latency(out, "50%"), _latency(out, "99%")
+
+
+def wrk_total(port: int, seconds: int, path: str) -> int:
+    """How many requests wrk completed."""
+    out = _wrk(port, seconds, path)
+    return int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+
+
+def _wrk(port: int, seconds: int, path: str) -> str:
     headers = [arg for name, value in HEADERS.items() for arg in ("-H", f"{name}: {value}")]
     out = subprocess.run(
         [
@@ -186,8 +224,7 @@ def wrk(port: int, seconds: int, path: str) -> tuple[float, float, float]:
         text=True,
         check=True,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return rps, _latency(out, "50%"), _latency(out, "99%")
+    return out
 
 
 def _latency(out: str, label: str) -> float:
@@ -224,6 +261,29 @@ def memory(folder: Path, upstream: int, connections: int) -> tuple[int, int]:
             for sock in sockets:
                 sock.close()
     return idle, loaded
+
+
+TETHER = "tether gateway, 1 worker, conventions + deadline"
+TETHER_DARK = "tether gateway, same, access log and metrics off"
+
+
+def tether_argv(conf: Path) -> list[str]:
+    return [sys.executable, "-m", "tether.cli", "gateway", str(conf)]
+
+
+def failing_run(
+    folder: Path, seconds: int, argv: Callable[[int, int], list[str]]
+) -> tuple[int, int]:
+    """Requests wrk completed through the proxy, and attempts the failing upstream received."""
+    failing = free_port()
+    conf = failing_conf(folder, failing)
+    with process(["nginx", "-c", str(conf), "-g", "daemon off;"], failing, "1"):
+        port = free_port()
+        with process(argv(port, failing), port, "0", env={**os.environ}):
+            requests = wrk_total(port, seconds, PATH)
+        time.sleep(0.3)  # nginx writes its log lines as it answers
+        attempts = len((folder / f"attempts-{failing}.log").read_text().splitlines())
+    return requests, attempts
 
 
 def main() -> None:
@@ -279,33 +339,45 @@ def main() -> None:
                 results.setdefault("Envoy 1.40, --concurrency 1", []).append(
                     wrk(port, seconds, PATH)
                 )
-            port = free_port()
-            with process(
-                [
-                    sys.executable,
-                    "-m",
-                    "tether.cli",
-                    "gateway",
-                    str(tether_conf(folder, port, upstream)),
-                ],
-                port,
-                "0",
-                env={**os.environ},
-            ):
-                wrk(port, 1, PATH)
-                results.setdefault("tether gateway, 1 worker, conventions + deadline", []).append(
-                    wrk(port, seconds, PATH)
-                )
+            for observability, name in ((True, TETHER), (False, TETHER_DARK)):
+                port = free_port()
+                conf = tether_conf(folder, port, upstream, observability=observability)
+                with process(tether_argv(conf), port, "0", env={**os.environ}):
+                    wrk(port, 1, PATH)
+                    results.setdefault(name, []).append(wrk(port, seconds, PATH))
         idle, loaded = memory(folder, upstream, 10_000 if not args.quick else 2_000)
+    amplification = {
+        "Envoy 1.40, default retry policy (retry_on 5xx, num_retries 1)": failing_run(
+            folder,
+            seconds,
+            lambda port, failing: [
+                envoy,
+                "-c",
+                str(envoy_retry_conf(folder, port, failing)),
+                "--concurrency",
+                "1",
+                "--log-level",
+                "error",
+                "--base-id",
+                str(port),
+            ],
+        ),
+        "tether gateway, default policy (1 retry, budget 20% + 10/s)": failing_run(
+            folder,
+            seconds,
+            lambda port, failing: tether_argv(tether_conf(folder, port, failing)),
+        ),
+    }
     shutil.rmtree(folder, ignore_errors=True)
 
     medians = {
         name: tuple(statistics.median(r[i] for r in runs) for i in range(3))
         for name, runs in results.items()
     }
+    dark_rps, _, dark_p99 = medians[TETHER_DARK]
     envoy_rps = medians["Envoy 1.40, --concurrency 1"][0]
     envoy_p99 = medians["Envoy 1.40, --concurrency 1"][2]
-    tether_rps, _, tether_p99 = medians["tether gateway, 1 worker, conventions + deadline"]
+    tether_rps, _, tether_p99 = medians[TETHER]
     lines = ["| target | req/s | p50 | p99 | req/s vs Envoy |", "|---|---:|---:|---:|---:|"]
     for name, (rps, p50, p99) in medians.items():
         lines.append(
@@ -320,6 +392,10 @@ def main() -> None:
         else "misses the required 0.75x"
     )
     count = 10_000 if not args.quick else 2_000
+    amplification_rows = "\n".join(
+        f"| {name} | {requests:,} | {attempts:,} | {attempts / max(requests, 1):.2f} |"
+        for name, (requests, attempts) in amplification.items()
+    )
     body = f"""## Gateway data plane (`bench/bench_gateway.py`)
 
 Reproduce: `.venv/bin/pip install -e '.[bench]'`, `apt-get install wrk nginx`, then
@@ -331,6 +407,18 @@ Each proxy: one process on core 0. Upstream (nginx, a 17-byte JSON body) and wrk
 
 tether: **{ratio:.2f}x Envoy's requests per second** ({verdict}; the goal is >= 1.0x), p99
 {tether_p99:.2f} ms against Envoy's {envoy_p99:.2f} ms.
+
+Cost of observability (issue: at most 10%): with the access log and metrics on, tether serves
+**{tether_rps / dark_rps:.2f}x** the requests per second of the same gateway with both off
+({tether_rps:,.0f} against {dark_rps:,.0f} req/s), p99 {tether_p99:.2f} ms against
+{dark_p99:.2f} ms.
+
+Load amplification against an upstream that answers every request with 503 (wrk for {seconds} s,
+50 connections, one endpoint):
+
+| proxy | client requests | attempts at the upstream | attempts per request |
+|---|---:|---:|---:|
+{amplification_rows}
 
 Memory of one gateway process: **{idle / 1024:.1f} MiB RSS idle**, **{loaded / 1024:.1f} MiB with
 {count:,} idle keep-alive client connections** ({(loaded - idle) / count:.1f} KiB each).

@@ -17,16 +17,10 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import (
-    CollectorRegistry,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import generate_latest
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 SNAPSHOT_SECONDS = 1.0
 PREFIX = "tether_gateway_"
@@ -171,6 +165,12 @@ class _SnapshotCollector:
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
         snapshot = self._snapshot
         for name, (help_text, label_names) in COUNTERS.items():
             family = CounterMetricFamily(PREFIX + name, help_text, labels=label_names)
@@ -198,7 +198,11 @@ def _bound(value: float) -> str:
 
 
 def render(snapshot: dict[str, Any]) -> bytes:
-    """A snapshot in the Prometheus text exposition format."""
+    """A snapshot in the Prometheus text exposition format (prometheus_client loads on the
+    first scrape, not with the gateway)."""
+    from prometheus_client.core import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(snapshot))
     return generate_latest(registry)

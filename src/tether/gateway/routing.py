@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from tether.gateway.config import Service
 from tether.problems import BAD_REQUEST, ROUTE_NOT_FOUND, Problem
@@ -26,8 +26,7 @@ _ENCODED_DOT = re.compile(rb"%2e", re.IGNORECASE)
 _ENCODED_SLASH = re.compile(rb"%2f|%5c", re.IGNORECASE)
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):  # a tuple: built once per request, and cheaply
     service: Service
     version: str
     upstream_target: bytes  # what goes on the upstream request line

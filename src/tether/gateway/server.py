@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from tether.gateway.admin import start_admin
-from tether.gateway.auth import TokenVerifier
 from tether.gateway.config import Config
 from tether.gateway.metrics import SNAPSHOT_SECONDS, merge, read_snapshots, write_snapshot
 from tether.gateway.proxy import ClientConnection, Gateway
@@ -41,6 +40,8 @@ DRAIN_SECONDS = 20.0
 def check_startable(config: Config) -> None:
     """Fail before listening when the auth keys cannot be loaded (AuthSetupError)."""
     if config.auth is not None:
+        from tether.gateway.auth import TokenVerifier
+
         TokenVerifier(config.auth)
 
 
