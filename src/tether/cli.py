@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tether {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
-        "demo", help="show a time budget flowing through nested calls, shrinking as it goes"
+        "demo",
+        help="show a time budget flowing through nested calls, then through the gateway, a "
+        "FastAPI and a grpc.aio service down to PostgreSQL",
     )
     demo.add_argument(
         "--budget-ms",
@@ -35,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.3,
         metavar="MS",
         help="the request's budget in milliseconds (default: 300)",
+    )
+    demo.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="stop the chain after the examples instead of waiting for Ctrl-C "
+        "(the default when standard input is not a terminal)",
     )
     gateway = commands.add_parser("gateway", help="run the API gateway (or --check its config)")
     gateway.add_argument("config", metavar="FILE", help="the gateway's YAML configuration")
@@ -159,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tether.demo import run_demo
 
         try:
-            asyncio.run(run_demo(args.budget_ms))
+            asyncio.run(run_demo(args.budget_ms, wait=not args.no_wait and sys.stdin.isatty()))
         except KeyboardInterrupt:
             return 130
         return 0

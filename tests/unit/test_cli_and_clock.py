@@ -35,10 +35,14 @@ def test_bad_command_lines_exit_2_with_a_message(
     assert message in capsys.readouterr().err
 
 
-def test_demo_runs_a_budget_through_nested_calls(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_runs_a_budget_through_nested_calls_and_the_chain(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """`tether demo` shows the budget shrinking, the inherit rule, expiry, the leak, and a
-    query stopped on a real PostgreSQL."""
-    assert main(["demo", "--budget-ms", "300"]) == 0
+    query stopped on a real PostgreSQL; then the gateway, FastAPI and grpc.aio chain answers
+    each printed curl command: a success, every kind of refusal, a 504 at the budget and a
+    rewritten upstream error, with nothing left running on PostgreSQL."""
+    assert main(["demo", "--budget-ms", "300", "--no-wait"]) == 0
     out = capsys.readouterr().out
     for expected in (
         "budget of 300 ms set at the edge",
@@ -48,8 +52,20 @@ def test_demo_runs_a_budget_through_nested_calls(capsys: pytest.CaptureFixture[s
         "TaskGroup children end",
         "plain task outlives",
         "statements still running on the server: 0",
+        "curl -s -H 'X-Request-ID: 5b0c6a52",
+        "-> 200 in",
+        "-> 504 in",
+        "-> 400 in",
+        "-> 403 in",
+        "-> 415 in",
+        "-> 404 in",
+        "-> 500 in",
+        "the orders ledger is closed for maintenance",
+        "statements still running after the slow order: 0",
     ):
         assert expected in out
+    answered = [line for line in out.splitlines() if line.startswith("  -> 504 in")]
+    assert 250 <= int(answered[0].split()[3]) < 1000  # at the budget, not after the 5 s query
 
 
 def test_virtual_clock_only_moves_forward() -> None:

@@ -93,34 +93,28 @@ async def handle_request(
             group.create_task(slow_report(3, stopped))
 
 
-async def database(depth: int) -> None:
+async def database(depth: int, dsn: str) -> None:
     """The budget reaches PostgreSQL: a 5 s query stops on the server when the budget runs out."""
+    import tether.postgres
+    from tether.postgres.activity import long_running
+
+    pool = await tether.postgres.create_pool(dsn, min_size=1, max_size=1)
     try:
-        import tether.postgres
-        from tether.postgres.activity import long_running
-        from tether.postgres.embedded import postgres_dsn
-    except ImportError:
-        say(depth, "database: skipped (install tether[postgres,demo] to see it)")
-        return
-    say(depth, "database: starting PostgreSQL (TETHER_PG_DSN, or an embedded one)...")
-    with postgres_dsn() as dsn:
-        pool = await tether.postgres.create_pool(dsn, min_size=1, max_size=1)
         try:
-            try:
-                async with deadline_after(0.25):
-                    say(depth, "database: SELECT pg_sleep(5) with what is left of a 250 ms budget")
-                    await pool.fetchval("SELECT pg_sleep(5)")
-            except DeadlineExceeded as exc:
-                say(depth, f"database: {exc}")
-            await asyncio.sleep(0.05)
-            running = await long_running(dsn, 0.1)
-            left = [s for s in running if "pg_sleep" in s.query]
-            say(depth, f"database: statements still running on the server: {len(left)}")
-        finally:
-            await pool.close()
+            async with deadline_after(0.25):
+                say(depth, "database: SELECT pg_sleep(5) with what is left of a 250 ms budget")
+                await pool.fetchval("SELECT pg_sleep(5)")
+        except DeadlineExceeded as exc:
+            say(depth, f"database: {exc}")
+        await asyncio.sleep(0.05)
+        running = await long_running(dsn, 0.1)
+        left = [s for s in running if "pg_sleep" in s.query]
+        say(depth, f"database: statements still running on the server: {len(left)}")
+    finally:
+        await pool.close()
 
 
-async def run_demo(budget: float) -> None:
+async def run_nested(budget: float, dsn: str) -> None:
     global _start
     _start = time.monotonic()
     print("    time |          budget | what happens")
@@ -137,4 +131,4 @@ async def run_demo(budget: float) -> None:
     await asyncio.gather(*leaks)
     for line in leaked:
         say(0, f"{line}  <- a plain task outlives the budget (the leak)")
-    await database(0)
+    await database(0, dsn)
