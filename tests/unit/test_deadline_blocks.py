@@ -292,3 +292,24 @@ def test_deadline_enforced_here_only_in_the_task_whose_block_is_armed(
         return seen
 
     assert clock.run(main()) == [False, True, True, False, False]
+
+
+def test_a_block_given_its_task_behaves_the_same(clock: VirtualClock) -> None:
+    """`deadline_at(..., task=...)` (for servers that hold their request's task) expires, sets
+    and restores the ambient deadline exactly like the plain form."""
+
+    async def main() -> float:
+        task = asyncio.current_task()
+        assert task is not None
+        start = clock.monotonic()
+        deadline = Deadline(start + 0.2)
+        with pytest.raises(DeadlineExceeded):
+            async with deadline_at(deadline, task=task):
+                assert current_deadline() == deadline
+                await asyncio.sleep(5)
+        assert current_deadline() is None
+        async with deadline_at(Deadline(clock.monotonic() + 1), task=task):
+            await asyncio.sleep(0.1)  # finishes in time: nothing raised
+        return clock.monotonic() - start
+
+    assert clock.run(main()) == pytest.approx(0.3)

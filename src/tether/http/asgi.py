@@ -132,7 +132,7 @@ class TetherMiddleware:
         assert task is not None  # ASGI servers run each request in a task
         watcher = _DisconnectWatcher(receive, task, exchange)
         try:
-            async with deadline_at(deadline):
+            async with deadline_at(deadline, task=task):
                 await self.app(scope, watcher.receive, exchange.send)
         except asyncio.CancelledError:
             if watcher.caused(task):
