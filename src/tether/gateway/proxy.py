@@ -387,13 +387,21 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    async def write(self, data: bytes) -> None:
+    def send(self, data: bytes) -> bool:
+        """Write `data`; True when the client is slow to read and the caller must await
+        `drained()` before writing more (no coroutine on the common path)."""
         if self.closed or self.transport is None:
             raise ConnectionResetError("the client went away")
         self._answering = True
         self.transport.write(data)
-        if not self._can_write.is_set():
-            await self._can_write.wait()
+        return not self._can_write.is_set()
+
+    async def drained(self) -> None:
+        await self._can_write.wait()
+
+    async def write(self, data: bytes) -> None:
+        if self.send(data):
+            await self.drained()
 
     def finished(self, keep_alive: bool) -> None:
         """The current exchange is over: wait for the next request, or close."""
@@ -633,7 +641,9 @@ class Exchange:
         outcome = "abandoned"  # unless the attempt ends in one of the ways below
         try:
             try:
-                upstream = await pool.acquire(min(policy.connect, deadline.remaining()))
+                upstream = pool.take() or await pool.acquire(
+                    min(policy.connect, deadline.remaining())
+                )
             except TimeoutError:
                 outcome = "connect_timeout"
                 return _Failure(
@@ -680,8 +690,10 @@ class Exchange:
             raise DeadlineExceeded("no budget left for an upstream attempt")
         head_wait = read
         try:
-            await upstream.write(self._upstream_head(found, caller, left, upstream, attempt))
-            await self._send_body(upstream)
+            if upstream.send(self._upstream_head(found, caller, left, upstream, attempt)):
+                await upstream.drained()
+            if self.request.body is not None:
+                await self._send_body(upstream)
             # The read timeout is counted from the end of the request, capped by the budget.
             head_wait = min(read, deadline.remaining() - margin)
             upstream.expect_head_within(head_wait)
@@ -851,7 +863,8 @@ class Exchange:
             ready = b"%x\r\n%s\r\n" % (len(ready), ready)
         if whole:
             ending = b"0\r\n\r\n" if length is None else b""
-            await self.connection.write(b"".join(head) + b"\r\n" + ready + ending)
+            if self.connection.send(b"".join(head) + b"\r\n" + ready + ending):
+                await self.connection.drained()
             return keep_alive
         await self.connection.write(b"".join(head) + b"\r\n" + ready)
         while (chunk := await upstream.body.next()) is not None:
@@ -907,7 +920,8 @@ class Exchange:
         keep = keep_alive and not unread_body and self.request.keep_alive
         self.response_started = True
         head = self._tether_headers() + (extra or [])
-        await self.connection.write(_problem_bytes(problem, head, close=not keep))
+        if self.connection.send(_problem_bytes(problem, head, close=not keep)):
+            await self.connection.drained()
         return keep
 
     def _refused(self, problem: Problem) -> None:

@@ -203,12 +203,20 @@ class UpstreamConnection(asyncio.Protocol):
             self._head_timer.cancel()
             self._head_timer = None
 
-    async def write(self, data: bytes) -> None:
+    def send(self, data: bytes) -> bool:
+        """Write `data`; True when the upstream is slow to read and the caller must await
+        `drained()` before writing more (no coroutine on the common path)."""
         if self.closed or self.transport is None:
             raise UpstreamError("reset", "the upstream connection is closed")
         self.transport.write(data)
-        if not self._can_write.is_set():
-            await self._can_write.wait()
+        return not self._can_write.is_set()
+
+    async def drained(self) -> None:
+        await self._can_write.wait()
+
+    async def write(self, data: bytes) -> None:
+        if self.send(data):
+            await self.drained()
 
     def keep_alive(self) -> bool:
         return self.complete and not self.closed and self._keep_alive
@@ -250,12 +258,19 @@ class EndpointPool:
         self._max_idle = max_idle
         self.in_flight = 0
 
-    async def acquire(self, connect_timeout: float) -> UpstreamConnection:
-        """An idle connection, or a new one opened within `connect_timeout` seconds."""
+    def take(self) -> UpstreamConnection | None:
+        """An idle pooled connection, or None (no coroutine on the common path)."""
         while self._idle:
             connection = self._idle.pop()
             if not connection.closed:
                 return connection
+        return None
+
+    async def acquire(self, connect_timeout: float) -> UpstreamConnection:
+        """An idle connection, or a new one opened within `connect_timeout` seconds."""
+        idle = self.take()
+        if idle is not None:
+            return idle
         try:
             async with asyncio.timeout(connect_timeout):
                 _, protocol = await self.loop.create_connection(
