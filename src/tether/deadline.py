@@ -160,7 +160,11 @@ def deadline_enforced_here() -> bool:
     deadline block of this very task, whose timer is armed. (A task that only inherited a
     deadline from the task that created it knows the deadline but is not cancelled at it.)"""
     scope = _current.get()
-    return scope is not None and scope._task is not None and scope._task is _current_task()
+    if scope is None or scope._task is None:
+        return False
+    # current_task(loop), not current_task(): on CPython 3.11 looking up the running loop is a
+    # getpid() system call, and this runs once per database statement.
+    return scope._task is _current_task(scope._task.get_loop())
 
 
 _current_task = asyncio.current_task
