@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import re
 import resource
 import shutil
@@ -263,6 +264,9 @@ def memory(folder: Path, upstream: int, connections: int) -> tuple[int, int]:
     return idle, loaded
 
 
+DIRECT = "upstream directly (nginx, core 1)"
+NGINX = "nginx 1.22 as proxy, 1 worker"
+ENVOY = "Envoy 1.40, --concurrency 1"
 TETHER = "tether gateway, 1 worker, conventions + deadline"
 TETHER_DARK = "tether gateway, same, access log and metrics off"
 
@@ -290,7 +294,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    seconds, rounds = (3, 1) if args.quick else (10, 3)
+    seconds, rounds = (3, 1) if args.quick else (10, 5)
     for tool in ("wrk", "nginx", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"bench_gateway needs {tool} (Debian package)")
@@ -305,46 +309,47 @@ def main() -> None:
     with process(
         ["nginx", "-c", str(upstream_conf(folder, upstream)), "-g", "daemon off;"], upstream, "1"
     ):
-        for _ in range(rounds):
-            results.setdefault("upstream directly (nginx, core 1)", []).append(
-                wrk(upstream, seconds, PATH)
-            )
-            port = free_port()
-            with process(
-                ["nginx", "-c", str(nginx_proxy_conf(folder, port, upstream)), "-g", "daemon off;"],
-                port,
-                "0",
-            ):
-                wrk(port, 1, PATH)
-                results.setdefault("nginx 1.22 as proxy, 1 worker", []).append(
-                    wrk(port, seconds, PATH)
-                )
-            port = free_port()
-            with process(
-                [
-                    envoy,
-                    "-c",
-                    str(envoy_conf(folder, port, upstream)),
-                    "--concurrency",
-                    "1",
-                    "--log-level",
-                    "error",
-                    "--base-id",
-                    str(port),
-                ],
-                port,
-                "0",
-            ):
-                wrk(port, 1, PATH)
-                results.setdefault("Envoy 1.40, --concurrency 1", []).append(
-                    wrk(port, seconds, PATH)
-                )
-            for observability, name in ((True, TETHER), (False, TETHER_DARK)):
+        targets: dict[str, Callable[[int], list[str]]] = {
+            NGINX: lambda port: [
+                "nginx",
+                "-c",
+                str(nginx_proxy_conf(folder, port, upstream)),
+                "-g",
+                "daemon off;",
+            ],
+            ENVOY: lambda port: [
+                envoy,
+                "-c",
+                str(envoy_conf(folder, port, upstream)),
+                "--concurrency",
+                "1",
+                "--log-level",
+                "error",
+                "--base-id",
+                str(port),
+            ],
+            TETHER: lambda port: tether_argv(tether_conf(folder, port, upstream)),
+            TETHER_DARK: lambda port: tether_argv(
+                tether_conf(folder, port, upstream, observability=False)
+            ),
+        }
+        order = random.Random(20261124)
+        for round_number in range(rounds):
+            results.setdefault(DIRECT, []).append(wrk(upstream, seconds, PATH))
+            # A new order each round: this VM's speed drifts over minutes, and a fixed order
+            # would hand the drift to whichever proxy always runs in the slow slot.
+            names = list(targets)
+            order.shuffle(names)
+            for name in names:
                 port = free_port()
-                conf = tether_conf(folder, port, upstream, observability=observability)
-                with process(tether_argv(conf), port, "0", env={**os.environ}):
+                with process(targets[name](port), port, "0", env={**os.environ}):
                     wrk(port, 1, PATH)
                     results.setdefault(name, []).append(wrk(port, seconds, PATH))
+            print(
+                f"round {round_number + 1}: "
+                + ", ".join(f"{n.split(',')[0]} {results[n][-1][0]:,.0f}" for n in results),
+                file=sys.stderr,
+            )
         idle, loaded = memory(folder, upstream, 10_000 if not args.quick else 2_000)
     amplification = {
         "Envoy 1.40, default retry policy (retry_on 5xx, num_retries 1)": failing_run(
@@ -371,12 +376,17 @@ def main() -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
     medians = {
-        name: tuple(statistics.median(r[i] for r in runs) for i in range(3))
-        for name, runs in results.items()
+        name: tuple(statistics.median(r[i] for r in results[name]) for i in range(3))
+        for name in (DIRECT, NGINX, ENVOY, TETHER, TETHER_DARK)
     }
+    # The cost of observability as the median of per-round ratios (each round's pair ran
+    # minutes apart at most), not the ratio of medians.
+    observed = statistics.median(
+        on[0] / off[0] for on, off in zip(results[TETHER], results[TETHER_DARK], strict=True)
+    )
     dark_rps, _, dark_p99 = medians[TETHER_DARK]
-    envoy_rps = medians["Envoy 1.40, --concurrency 1"][0]
-    envoy_p99 = medians["Envoy 1.40, --concurrency 1"][2]
+    envoy_rps = medians[ENVOY][0]
+    envoy_p99 = medians[ENVOY][2]
     tether_rps, _, tether_p99 = medians[TETHER]
     lines = ["| target | req/s | p50 | p99 | req/s vs Envoy |", "|---|---:|---:|---:|---:|"]
     for name, (rps, p50, p99) in medians.items():
@@ -401,7 +411,8 @@ def main() -> None:
 Reproduce: `.venv/bin/pip install -e '.[bench]'`, `apt-get install wrk nginx`, then
 `.venv/bin/python bench/bench_gateway.py`. Machine: {machine()}.
 Each proxy: one process on core 0. Upstream (nginx, a 17-byte JSON body) and wrk (1 thread,
-50 keep-alive connections) on core 1. Medians of {rounds} rounds of {seconds} s.
+50 keep-alive connections) on core 1. Medians of {rounds} rounds of {seconds} s; the proxies run
+in a new random order each round.
 
 {chr(10).join(lines)}
 
@@ -409,9 +420,9 @@ tether: **{ratio:.2f}x Envoy's requests per second** ({verdict}; the goal is >= 
 {tether_p99:.2f} ms against Envoy's {envoy_p99:.2f} ms.
 
 Cost of observability (issue: at most 10%): with the access log and metrics on, tether serves
-**{tether_rps / dark_rps:.2f}x** the requests per second of the same gateway with both off
-({tether_rps:,.0f} against {dark_rps:,.0f} req/s), p99 {tether_p99:.2f} ms against
-{dark_p99:.2f} ms.
+**{observed:.2f}x** the requests per second of the same gateway with both off (median of the
+per-round ratios; medians {tether_rps:,.0f} against {dark_rps:,.0f} req/s), p99
+{tether_p99:.2f} ms against {dark_p99:.2f} ms.
 
 Load amplification against an upstream that answers every request with 503 (wrk for {seconds} s,
 50 connections, one endpoint):
