@@ -11,7 +11,6 @@ each one answered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
 import socket
@@ -270,8 +269,7 @@ async def show_chain(dsn: str, *, wait: bool) -> None:
         )
         if wait:
             print("\nthe chain keeps running for your own curls; Ctrl-C stops it", flush=True)
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.Event().wait()
+            await asyncio.Event().wait()  # until Ctrl-C cancels it; the chain stops on the way out
 
 
 def _short(text: str) -> str:
