@@ -1,12 +1,17 @@
-"""Real servers on loopback for integration tests: uvicorn in the test's own event loop."""
+"""Real servers on loopback for integration tests: uvicorn in the test's own event loop, the
+gateway as a process, and the raw request reader its small test upstreams share."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -82,3 +87,47 @@ def echo_headers_app(counter: list[int] | None = None, delay: float = 0.0) -> Ap
         await json_response(send, 200, headers)
 
     return app
+
+
+async def read_request(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """One HTTP/1.1 request off a raw stream, for the small upstreams the gateway tests run:
+    method, target, lowercased headers, body (Content-Length or chunked), arrival time."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    headers = {
+        k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)
+    }
+    body = b""
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        while (size := int((await reader.readline()).strip(), 16)) > 0:
+            body += await reader.readexactly(size)
+            await reader.readline()
+        await reader.readline()
+    return {
+        "method": method,
+        "target": target,
+        "headers": headers,
+        "body": body.decode(),
+        "at": time.monotonic(),
+    }
+
+
+async def spawn_gateway(
+    config: Path, log_path: Path, *args: str, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """`tether gateway CONFIG ARGS` as a real process, its access log (stdout) in `log_path`."""
+    with log_path.open("w") as log_file:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tether.cli",
+            "gateway",
+            str(config),
+            *args,
+            stdout=log_file,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, **(env or {})} if env else None,
+        )

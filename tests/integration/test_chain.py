@@ -14,15 +14,9 @@ import pytest
 
 from tether.demo.chain import DEMO_HEADERS, running_chain
 
+from .pg_helpers import active_backends
+
 pytestmark = pytest.mark.integration
-
-
-async def busy_backends(monitor: asyncpg.Connection) -> int:
-    count: int = await monitor.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'inventory%' "
-        "AND state = 'active' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()"
-    )
-    return count
 
 
 async def test_one_budget_stops_every_hop_and_the_query(pg_dsn: str) -> None:
@@ -49,7 +43,9 @@ async def test_one_budget_stops_every_hop_and_the_query(pg_dsn: str) -> None:
                 assert content_type == "application/problem+json"
                 assert deadline - 0.05 <= answered <= deadline + 0.1
             await asyncio.sleep(max(0.0, deadline + 0.1 - time.monotonic()))
-            assert await busy_backends(monitor) == 0  # the 5 s queries stopped on the server
+            assert (
+                await active_backends(monitor, "inventory") == 0
+            )  # the 5 s queries stopped on the server
             events = await chain.events()
             for hop in ("orders", "inventory"):
                 ended = {e["tag"]: e for e in events[hop]["events"] if e["tag"] in tags}
@@ -74,6 +70,6 @@ async def test_without_tether_the_same_query_runs_on(pg_dsn: str) -> None:
                 async with s.get(url, timeout=aiohttp.ClientTimeout(total=0.3)):
                     pass
             await asyncio.sleep(0.2)
-            assert await busy_backends(monitor) == 1
+            assert await active_backends(monitor, "inventory") == 1
     finally:
         await monitor.close()

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .servers import free_port
+from .servers import free_port, read_request, spawn_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -37,30 +36,9 @@ class Upstream:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ", 2)
-                headers = {
-                    k.lower(): v.strip()
-                    for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)
-                }
-                body = b""
-                if "content-length" in headers:
-                    body = await reader.readexactly(int(headers["content-length"]))
-                elif headers.get("transfer-encoding") == "chunked":
-                    while (size := int((await reader.readline()).strip(), 16)) > 0:
-                        body += await reader.readexactly(size)
-                        await reader.readline()
-                    await reader.readline()
-                self.requests.append(
-                    {
-                        "method": method,
-                        "target": target,
-                        "headers": headers,
-                        "body": body.decode(),
-                        "at": time.monotonic(),
-                    }
-                )
+                request = await read_request(reader)
+                self.requests.append(request)
+                target, headers = request["target"], request["headers"]
                 if target.startswith("/v1/slow"):  # work for 5 s, watching for a disconnect
                     work = asyncio.ensure_future(asyncio.sleep(5))
                     gone = asyncio.ensure_future(reader.read(1))
@@ -69,7 +47,7 @@ class Upstream:
                     if gone.done():
                         return  # the gateway closed the connection: stop working
                     gone.cancel()
-                await self.answer(writer, target, headers, body)
+                await self.answer(writer, target, headers, request["body"])
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -77,7 +55,7 @@ class Upstream:
             writer.close()
 
     async def answer(
-        self, writer: asyncio.StreamWriter, target: str, headers: dict[str, str], body: bytes
+        self, writer: asyncio.StreamWriter, target: str, headers: dict[str, str], body: str
     ) -> None:
         status, content_type, payload = 200, "application/json", b""
         if target.startswith("/v1/fail"):
@@ -88,9 +66,7 @@ class Upstream:
         elif target.startswith("/v1/text-error"):
             status, content_type, payload = 404, "text/plain", b"nope"
         if not payload:
-            payload = json.dumps(
-                {"target": target, "headers": headers, "body": body.decode()}
-            ).encode()
+            payload = json.dumps({"target": target, "headers": headers, "body": body}).encode()
         writer.write(
             f"HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\n"
             f"content-length: {len(payload)}\r\n\r\n".encode()
@@ -157,16 +133,7 @@ async def gateway(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Gateway]:
         CONFIG.format(port=port, admin=free_port(), upstream=upstream.port, dead=free_port())
     )
     log_path = tmp_path / "access.log"
-    with log_path.open("w") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tether.cli",
-            "gateway",
-            str(config),
-            stdout=log_file,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+    process = await spawn_gateway(config, log_path)
     for _ in range(400):
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)

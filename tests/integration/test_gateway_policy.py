@@ -20,7 +20,7 @@ import jwt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .servers import free_port
+from .servers import free_port, read_request, spawn_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -42,25 +42,9 @@ class Scripted:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ", 2)
-                headers = {
-                    k.lower(): v.strip()
-                    for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)
-                }
-                body = b""
-                if "content-length" in headers:
-                    body = await reader.readexactly(int(headers["content-length"]))
-                self.seen.append(
-                    {
-                        "method": method,
-                        "target": target,
-                        "headers": headers,
-                        "body": body.decode(),
-                        "at": time.monotonic(),
-                    }
-                )
+                request = await read_request(reader)
+                self.seen.append(request)
+                headers = request["headers"]
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 payload = json.dumps({"port": self.port, "headers": headers}).encode()
@@ -115,19 +99,7 @@ async def gateway(
         "conventions: {request_id: require, app_ids: [checkout-web]}\n" + body
     )
     log_path = tmp_path / f"access-{port}.log"
-    with log_path.open("w") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tether.cli",
-            "gateway",
-            str(config),
-            "--workers",
-            str(workers),
-            stdout=log_file,
-            stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-        )
+    process = await spawn_gateway(config, log_path, "--workers", str(workers), env=env)
     running = Running(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", process, log_path)
     try:
         await wait_until(lambda: admin_get(running, "/readyz"), lambda r: r[0] == 200, 15)

@@ -46,6 +46,7 @@ from tether.gateway.routing import Route, route
 from tether.gateway.upstream import (
     EndpointPool,
     Feed,
+    FlowControl,
     UpstreamConnection,
     UpstreamError,
     no_delay,
@@ -197,7 +198,7 @@ class Request:
         self.keep_alive = False  # the client's wish, read when its headers were complete
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(FlowControl, asyncio.Protocol):
     """One client's keep-alive connection; requests are handled one after another."""
 
     def __init__(self, gateway: Gateway) -> None:
@@ -220,8 +221,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers_pending = False
         self._backlog: list[bytes] = []
         self._answering = False  # bytes of the current request's answer have been written
-        self._can_write = asyncio.Event()
-        self._can_write.set()
+        FlowControl.__init__(self)
         self.closed = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -267,7 +267,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._can_write.set()
+        self._release_writers()
         self._stop_timer()
         self.gateway.connections.discard(self)
         if self._request is not None and self._request.body is not None:
@@ -275,11 +275,8 @@ class ClientConnection(asyncio.Protocol):
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the client left: abandon the upstream call now
 
-    def pause_writing(self) -> None:
-        self._can_write.clear()
-
-    def resume_writing(self) -> None:
-        self._can_write.set()
+    def _closed_error(self) -> Exception:
+        return ConnectionResetError("the client went away")
 
     # -- httptools callbacks ------------------------------------------------------------
 
@@ -346,6 +343,9 @@ class ClientConnection(asyncio.Protocol):
             return  # fires first and re-arms for the rest
         if self._timer is not None:
             self._timer.cancel()
+        self._schedule(due)
+
+    def _schedule(self, due: float) -> None:
         self._timer_when = due
         self._timer = self.loop.call_at(due, self._on_timer)
 
@@ -364,8 +364,7 @@ class ClientConnection(asyncio.Protocol):
         if due is None:
             return
         if due > self.loop.time():
-            self._timer_when = due
-            self._timer = self.loop.call_at(due, self._on_timer)
+            self._schedule(due)  # moved later since the timer was set
             return
         self._too_slow()
 
@@ -388,20 +387,9 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def send(self, data: bytes) -> bool:
-        """Write `data`; True when the client is slow to read and the caller must await
-        `drained()` before writing more (no coroutine on the common path)."""
-        if self.closed or self.transport is None:
-            raise ConnectionResetError("the client went away")
+        busy = FlowControl.send(self, data)
         self._answering = True
-        self.transport.write(data)
-        return not self._can_write.is_set()
-
-    async def drained(self) -> None:
-        await self._can_write.wait()
-
-    async def write(self, data: bytes) -> None:
-        if self.send(data):
-            await self.drained()
+        return busy
 
     def finished(self, keep_alive: bool) -> None:
         """The current exchange is over: wait for the next request, or close."""
@@ -605,22 +593,22 @@ class Exchange:
         budget.record_request()
         pools = gateway.endpoints[service.name]
         pool = pick(pools, zone=config.zone, now=gateway.loop.time(), rng=gateway.rng)
-        first_policy = config.same_zone if pool.zone == config.zone else config.cross_zone
-        retries = 0
-        if first_policy.retries and method_may_retry(
+        retries = self._policy(pool).retries  # the first endpoint's zone decides how many
+        if retries and not method_may_retry(
             self.request.method,
             idempotency_key=b"idempotency-key" in self.headers,
             service_allows_key=service.retry_with_idempotency_key,
         ):
-            retries = first_policy.retries
-            if self.request.body is not None:
-                self._held_body = []
+            retries = 0
+        if retries and self.request.body is not None:
+            self._held_body = []  # kept while it streams, so a retry can send it again
         attempt = 1
         while True:
             if deadline.remaining() < margin + settings.min_attempt:
                 raise DeadlineExceeded("no budget left for an upstream attempt")
-            policy = config.same_zone if pool.zone == config.zone else config.cross_zone
-            result = await self._attempt(pool, attempt, policy, found, caller, retries >= attempt)
+            result = await self._attempt(
+                pool, attempt, self._policy(pool), found, caller, retries >= attempt
+            )
             if not isinstance(result, _Failure):
                 return result
             if attempt > retries or (self.request.body is not None and self._held_body is None):
@@ -641,6 +629,11 @@ class Exchange:
                 pools, zone=config.zone, now=gateway.loop.time(), rng=gateway.rng, avoid=pool
             )
             attempt += 1
+
+    def _policy(self, pool: EndpointPool) -> Policy:
+        """The timeouts and retries of `pool`'s zone: same zone as the gateway, or another."""
+        config = self.config
+        return config.same_zone if pool.zone == config.zone else config.cross_zone
 
     async def _attempt(
         self,
@@ -663,7 +656,7 @@ class Exchange:
         outcome = "abandoned"  # unless the attempt ends in one of the ways below
         try:
             try:
-                upstream = pool.take() or await pool.acquire(
+                upstream = pool.take() or await pool.connect(
                     min(policy.connect, deadline.remaining())
                 )
             except TimeoutError:

@@ -169,11 +169,10 @@ def _run_worker(config: Config, report_to: str) -> None:
 def run(config: Config, workers: int = 1) -> int:
     """Run the gateway in `workers` processes; returns the exit status."""
     check_startable(config)
+    _logging()
     if workers == 1:
-        _logging()
         _run_loop(serve(config))
         return 0
-    _logging()
     folder = Path(tempfile.mkdtemp(prefix="tether-gateway-"))
     try:
         context = multiprocessing.get_context("spawn")

@@ -20,6 +20,8 @@ from typing import cast
 
 import httptools
 
+from tether.gateway.config import Address
+
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
@@ -30,6 +32,46 @@ def no_delay(transport: asyncio.Transport) -> None:
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class FlowControl:
+    """The write side that both ends of the proxy share: asyncio calls `pause_writing` and
+    `resume_writing`; a writer calls `send()` and awaits `drained()` only when it answers True,
+    so the common path runs no coroutine. A closed connection releases every waiting writer."""
+
+    transport: asyncio.Transport | None
+    closed: bool
+
+    def __init__(self) -> None:
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+
+    def _closed_error(self) -> Exception:
+        raise NotImplementedError
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    def _release_writers(self) -> None:
+        self._can_write.set()
+
+    def send(self, data: bytes) -> bool:
+        """Write `data`; True when the peer is slow to read and the caller must await
+        `drained()` before writing more."""
+        if self.closed or self.transport is None:
+            raise self._closed_error()
+        self.transport.write(data)
+        return not self._can_write.is_set()
+
+    async def drained(self) -> None:
+        await self._can_write.wait()
+
+    async def write(self, data: bytes) -> None:
+        if self.send(data):
+            await self.drained()
 
 
 class UpstreamError(Exception):
@@ -107,7 +149,7 @@ class Feed:
         return chunk
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(FlowControl, asyncio.Protocol):
     """One keep-alive connection to an upstream; one exchange at a time."""
 
     def __init__(self, pool: EndpointPool) -> None:
@@ -120,8 +162,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.body: Feed | None = None
         self.complete = False
         self._keep_alive = False
-        self._can_write = asyncio.Event()
-        self._can_write.set()
+        FlowControl.__init__(self)
         self._head_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -144,15 +185,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._can_write.set()
+        self._release_writers()
         if not self.complete:
             self._fail(UpstreamError("reset", "the upstream closed the connection mid-answer"))
 
-    def pause_writing(self) -> None:
-        self._can_write.clear()
-
-    def resume_writing(self) -> None:
-        self._can_write.set()
+    def _closed_error(self) -> Exception:
+        return UpstreamError("reset", "the upstream connection is closed")
 
     # -- httptools callbacks ------------------------------------------------------------
 
@@ -203,21 +241,6 @@ class UpstreamConnection(asyncio.Protocol):
             self._head_timer.cancel()
             self._head_timer = None
 
-    def send(self, data: bytes) -> bool:
-        """Write `data`; True when the upstream is slow to read and the caller must await
-        `drained()` before writing more (no coroutine on the common path)."""
-        if self.closed or self.transport is None:
-            raise UpstreamError("reset", "the upstream connection is closed")
-        self.transport.write(data)
-        return not self._can_write.is_set()
-
-    async def drained(self) -> None:
-        await self._can_write.wait()
-
-    async def write(self, data: bytes) -> None:
-        if self.send(data):
-            await self.drained()
-
     def keep_alive(self) -> bool:
         return self.complete and not self.closed and self._keep_alive
 
@@ -249,7 +272,7 @@ class EndpointPool:
     ) -> None:
         self.loop = loop
         self.host, self.port, self.zone = host, port, zone
-        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.label = str(Address(host, port))
         self.host_header = f"host: {self.label}\r\n".encode()
         # Passive health (see balancing.py): consecutive refusals and the end of the rest.
         self.refusals = 0
@@ -266,11 +289,9 @@ class EndpointPool:
                 return connection
         return None
 
-    async def acquire(self, connect_timeout: float) -> UpstreamConnection:
-        """An idle connection, or a new one opened within `connect_timeout` seconds."""
-        idle = self.take()
-        if idle is not None:
-            return idle
+    async def connect(self, connect_timeout: float) -> UpstreamConnection:
+        """A new connection, opened within `connect_timeout` seconds (callers `take()` an idle
+        one first)."""
         try:
             async with asyncio.timeout(connect_timeout):
                 _, protocol = await self.loop.create_connection(
@@ -280,9 +301,9 @@ class EndpointPool:
             raise UpstreamError("refused", f"{self.label} refused the connection") from exc
         except socket.gaierror as exc:
             raise UpstreamError("dns", f"cannot resolve {self.host}: {exc}") from exc
+        except TimeoutError:
+            raise  # an OSError too, but the caller's to judge: 504 upstream-timeout
         except OSError as exc:
-            if isinstance(exc, TimeoutError):
-                raise
             raise UpstreamError("refused", f"cannot connect to {self.label}: {exc}") from exc
         return protocol
 
