@@ -29,7 +29,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
@@ -1061,12 +1061,6 @@ def _labels(service: str) -> tuple[str]:
 
 
 _NOT_FORWARDED = _HOP_BY_HOP | _REPLACED | {b"x-tether-attempt"}
-_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
-
-
-def _js(value: str | None) -> str:
-    """A JSON string (or null) through json's own C escaper."""
-    return "null" if value is None else _json_string(value)
 
 
 def _multi(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
