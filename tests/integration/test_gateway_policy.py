@@ -196,6 +196,25 @@ async def test_a_get_answered_503_is_retried_once_on_the_other_endpoint(tmp_path
             assert metric(text, "tether_gateway_requests_total", status_class="2xx") == 10
 
 
+async def test_a_refused_connection_is_retried_elsewhere_and_the_endpoint_rests(
+    tmp_path: Path,
+) -> None:
+    """Nothing listens on the gateway's own-zone endpoint: the first GET is refused there and
+    retried on the other endpoint; then that endpoint rests, so the next GETs go straight to
+    the one that works (their first attempt lands there)."""
+    async with scripted(200) as good:
+        dead = Scripted(port=free_port())  # nothing listens on its port
+        body = "services:\n" + service("pair", (dead, "zone-a"), (good, "zone-b"))
+        async with gateway(tmp_path, body) as running:
+            for _ in range(4):
+                assert (await call(running, "/api/pair/v1/x"))[0] == 200
+            assert good.attempts() == ["2", "1", "1", "1"]
+            await asyncio.sleep(0.2)
+            first = running.access_log()[0]
+            assert first["retry_reasons"] == ["refused"]
+            assert [a["outcome"] for a in first["attempt_detail"]] == ["refused", "ok"]
+
+
 async def test_a_post_is_sent_exactly_once(tmp_path: Path) -> None:
     async with scripted(503) as bad, scripted(200) as good:
         body = "services:\n" + service("pair", (bad, "zone-a"), (good, "zone-b"))

@@ -56,6 +56,7 @@ def test_demo_runs_a_budget_through_nested_calls_and_the_chain(
         "-> 200 in",
         "-> 504 in",
         "-> 400 in",
+        "X-App-ID is required",
         "-> 403 in",
         "-> 415 in",
         "-> 404 in",

@@ -194,6 +194,11 @@ def demo_cases() -> list[dict[str, Any]]:
             "/api/orders/v1/orders/42",
             {**good, "X-Request-ID": "abc"},
         ),
+        _case(
+            "no X-App-ID",
+            "/api/orders/v1/orders/42",
+            {k: v for k, v in good.items() if k != "X-App-ID"},
+        ),
         _case("an app not allowed", "/api/orders/v1/orders/42", {**good, "X-App-ID": "stranger"}),
         _case(
             "no X-User-ID (no auth configured)",
