@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Coroutine, Generator
+from contextlib import suppress
 from contextvars import Context, ContextVar, Token
+from heapq import heapify, heappop, heappush
 from types import TracebackType
 from typing import Any, Final, TypeVar, final
 
@@ -186,11 +188,12 @@ class DeadlineScope:
     """
 
     __slots__ = (
+        "_alarm",
+        "_alarms",
         "_asked",
         "_cancelling",
         "_deadline",
         "_fired",
-        "_handle",
         "_in_force",
         "_known_task",
         "_loop_when",
@@ -207,17 +210,22 @@ class DeadlineScope:
     _in_force: float  # _deadline.when, read on every nested entry
     _loop_when: float  # the same instant on the running loop's clock
 
-    def __init__(self, requested: Deadline | None, budget: float | None) -> None:
+    def __init__(
+        self,
+        requested: Deadline | None,
+        budget: float | None,
+        task: asyncio.Task[Any] | None = None,
+    ) -> None:
         self._requested = requested
         self.budget = budget  # the size of `requested`; replaced by the owner's when inheriting
         self._state = _CREATED
-        self._handle: asyncio.Handle | None = None
+        self._alarm: _Alarm | None = None
         self._task: asyncio.Task[Any] | None = None
         self._token: Token[DeadlineScope | None] | None = None
         self.inherited = False
         self._fired = False
         self._asked: float | None = None
-        self._known_task: asyncio.Task[Any] | None = None
+        self._known_task = task  # the task that will run the block, when the caller knows it
 
     @property
     def deadline(self) -> Deadline | None:
@@ -230,6 +238,23 @@ class DeadlineScope:
         return self._fired
 
     async def __aenter__(self) -> DeadlineScope:
+        self._enter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        exceeded = self._exit(exc)
+        if exceeded is not None:
+            raise exceeded from exc
+
+    # The block's work without the coroutines of `async with`, for integrations' hot paths:
+    # `scope._enter()`, then `scope._exit(exception or None)`, raising what it returns.
+
+    def _enter(self) -> None:
         if self._state != _CREATED:
             raise RuntimeError("a deadline block can be entered only once")
         self._state = _ENTERED
@@ -249,7 +274,7 @@ class DeadlineScope:
                 self.budget = self._asked
         else:  # no deadline asked for and none inherited: the block does nothing
             self._state = _DONE
-            return self
+            return
         self._deadline = deadline
         self._in_force = deadline._when
         if self._in_force <= now:
@@ -261,9 +286,8 @@ class DeadlineScope:
         if self.inherited and parent is not None and parent._task is task:
             # The parent's timer already cancels this task at this very deadline.
             self._state = _DONE
-            return self
+            return
         self._arm(task, now)
-        return self
 
     def _arm(self, task: asyncio.Task[Any], now: float) -> None:
         # The task's loop, not asyncio.get_running_loop(): on CPython 3.11 every lookup of the
@@ -272,27 +296,27 @@ class DeadlineScope:
         self._task = task
         self._cancelling = task.cancelling()
         self._loop_when = loop.time() + (self._in_force - now)
-        self._handle = loop.call_at(self._loop_when, self._on_timeout)
+        alarms = _last_alarms
+        if alarms._loop is not loop:
+            alarms = _alarms_of(loop)
+        self._alarms = alarms
+        self._alarm = alarms.add(self._loop_when, self)
         self._token = _current.set(self)
 
     def _on_timeout(self) -> None:
         self._state = _EXPIRING
         self._fired = True
-        self._handle = None
+        self._alarm = None
         if self._task is not None:
             self._task.cancel()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _exit(self, exc: BaseException | None) -> DeadlineExceeded | None:
+        """Leave the block; the `DeadlineExceeded` to raise instead of `exc`, if any."""
         if self._token is None:  # never armed: inherited within the task, or no deadline
-            return
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+            return None
+        if self._alarm is not None:
+            self._alarms.cancel(self._alarm)
+            self._alarm = None
         _current.reset(self._token)
         self._token = None
         expiring = self._state == _EXPIRING
@@ -302,10 +326,10 @@ class DeadlineScope:
             expiring
             and self._task is not None
             and self._task.uncancel() <= self._cancelling
-            and exc_type is not None
-            and issubclass(exc_type, asyncio.CancelledError)
+            and isinstance(exc, asyncio.CancelledError)
         ):
-            raise self._exceeded() from exc
+            return self._exceeded()
+        return None
 
     def _exceeded(self) -> DeadlineExceeded:
         budget = self.budget or 0.0
@@ -322,22 +346,115 @@ class DeadlineScope:
     # -- used by detached(): pause and resume the timers of this task's enclosing blocks --
 
     def _pause(self) -> bool:
-        if self._handle is None:
+        if self._alarm is None:
             return False
-        self._handle.cancel()
-        self._handle = None
+        self._alarms.cancel(self._alarm)
+        self._alarm = None
         return True
 
     def _resume(self) -> None:
         if self._state != _ENTERED:
             return
-        loop = asyncio.get_running_loop()
-        if self._loop_when <= loop.time():
-            # Not a direct cancel(): on 3.11 a pending cancel of the running task cannot be
-            # withdrawn if the block ends before its next await.
-            self._handle = loop.call_soon(self._on_timeout)
+        # Re-armed even when the instant has passed (it then rings at the loop's next turn),
+        # not a direct cancel(): on 3.11 a pending cancel of the running task cannot be
+        # withdrawn if the block ends before its next await.
+        self._alarm = self._alarms.add(self._loop_when, self)
+
+
+# An armed block waiting for its instant: [instant on the loop's clock, sequence number, the
+# block, or None once the block no longer waits]. A list, so the heap compares in C.
+_Alarm = list[Any]
+
+
+class _Alarms:
+    """The deadline timers of one event loop, behind a single loop timer.
+
+    A block that starts and ends within its budget (the common case, thousands of times a
+    second in a server) costs a heap push and a flag instead of creating and cancelling a loop
+    timer. Rules:
+    - the loop timer is armed for the earliest alarm in the heap, and only re-armed when a new
+      alarm comes earlier (requests with equal budgets arrive in deadline order, so almost
+      never);
+    - a cancelled alarm stays in the heap with its block cleared; it is dropped when it
+      reaches the top, or when cancelled alarms outnumber live ones (so the heap holds at
+      most about twice the blocks in flight);
+    - an alarm rings no earlier than its instant on the loop's clock.
+    Only its own loop's thread touches it.
+    """
+
+    __slots__ = ("_armed_for", "_cancelled", "_heap", "_loop", "_next", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[_Alarm] = []
+        self._cancelled = 0
+        self._next = 0
+        self._timer: asyncio.Handle | None = None
+        self._armed_for = _INF
+
+    def add(self, when: float, scope: DeadlineScope) -> _Alarm:
+        self._next += 1
+        alarm = [when, self._next, scope]
+        heappush(self._heap, alarm)
+        if when < self._armed_for:
+            self._arm(when)
+        return alarm
+
+    def cancel(self, alarm: _Alarm) -> None:
+        alarm[2] = None
+        self._cancelled += 1
+        heap = self._heap
+        if self._cancelled == len(heap):  # nothing waits (the timer rings once for nothing)
+            heap.clear()
+            self._cancelled = 0
+        elif self._cancelled > 32 and 2 * self._cancelled > len(heap):
+            heap[:] = [alarm for alarm in heap if alarm[2] is not None]
+            heapify(heap)
+            self._cancelled = 0
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_for = when
+        if when <= self._loop.time():  # due already (a resumed block): before other callbacks
+            self._timer = self._loop.call_soon(self._ring)
         else:
-            self._handle = loop.call_at(self._loop_when, self._on_timeout)
+            self._timer = self._loop.call_at(when, self._ring)
+
+    def _ring(self) -> None:
+        self._timer = None
+        self._armed_for = _INF
+        heap = self._heap
+        now = self._loop.time()
+        while heap and (heap[0][2] is None or heap[0][0] <= now):
+            alarm = heappop(heap)
+            scope = alarm[2]
+            if scope is None:
+                self._cancelled -= 1
+            else:
+                alarm[2] = None
+                scope._on_timeout()
+        if heap:
+            self._arm(heap[0][0])
+
+
+def _alarms_of(loop: asyncio.AbstractEventLoop) -> _Alarms:
+    """The loop's one `_Alarms`, kept on the loop itself (so it lives and dies with it)."""
+    global _last_alarms
+    try:
+        alarms: _Alarms = loop._tether_alarms  # type: ignore[attr-defined]
+    except AttributeError:
+        alarms = _Alarms(loop)
+        # A loop that takes no attributes gets alarms of its own per block.
+        with suppress(AttributeError):
+            loop._tether_alarms = alarms  # type: ignore[attr-defined]
+    # Remembered for the next block: one identity test instead of an attribute lookup. Any
+    # thread may overwrite it; each block keeps the alarms it armed with.
+    _last_alarms = alarms
+    return alarms
+
+
+_last_alarms = _Alarms(None)  # type: ignore[arg-type]  # matches no loop
 
 
 def deadline_after(seconds: float) -> DeadlineScope:
@@ -358,9 +475,7 @@ def deadline_at(
     """
     if deadline is not None and not isinstance(deadline, Deadline):
         raise TypeError(f"deadline_at() takes a Deadline or None, got {deadline!r}")
-    scope = DeadlineScope(deadline, None)
-    scope._known_task = task
-    return scope
+    return DeadlineScope(deadline, None, task)
 
 
 @final

@@ -252,6 +252,79 @@ def test_app_reads_the_body_through_the_watcher(clock: VirtualClock) -> None:
     assert exchange.status == 200
 
 
+def test_watch_falling_due_while_the_app_waits_in_receive_starts_after_it(
+    clock: VirtualClock,
+) -> None:
+    """An app waiting in the server's `receive` when the watch falls due keeps the only read;
+    watching starts when it returns, and a later disconnect still cancels the handler."""
+    cancelled: list[float] = []
+    exchange = Exchange(clock)
+    body_ready = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # waits well past WATCH_AFTER for the body below
+        await sleeping_app(60, cancelled, clock)(scope, receive, send)
+
+    async def main() -> float:
+        messages: list[Message] = []
+
+        async def receive() -> Message:
+            if not messages:
+                await body_ready.wait()
+                messages.append({"type": "http.request", "body": b"", "more_body": False})
+                return messages[-1]
+            await exchange.disconnect.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            exchange.sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+        task = asyncio.create_task(TetherMiddleware(app)(scope, receive, send))
+        await asyncio.sleep(0.5)  # the watch fell due at 5 ms, while the app was in receive
+        body_ready.set()
+        await asyncio.sleep(1)
+        gone_at = clock.monotonic()
+        exchange.disconnect.set()
+        await task
+        return gone_at
+
+    gone_at = clock.run(main())
+    assert cancelled == [gone_at]
+    assert exchange.sent == []
+
+
+def test_concurrent_requests_each_get_their_own_deadline_and_id(clock: VirtualClock) -> None:
+    """Requests in flight together share the loop's timers but not their budgets or ids."""
+    seen: list[dict[str, Any]] = []
+    exchanges = [Exchange(clock) for _ in range(50)]
+
+    async def main() -> None:
+        app = TetherMiddleware(ok_app_recording(seen))
+        await asyncio.gather(
+            *(
+                exchange.run(app, [(b"x-request-timeout", str(100 + 10 * i).encode())])
+                for i, exchange in enumerate(exchanges)
+            )
+        )
+
+    clock.run(main())
+    assert sorted(entry["left"] for entry in seen) == pytest.approx(
+        [0.1 + 0.01 * i for i in range(50)]
+    )
+    assert len({entry["request_id"] for entry in seen}) == 50
+    assert len({exchange.headers[b"x-request-id"] for exchange in exchanges}) == 50
+
+
+def ok_app_recording(seen: list[dict[str, Any]]) -> App:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(0.01)  # all fifty are in flight at once
+        seen.append({"left": time_remaining() + 0.01, "request_id": current_request_id()})
+        await ok_app()(scope, receive, send)
+
+    return app
+
+
 def test_exceptions_become_a_500_problem_without_their_text(
     clock: VirtualClock, caplog: pytest.LogCaptureFixture
 ) -> None:

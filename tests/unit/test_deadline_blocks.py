@@ -313,3 +313,46 @@ def test_a_block_given_its_task_behaves_the_same(clock: VirtualClock) -> None:
         return clock.monotonic() - start
 
     assert clock.run(main()) == pytest.approx(0.3)
+
+
+def test_many_blocks_share_one_loop_timer_and_each_rings_at_its_own_instant(
+    clock: VirtualClock,
+) -> None:
+    """Blocks in many tasks, entered in any order of deadlines, each expire at their instant."""
+    budgets = [5.0, 1.0, 3.0, 0.5, 4.0, 2.0, 0.25]
+    expired_after: dict[float, float] = {}
+
+    async def one(budget: float) -> None:
+        start = clock.monotonic()
+        try:
+            async with deadline_after(budget):
+                await asyncio.sleep(60)
+        except DeadlineExceeded:
+            expired_after[budget] = clock.monotonic() - start
+
+    async def main() -> None:
+        await asyncio.gather(*(one(budget) for budget in budgets))
+
+    clock.run(main())
+    assert expired_after == {budget: pytest.approx(budget) for budget in budgets}
+
+
+def test_blocks_that_finish_in_time_leave_nothing_behind(clock: VirtualClock) -> None:
+    """Thousands of blocks that end within their budget: the loop's deadline heap stays small
+    (cancelled entries are dropped), and one that expires afterwards still rings on time."""
+    from tether.deadline import _alarms_of
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with deadline_after(100):  # a long-lived block keeps the heap non-empty
+            for _ in range(5000):
+                async with deadline_after(10):
+                    await asyncio.sleep(0)
+            assert len(_alarms_of(loop)._heap) < 100
+            start = clock.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                async with deadline_after(0.5):
+                    await asyncio.sleep(10)
+            assert clock.monotonic() - start == pytest.approx(0.5)
+
+    clock.run(main())

@@ -40,3 +40,29 @@ def test_extras_are_declared() -> None:
     """The integrations' dependencies are optional extras, with [all] naming them all."""
     extras = set(metadata.metadata("tether").get_all("Provides-Extra") or [])
     assert {"http", "grpc", "postgres", "gateway", "all"} <= extras
+
+
+def test_new_request_ids_are_distinct_uuid4s_and_differ_across_a_fork() -> None:
+    """Generated ids are canonical UUID4 text, never repeat in a process, and a forked child
+    does not continue its parent's sequence."""
+    import uuid
+
+    from tether.request_id import new_request_id
+
+    ids = [new_request_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:200]:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+    # Forked from a fresh interpreter: forking the test process itself (which has threads)
+    # is deprecated on newer Pythons.
+    script = (
+        "import os; from tether.request_id import new_request_id as n\n"
+        "r, w = os.pipe(); pid = os.fork()\n"
+        "if pid == 0: os.write(w, n().encode()); os._exit(0)\n"
+        "os.waitpid(pid, 0); print(os.read(r, 100).decode(), n())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    child, parent = out.stdout.split()
+    assert uuid.UUID(child).version == 4
+    assert child[:23] != parent[:23]  # a new random prefix in the child

@@ -22,6 +22,11 @@ context variables). For each HTTP request, in this order:
 
 Rule: the cancellation this middleware causes on disconnect is consumed here (nobody is left
 to answer); every other cancellation propagates.
+
+Cost rule: this runs on every request of a service, so a request that ends well inside its
+budget creates no loop timer and no extra coroutine: its deadline is one entry in the loop's
+shared deadline heap, its disconnect watch one entry in a shared queue, and `send` is wrapped
+by a plain function.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import suppress
 from typing import Any
 
 from tether import _clock
@@ -46,7 +53,7 @@ from tether.problems import (
 )
 from tether.request_id import new_request_id, reset_request_id, set_request_id
 from tether.tracing import reset_incoming_traceparent, set_incoming_traceparent
-from tether.wire import deadline_from_headers
+from tether.wire import GRPC_TIMEOUT, REQUEST_DEADLINE, REQUEST_TIMEOUT, deadline_from_headers
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -57,7 +64,14 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("tether.http")
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+_DEADLINE_HEADERS = frozenset(
+    name.encode() for name in (REQUEST_TIMEOUT, REQUEST_DEADLINE, GRPC_TIMEOUT)
+)
 _DISCONNECT: Message = {"type": "http.disconnect"}
+_current_task = asyncio.current_task
+
+# Whether the app is inside the server's own `receive` (before watching starts).
+_NOT_READING, _READING, _READING_PAST_DUE = 0, 1, 2
 
 # How long a request runs before the middleware starts watching for its client to leave.
 WATCH_AFTER = 0.005
@@ -75,67 +89,72 @@ class TetherMiddleware:
     ) -> None:
         self.app = app
         self.default_budget, self.max_budget = server_budgets(default_budget, max_budget)
+        self._default_budget_timing = _budget_timing(self.default_budget)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        exchange = _Exchange(send, _clock.monotonic())
-        try:
-            request_id, when, traceparent = self._read_headers(scope["headers"], exchange)
-        except _Refused as refusal:
-            await exchange.answer(refusal.problem)
-            return
-        exchange.budget = when - exchange.started
-        if when <= exchange.started:
-            detail = "the request's deadline had passed before it arrived; nothing was done"
-            await exchange.answer(EXPIRED_ON_ARRIVAL.problem(detail))
-            return
-        id_token = set_request_id(request_id)
-        trace_token = set_incoming_traceparent(traceparent)
-        try:
-            await self._run(scope, receive, exchange, Deadline(when))
-        finally:
-            reset_incoming_traceparent(trace_token)
-            reset_request_id(id_token)
-
-    def _read_headers(
-        self, headers: list[tuple[bytes, bytes]], exchange: _Exchange
-    ) -> tuple[str, float, str | None]:
-        """The request id, the deadline's instant, and the incoming traceparent."""
-        request_id: str | None = None
-        traceparent: str | None = None
-        for name, value in headers:
+        started = _clock.monotonic()
+        request_id: bytes | None = None
+        traceparent: bytes | None = None
+        asks_deadline = False
+        headers = scope["headers"]
+        for name, value in headers:  # ASGI header names are lower-case
             if name == b"x-request-id":
-                if not _REQUEST_ID.fullmatch(value):
-                    exchange.request_id = new_request_id()
-                    detail = (
-                        "X-Request-ID must be 1-128 characters of letters, digits and . _ : / + = -"
-                    )
-                    raise _Refused(VALIDATION_FAILED.problem(detail, header="X-Request-ID"))
-                request_id = value.decode("ascii")
+                request_id = value
             elif name == b"traceparent":
-                traceparent = value.decode("latin-1")
-        exchange.request_id = request_id = request_id or new_request_id()
-        try:
-            asked = deadline_from_headers(headers, received_at=exchange.started)
-        except InvalidDeadlineHeader as exc:
-            raise _Refused(INVALID_DEADLINE_HEADER.problem(str(exc), header=exc.header)) from None
-        if asked is None:
-            return request_id, exchange.started + self.default_budget, traceparent
-        return request_id, min(asked.when, exchange.started + self.max_budget), traceparent
-
-    async def _run(
-        self, scope: Scope, receive: Receive, exchange: _Exchange, deadline: Deadline
-    ) -> None:
-        task = asyncio.current_task()
+                traceparent = value
+            elif name in _DEADLINE_HEADERS:
+                asks_deadline = True
+        exchange = _Exchange(send, receive, started)
+        if request_id is None:
+            exchange.request_id = new_request_id()
+        elif _REQUEST_ID.fullmatch(request_id):
+            exchange.request_id = request_id.decode("ascii")
+        else:
+            exchange.request_id = new_request_id()
+            detail = "X-Request-ID must be 1-128 characters of letters, digits and . _ : / + = -"
+            await exchange.answer(VALIDATION_FAILED.problem(detail, header="X-Request-ID"))
+            return
+        if asks_deadline:
+            try:
+                asked = deadline_from_headers(headers, received_at=started)
+            except InvalidDeadlineHeader as exc:
+                problem = INVALID_DEADLINE_HEADER.problem(str(exc), header=exc.header)
+                await exchange.answer(problem)
+                return
+            when = started + self.default_budget
+            if asked is not None:
+                when = min(asked.when, started + self.max_budget)
+            exchange.budget_timing = _budget_timing(when - started)
+            if when <= started:
+                detail = "the request's deadline had passed before it arrived; nothing was done"
+                await exchange.answer(EXPIRED_ON_ARRIVAL.problem(detail))
+                return
+        else:
+            when = started + self.default_budget
+            exchange.budget_timing = self._default_budget_timing
+        task = _current_task()
         assert task is not None  # ASGI servers run each request in a task
-        watcher = _DisconnectWatcher(receive, task, exchange)
+        id_token = set_request_id(exchange.request_id)
+        trace_token = (
+            None if traceparent is None else set_incoming_traceparent(traceparent.decode("latin-1"))
+        )
+        block = deadline_at(Deadline(when), task=task)
         try:
-            async with deadline_at(deadline, task=task):
-                await self.app(scope, watcher.receive, exchange.send)
+            block._enter()
+            exchange.watch(task)
+            try:
+                await self.app(scope, exchange.receive, exchange.send)
+            except BaseException as exc:
+                exceeded = block._exit(exc)
+                if exceeded is not None:
+                    raise exceeded from exc
+                raise
+            block._exit(None)
         except asyncio.CancelledError:
-            if watcher.caused(task):
+            if exchange.disconnect_caused(task):
                 log.info(
                     "request %s: the client went away; the handler was cancelled",
                     exchange.request_id,
@@ -150,7 +169,17 @@ class TetherMiddleware:
             elif not exchange.response_done:
                 raise  # the server closes the connection: the answer cannot be completed
         finally:
-            watcher.stop()
+            exchange.finished = True  # the watchlist skips it when its turn comes
+            if exchange.watching is not None:
+                exchange.watching.stop()
+            if trace_token is not None:
+                reset_incoming_traceparent(trace_token)
+            reset_request_id(id_token)
+
+
+def _budget_timing(budget: float) -> bytes:
+    """The `Server-Timing` entry for the budget a request received."""
+    return b", budget;dur=%.1f" % (budget * 1000)
 
 
 def _log_failure(request_id: str, exc: Exception) -> None:
@@ -166,40 +195,59 @@ def _log_failure(request_id: str, exc: Exception) -> None:
         )
 
 
-class _Refused(Exception):
-    def __init__(self, problem: Problem) -> None:
-        self.problem = problem
-
-
 class _Exchange:
-    """The response side of one request: adds tether's headers, knows how far it got."""
+    """One request: adds tether's headers to the response, knows how far it got, and, from
+    `WATCH_AFTER` into the request on, watches for the client leaving (see `_Watch`).
 
-    __slots__ = ("_send", "budget", "request_id", "response_done", "response_started", "started")
+    A request answered within `WATCH_AFTER` costs no watching at all: it only sits in its
+    loop's `_Watchlist` until its turn comes and is then skipped.
+    """
 
-    def __init__(self, send: Send, started: float) -> None:
+    __slots__ = (
+        "_reading",
+        "_receive",
+        "_send",
+        "budget_timing",
+        "finished",
+        "request_id",
+        "response_done",
+        "response_started",
+        "started",
+        "task",
+        "watching",
+    )
+
+    def __init__(self, send: Send, receive: Receive, started: float) -> None:
         self._send = send
+        self._receive = receive
         self.started = started
-        self.budget: float | None = None
+        self.budget_timing = b""  # b", budget;dur=<ms>" once the budget is known
         self.request_id = ""
         self.response_started = False
         self.response_done = False
+        self.finished = False
+        self.watching: _Watch | None = None
+        self._reading = _NOT_READING
 
-    async def send(self, message: Message) -> None:
+    # -- the response --
+
+    def send(self, message: Message) -> Awaitable[None]:
+        """The app's `send`: a plain function handing back the server's awaitable."""
         kind = message["type"]
         if kind == "http.response.start":
             self.response_started = True
-            message["headers"] = [*message.get("headers", ()), *self._tether_headers()]
+            timing = b"app;dur=%.1f%s" % (
+                (_clock.monotonic() - self.started) * 1000,
+                self.budget_timing,
+            )
+            message["headers"] = [
+                *message.get("headers", ()),
+                (b"x-request-id", self.request_id.encode()),
+                (b"server-timing", timing),
+            ]
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.response_done = True
-        await self._send(message)
-
-    def _tether_headers(self) -> list[tuple[bytes, bytes]]:
-        elapsed = (_clock.monotonic() - self.started) * 1000
-        if self.budget is None:
-            timing = b"app;dur=%.1f" % elapsed
-        else:
-            timing = b"app;dur=%.1f, budget;dur=%.1f" % (elapsed, self.budget * 1000)
-        return [(b"x-request-id", self.request_id.encode()), (b"server-timing", timing)]
+        return self._send(message)
 
     async def answer(self, problem: Problem) -> None:
         """Send `problem` as the whole response."""
@@ -223,14 +271,47 @@ class _Exchange:
         )
         await self.send({"type": "http.response.body", "body": body})
 
+    # -- the request side --
 
-class _DisconnectWatcher:
-    """Cancels the app's task when the client disconnects.
+    def watch(self, task: asyncio.Task[Any]) -> None:
+        """Watch for the client leaving from `WATCH_AFTER` on, cancelling `task` if it does."""
+        self.task = task  # set here, not in __init__: only requests that reach the app have one
+        _watchlist_of(task.get_loop()).add(self)
 
-    Rule: a request that is answered within `WATCH_AFTER` costs no watching at all. After that
-    the watcher becomes the only reader of the server's `receive`, handing messages to the app
-    one at a time (so request bodies keep their backpressure) and cancelling the app's task when
-    `http.disconnect` arrives. A disconnect is therefore noticed at most `WATCH_AFTER` late.
+    def start_watching(self) -> None:
+        """Called by the watchlist once the request has run `WATCH_AFTER`."""
+        if self.finished or self.response_done or self.watching is not None:
+            return
+        if self._reading:  # two readers of `receive` at once are not allowed: after the app's
+            self._reading = _READING_PAST_DUE
+            return
+        self.watching = _Watch(self._receive, self.task, self)
+
+    async def receive(self) -> Message:
+        """The app's `receive`: the server's own until watching starts, then the read-ahead."""
+        if self.watching is not None:
+            return await self.watching.receive()
+        self._reading = _READING
+        try:
+            return await self._receive()
+        finally:
+            past_due = self._reading == _READING_PAST_DUE
+            self._reading = _NOT_READING
+            if past_due:
+                self.start_watching()
+
+    def disconnect_caused(self, task: asyncio.Task[Any]) -> bool:
+        """True when the cancellation being handled is the one a disconnect sent."""
+        return self.watching is not None and self.watching.disconnect_caused(task)
+
+
+class _Watch:
+    """The watch over one request's client, from `WATCH_AFTER` on.
+
+    It is the only reader of the server's `receive`, handing messages to the app one at a
+    time (so request bodies keep their backpressure) and cancelling the app's task when
+    `http.disconnect` arrives. A disconnect is therefore noticed at most about `WATCH_AFTER`
+    late.
     """
 
     def __init__(self, receive: Receive, task: asyncio.Task[Any], exchange: _Exchange) -> None:
@@ -238,25 +319,12 @@ class _DisconnectWatcher:
         self._task = task
         self._exchange = exchange
         self._cancelling = task.cancelling()
-        self._slot: asyncio.Queue[Message] | None = None
-        self._pump: asyncio.Task[None] | None = None
-        self._app_receiving = False
-        self._start_when_app_returns = False
         self.disconnected = False
-        self._loop = task.get_loop()  # not get_running_loop(): a getpid() call on CPython 3.11
-        self._timer: asyncio.TimerHandle | None = self._loop.call_later(WATCH_AFTER, self._start)
+        self._slot: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)
+        self._pump = task.get_loop().create_task(self._read_ahead())
 
-    def _start(self) -> None:
-        self._timer = None
-        if self._exchange.response_done:
-            return
-        if self._app_receiving:  # two readers of `receive` at once are not allowed
-            self._start_when_app_returns = True
-            return
-        self._slot = asyncio.Queue(maxsize=1)
-        self._pump = self._loop.create_task(self._run(self._slot))
-
-    async def _run(self, slot: asyncio.Queue[Message]) -> None:
+    async def _read_ahead(self) -> None:
+        slot = self._slot
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
@@ -270,26 +338,55 @@ class _DisconnectWatcher:
             await slot.put(message)
 
     async def receive(self) -> Message:
-        slot = self._slot
-        if slot is None:  # not watching yet: the app reads directly
-            self._app_receiving = True
-            try:
-                return await self._receive()
-            finally:
-                self._app_receiving = False
-                if self._start_when_app_returns:
-                    self._start_when_app_returns = False
-                    self._start()
-        if self.disconnected and slot.empty():
+        if self.disconnected and self._slot.empty():
             return _DISCONNECT
-        return await slot.get()
+        return await self._slot.get()
 
-    def caused(self, task: asyncio.Task[Any]) -> bool:
-        """True when the cancellation being handled is the one this watcher sent."""
+    def disconnect_caused(self, task: asyncio.Task[Any]) -> bool:
         return self.disconnected and task.uncancel() <= self._cancelling
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._pump is not None:
-            self._pump.cancel()
+        self._pump.cancel()
+
+
+class _Watchlist:
+    """The requests of one loop not yet watched for disconnects, oldest first.
+
+    One loop timer serves them all: it rings `WATCH_AFTER` after the oldest request still
+    listed, starts watching every request that has run that long and is still going, and
+    re-arms for the next one. Requests that finish sooner are skipped when their turn comes.
+    """
+
+    __slots__ = ("_loop", "_pending", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: deque[tuple[float, _Exchange]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, exchange: _Exchange) -> None:
+        due = self._loop.time() + WATCH_AFTER
+        self._pending.append((due, exchange))
+        if self._timer is None:
+            self._timer = self._loop.call_at(due, self._ring)
+
+    def _ring(self) -> None:
+        self._timer = None
+        pending = self._pending
+        now = self._loop.time()
+        while pending and pending[0][0] <= now:
+            _, exchange = pending.popleft()
+            exchange.start_watching()
+        if pending:
+            self._timer = self._loop.call_at(pending[0][0], self._ring)
+
+
+def _watchlist_of(loop: asyncio.AbstractEventLoop) -> _Watchlist:
+    """The loop's one `_Watchlist`, kept on the loop itself (so it lives and dies with it)."""
+    try:
+        return loop._tether_watchlist  # type: ignore[attr-defined, no-any-return]
+    except AttributeError:
+        watchlist = _Watchlist(loop)
+        with suppress(AttributeError):  # a loop that takes no attributes: one per request
+            loop._tether_watchlist = watchlist  # type: ignore[attr-defined]
+        return watchlist
