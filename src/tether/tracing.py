@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
+from typing import Any
 
 TRACEPARENT_HEADER = "traceparent"
 
@@ -51,20 +52,40 @@ def incoming_traceparent(value: str | None) -> Iterator[None]:
 
 def outgoing_trace_headers() -> list[tuple[str, str]]:
     """The trace headers for an outgoing call: OpenTelemetry's if active, else pass-through."""
-    injected = _opentelemetry_headers()
-    if injected:
-        return injected
+    otel = _opentelemetry
+    if otel is _NOT_LOOKED_UP:
+        otel = _find_opentelemetry()
+    if otel is not None:
+        injected = _opentelemetry_headers(otel)
+        if injected:
+            return injected
     incoming = _current.get()
     return [] if incoming is None else [(TRACEPARENT_HEADER, incoming)]
 
 
-def _opentelemetry_headers() -> list[tuple[str, str]]:
-    try:
-        from opentelemetry import propagate, trace
-    except ImportError:
-        return []
+def _opentelemetry_headers(otel: Any) -> list[tuple[str, str]]:
+    propagate, trace = otel
     if not trace.get_current_span().get_span_context().is_valid:
         return []
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return list(carrier.items())
+
+
+def _find_opentelemetry() -> Any:
+    """OpenTelemetry's `propagate` and `trace` modules, or None when it is not installed.
+
+    Looked up at the first outgoing call, then remembered: a failed import is not cached by
+    Python, and trying it on every call searched the whole import path each time."""
+    global _opentelemetry
+    try:
+        from opentelemetry import propagate, trace
+    except ImportError:
+        _opentelemetry = None
+    else:
+        _opentelemetry = (propagate, trace)
+    return _opentelemetry
+
+
+_NOT_LOOKED_UP: Any = object()
+_opentelemetry: Any = _NOT_LOOKED_UP

@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from tether import _clock
 from tether._settings import server_budgets
 from tether.deadline import Deadline, deadline_at
 from tether.errors import DeadlineExceeded, UpstreamUnavailable
@@ -41,6 +42,7 @@ from tether.tracing import (
     set_incoming_traceparent,
 )
 
+_current_task = asyncio.current_task
 log = logging.getLogger("tether.grpc")
 
 __all__ = ["TetherServerInterceptor", "server"]
@@ -152,7 +154,7 @@ class _Call:
         remaining = context.time_remaining()
         budget = policy.default_budget if remaining is None else min(remaining, policy.max_budget)
         self.budget = budget
-        self.deadline = Deadline.after(budget)
+        self.deadline = Deadline(_clock.monotonic() + budget)  # budget: checked, finite
 
     def bind(self) -> None:
         """Make this call's request id and trace context ambient (until `unbind`)."""
@@ -195,7 +197,7 @@ def _unary(
         code = grpc.StatusCode.OK
         call.bind()
         try:
-            async with deadline_at(call.deadline):
+            with deadline_at(call.deadline, task=_current_task()):  # no coroutines to enter
                 return await behavior(request, context)
         except BaseException as exc:
             code = await _failed(exc, call, context)
@@ -218,7 +220,7 @@ def _streaming(
         code = grpc.StatusCode.OK
         call.bind()
         try:
-            async with deadline_at(call.deadline):
+            with deadline_at(call.deadline, task=_current_task()):
                 produced = behavior(request, context)
                 if inspect.isasyncgen(produced):
                     async for response in produced:

@@ -141,18 +141,10 @@ class TetherMiddleware:
         trace_token = (
             None if traceparent is None else set_incoming_traceparent(traceparent.decode("latin-1"))
         )
-        block = deadline_at(Deadline(when), task=task)
         try:
-            block._enter()
-            exchange.watch(task)
-            try:
+            with deadline_at(Deadline(when), task=task):  # `with`: no coroutines to enter
+                exchange.watch(task)
                 await self.app(scope, exchange.receive, exchange.send)
-            except BaseException as exc:
-                exceeded = block._exit(exc)
-                if exceeded is not None:
-                    raise exceeded from exc
-                raise
-            block._exit(None)
         except asyncio.CancelledError:
             if exchange.disconnect_caused(task):
                 log.info(
