@@ -254,13 +254,30 @@ Servers on core 0, load on core 1; {rounds} alternating rounds of {seconds} s, m
 |---|---:|---:|---:|---|
 {rows}
 
-Where the time goes (measured in-process): the middleware costs about 15 us per request (the
-deadline block's timer about 4 us, a generated request id about 2 us, the disconnect watcher's
-timer 1-2 us, the rest in header parsing and the send wrapper) against a hello-world request of
-about 55 us under uvicorn, so the 10% target (about 5 us) is not reachable without dropping a
-feature. The gRPC server wrapper costs about 8 us per call in-process; about half of the gap
-measured here goes away when the per-call deadline timer is removed (that timer is what cancels
-a handler at its deadline). Run-to-run noise on this VM is about 5-10% per figure.
+Where the time goes. Timings on this shared VM amplify small CPU costs (a busy-loop of 5 us
+added to the plain app cost about 9 us per request), so the split below is in CPU instructions,
+counted exactly by callgrind with `.venv/bin/python bench/count_instructions.py` (user space,
+per request, real uvicorn + Starlette hello):
+
+| app | instructions/request | of plain |
+|---|---:|---:|
+| plain Starlette hello | 203,223 | 1.000 |
+| + only the two required response headers (X-Request-ID, Server-Timing) | 224,743 | 0.904 |
+| + TetherMiddleware | 270,779 | 0.751 |
+
+uvicorn validates each response header with two regular expressions and re-encodes it, so the
+two headers the middleware must add cost the server about 21,000 instructions per request:
+about 10% of a hello-world request before the middleware does anything. The target "at most
+10% fewer requests per second" is therefore out of reach with these headers on uvicorn; the
+middleware's own work (about 46,000 instructions: reading the headers, a request id, three
+context variables, one deadline block in the loop's shared deadline heap, one entry in the
+loop's disconnect watchlist, the `send` wrapper) is what tether can still shrink. On a real
+service whose handler does any I/O the same fixed cost is a smaller share.
+The gRPC server interceptor enters its deadline block without coroutines and the client side
+no longer retries a failing OpenTelemetry import on every call; the outbound client reuses
+aiohttp's timeout object within a millisecond. The outbound client's remaining cost is the
+`X-Request-Timeout` header itself (aiohttp spends about 10,000 instructions on a caller's
+header dict) and the per-phase timings. Run-to-run noise on this VM is about 5-10% per figure.
 """
     print(body)
     if not args.quick:
