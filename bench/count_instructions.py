@@ -19,9 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
+from bench_toolkit import BENCH, free_port, uvicorn
+
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 CONTENT_LENGTH = re.compile(rb"content-length: (\d+)", re.IGNORECASE)
 
@@ -40,12 +40,6 @@ async def drive(port: int, requests: int, connections: int = 50) -> None:
     await asyncio.gather(*(one_connection(requests // connections) for _ in range(connections)))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def instructions_per_request(app: str, requests: int) -> float:
     port = free_port()
     with tempfile.TemporaryDirectory() as folder:
@@ -56,19 +50,7 @@ def instructions_per_request(app: str, requests: int) -> float:
                 "--tool=callgrind",
                 "--instr-atstart=no",
                 f"--callgrind-out-file={out}",
-                sys.executable,
-                "-m",
-                "uvicorn",
-                app,
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--http",
-                "httptools",
-                "--loop",
-                "uvloop",
-                "--no-access-log",
+                *uvicorn(app, port),
             ],
             cwd=BENCH,
             stdout=subprocess.DEVNULL,

@@ -238,8 +238,7 @@ class DeadlineScope:
         return self._fired
 
     async def __aenter__(self) -> DeadlineScope:
-        self._enter()
-        return self
+        return self.__enter__()
 
     async def __aexit__(
         self,
@@ -247,9 +246,7 @@ class DeadlineScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        exceeded = self._exit(exc)
-        if exceeded is not None:
-            raise exceeded from exc
+        self.__exit__(exc_type, exc, tb)
 
     # The same block as a plain `with`, for integrations' hot paths (a server's per-request
     # code): no coroutine for entering and leaving. Only inside the task that runs the block.
