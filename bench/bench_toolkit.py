@@ -256,7 +256,7 @@ Servers on core 0, load on core 1; {rounds} alternating rounds of {seconds} s, m
 
 Where the time goes. Timings on this shared VM amplify small CPU costs (a busy-loop of 5 us
 added to the plain app cost about 9 us per request), so the split below is in CPU instructions,
-counted exactly by callgrind with `.venv/bin/python bench/count_instructions.py` (user space,
+counted exactly by callgrind with `.venv/bin/python bench/count_instructions.py 2000` (user space,
 per request, real uvicorn + Starlette hello):
 
 | app | instructions/request | of plain |
