@@ -25,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Coroutine, Generator
-from contextlib import suppress
 from contextvars import Context, ContextVar, Token
 from heapq import heapify, heappop, heappush
 from types import TracebackType
 from typing import Any, Final, TypeVar, final
 
 from tether import _clock
+from tether._loop_state import kept_on_loop
 from tether.errors import DeadlineExceeded, format_seconds
 
 __all__ = [
@@ -450,19 +450,12 @@ class _Alarms:
 
 
 def _alarms_of(loop: asyncio.AbstractEventLoop) -> _Alarms:
-    """The loop's one `_Alarms`, kept on the loop itself (so it lives and dies with it)."""
+    """The loop's one `_Alarms`."""
     global _last_alarms
-    try:
-        alarms: _Alarms = loop._tether_alarms  # type: ignore[attr-defined]
-    except AttributeError:
-        alarms = _Alarms(loop)
-        # A loop that takes no attributes gets alarms of its own per block.
-        with suppress(AttributeError):
-            loop._tether_alarms = alarms  # type: ignore[attr-defined]
     # Remembered for the next block: one identity test instead of an attribute lookup. Any
     # thread may overwrite it; each block keeps the alarms it armed with.
-    _last_alarms = alarms
-    return alarms
+    _last_alarms = kept_on_loop(loop, "_tether_alarms", _Alarms)
+    return _last_alarms
 
 
 _last_alarms = _Alarms(None)  # type: ignore[arg-type]  # matches no loop

@@ -36,10 +36,10 @@ import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from contextlib import suppress
 from typing import Any
 
 from tether import _clock
+from tether._loop_state import kept_on_loop
 from tether._settings import server_budgets
 from tether.deadline import Deadline, deadline_at
 from tether.errors import InvalidDeadlineHeader, TetherError
@@ -268,7 +268,7 @@ class _Exchange:
     def watch(self, task: asyncio.Task[Any]) -> None:
         """Watch for the client leaving from `WATCH_AFTER` on, cancelling `task` if it does."""
         self.task = task  # set here, not in __init__: only requests that reach the app have one
-        _watchlist_of(task.get_loop()).add(self)
+        kept_on_loop(task.get_loop(), "_tether_watchlist", _Watchlist).add(self)
 
     def start_watching(self) -> None:
         """Called by the watchlist once the request has run `WATCH_AFTER`."""
@@ -371,14 +371,3 @@ class _Watchlist:
             exchange.start_watching()
         if pending:
             self._timer = self._loop.call_at(pending[0][0], self._ring)
-
-
-def _watchlist_of(loop: asyncio.AbstractEventLoop) -> _Watchlist:
-    """The loop's one `_Watchlist`, kept on the loop itself (so it lives and dies with it)."""
-    try:
-        return loop._tether_watchlist  # type: ignore[attr-defined, no-any-return]
-    except AttributeError:
-        watchlist = _Watchlist(loop)
-        with suppress(AttributeError):  # a loop that takes no attributes: one per request
-            loop._tether_watchlist = watchlist  # type: ignore[attr-defined]
-        return watchlist
