@@ -42,10 +42,13 @@ async def idle_after(monitor: asyncpg.Connection, prefix: str, limit: float = 5.
     raise AssertionError(f"backends tagged {prefix} still active after {limit} s")
 
 
-async def wait_active(monitor: asyncpg.Connection, prefix: str, limit: float = 5.0) -> None:
+async def wait_active(
+    monitor: asyncpg.Connection, prefix: str, limit: float = 5.0, count: int = 1
+) -> None:
+    """Poll until at least `count` backends tagged `prefix` are running a statement."""
     end = time.perf_counter() + limit
     while time.perf_counter() < end:
-        if await active_backends(monitor, prefix) > 0:
+        if await active_backends(monitor, prefix) >= count:
             return
         await asyncio.sleep(0.005)
-    raise AssertionError(f"no backend tagged {prefix} became active")
+    raise AssertionError(f"fewer than {count} backends tagged {prefix} became active")

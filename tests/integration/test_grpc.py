@@ -299,8 +299,9 @@ async def test_interceptor_form_for_channels_built_by_hand() -> None:
                     left, request_id = (
                         (await channel.unary_unary(method("Budget"))(b"")).decode().split()
                     )
-                async with deadline_after(0.05):
-                    await asyncio.sleep(0.046)  # 4 ms left: below the 5 ms margin + 1 ms
+                # 4 ms: below the 5 ms margin + 1 ms, so no call starts (no sleep to reach it:
+                # an oversleeping loop would ring the block's own alarm first)
+                async with deadline_after(0.004):
                     with pytest.raises(DeadlineExceeded):
                         await channel.unary_unary(method("Budget"))(b"")
     assert 0.4 < float(left) <= 0.495

@@ -158,14 +158,16 @@ async def test_server_backstop_ends_the_statement_after_the_client_is_killed(
     assert idle - budget_start <= 1.0 + 0.2, f"ended {idle - budget_start:.3f} s after start"
 
 
-async def test_exhausted_pool_gives_pool_exhausted_at_the_budget(pg_dsn: str) -> None:
+async def test_exhausted_pool_gives_pool_exhausted_at_the_budget(
+    pg_dsn: str, monitor: asyncpg.Connection
+) -> None:
     """Two slow holders take the whole pool; a caller with 100 ms gets PoolExhausted at
     about 100 ms, not a hang."""
     prefix = app_name()
     pool = await pool_for(pg_dsn, prefix, size=2)
     try:
         holders = [asyncio.create_task(pool.fetchval("SELECT pg_sleep(1)")) for _ in range(2)]
-        await asyncio.sleep(0.1)
+        await wait_active(monitor, prefix, count=2)
         start = time.perf_counter()
         with pytest.raises(PoolExhausted, match="pool is exhausted"):
             async with deadline_after(0.1):

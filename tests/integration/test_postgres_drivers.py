@@ -173,10 +173,14 @@ async def test_500_cancelled_queries_leave_a_healthy_pool(
     assert await active_backends(monitor, prefix) == 0
 
 
-async def test_exhausted_pool_is_reported_at_the_budget(driver: Driver) -> None:
+async def test_exhausted_pool_is_reported_at_the_budget(
+    driver: Driver, monitor: asyncpg.Connection
+) -> None:
     """Five slow holders fill the pool; a caller with 100 ms gets PoolExhausted at ~100 ms."""
     holders = [asyncio.create_task(driver.run("SELECT pg_sleep(1)", "pool")) for _ in range(5)]
-    await asyncio.sleep(0.2)
+    # all five must be running before the caller asks: on a cold machine, opening the pool's
+    # connections can take longer than any fixed pause
+    await wait_active(monitor, driver.prefix, count=5)  # type: ignore[attr-defined]
     start = time.perf_counter()
     with pytest.raises(PoolExhausted):
         async with deadline_after(0.1):
