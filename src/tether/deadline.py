@@ -162,7 +162,7 @@ def deadline_enforced_here() -> bool:
     deadline block of this very task, whose timer is armed. (A task that only inherited a
     deadline from the task that created it knows the deadline but is not cancelled at it.)"""
     scope = _current.get()
-    if scope is None or scope._task is None:
+    if scope is None:  # a block in force is an armed one: it has its task
         return False
     # current_task(loop), not current_task(): on CPython 3.11 looking up the running loop is a
     # getpid() system call, and this runs once per database statement.
@@ -174,8 +174,9 @@ _current_task = asyncio.current_task
 # Scope states.
 _CREATED: Final = 0
 _ENTERED: Final = 1
-_EXPIRING: Final = 2
-_DONE: Final = 3
+_DONE: Final = 2  # left in time, or never armed
+_EXPIRING: Final = 3  # its timer cancelled the task; the block has not exited yet
+_EXPIRED: Final = 4  # left after its timer rang
 
 
 @final
@@ -193,10 +194,10 @@ class DeadlineScope:
         "_asked",
         "_cancelling",
         "_deadline",
-        "_fired",
         "_in_force",
         "_known_task",
         "_loop_when",
+        "_new_request",
         "_parent",
         "_requested",
         "_state",
@@ -208,23 +209,31 @@ class DeadlineScope:
     # Set on entry, and only for a block that has a deadline in force:
     _deadline: Deadline
     _in_force: float  # _deadline.when, read on every nested entry
-    _loop_when: float  # the same instant on the running loop's clock
+    _asked: float | None  # the seconds the block asked for, for the error message
+    # Set only when the block arms its timer (then it is in `_current` until it exits):
+    _task: asyncio.Task[Any]
+    _alarms: _Alarms
+    _cancelling: int
+    _loop_when: float  # the deadline on the running loop's clock
+    _parent: DeadlineScope | None
+
+    # This class runs once per request in servers: entering and leaving are written flat (no
+    # helper calls beyond the alarm heap), and only what a later step reads is stored.
 
     def __init__(
         self,
         requested: Deadline | None,
         budget: float | None,
         task: asyncio.Task[Any] | None = None,
+        new_request: bool = False,
     ) -> None:
         self._requested = requested
+        self._new_request = new_request
         self.budget = budget  # the size of `requested`; replaced by the owner's when inheriting
         self._state = _CREATED
         self._alarm: _Alarm | None = None
-        self._task: asyncio.Task[Any] | None = None
         self._token: Token[DeadlineScope | None] | None = None
         self.inherited = False
-        self._fired = False
-        self._asked: float | None = None
         self._known_task = task  # the task that will run the block, when the caller knows it
 
     @property
@@ -235,7 +244,7 @@ class DeadlineScope:
     @property
     def expired(self) -> bool:
         """True once this block's own timer has cancelled it."""
-        return self._fired
+        return self._state >= _EXPIRING
 
     async def __aenter__(self) -> DeadlineScope:
         return self.__enter__()
@@ -252,43 +261,30 @@ class DeadlineScope:
     # code): no coroutine for entering and leaving. Only inside the task that runs the block.
 
     def __enter__(self) -> DeadlineScope:
-        self._enter()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        exceeded = self._exit(exc)
-        if exceeded is not None:
-            raise exceeded from exc
-
-    def _enter(self) -> None:
         if self._state != _CREATED:
             raise RuntimeError("a deadline block can be entered only once")
         self._state = _ENTERED
         now = _clock.monotonic()
-        parent = self._parent = _current.get()
+        parent = self._parent = None if self._new_request else _current.get()
         requested = self._requested
-        if requested is not None:
-            self._asked = requested._when - now
         deadline: Deadline
-        if parent is not None and (requested is None or parent._in_force <= requested._when):
-            deadline = parent._deadline
-            self.budget = parent.budget
-            self.inherited = True
-        elif requested is not None:
-            deadline = requested
-            if self.budget is None:
-                self.budget = self._asked
-        else:  # no deadline asked for and none inherited: the block does nothing
-            self._state = _DONE
-            return
+        if requested is None:
+            self._asked = None
+            if parent is None:  # no deadline asked for and none inherited: the block does nothing
+                self._state = _DONE
+                return self
+            deadline = self._inherit(parent)
+        else:
+            asked = self._asked = requested._when - now
+            if parent is not None and parent._in_force <= requested._when:
+                deadline = self._inherit(parent)
+            else:
+                deadline = requested
+                if self.budget is None:
+                    self.budget = asked
+        when = self._in_force = deadline._when
         self._deadline = deadline
-        self._in_force = deadline._when
-        if self._in_force <= now:
+        if when <= now:
             self._state = _DONE
             raise self._exceeded()
         task = self._known_task or asyncio.current_task()
@@ -297,50 +293,53 @@ class DeadlineScope:
         if self.inherited and parent is not None and parent._task is task:
             # The parent's timer already cancels this task at this very deadline.
             self._state = _DONE
-            return
-        self._arm(task, now)
-
-    def _arm(self, task: asyncio.Task[Any], now: float) -> None:
-        # The task's loop, not asyncio.get_running_loop(): on CPython 3.11 every lookup of the
-        # running loop is a getpid() system call, and this runs once per request.
+            return self
+        # Arm. The task's loop, not asyncio.get_running_loop(): on CPython 3.11 every lookup
+        # of the running loop is a getpid() system call, and this runs once per request.
         loop = task.get_loop()
         self._task = task
         self._cancelling = task.cancelling()
-        self._loop_when = loop.time() + (self._in_force - now)
+        loop_when = self._loop_when = loop.time() + (when - now)
         alarms = _last_alarms
         if alarms._loop is not loop:
             alarms = _alarms_of(loop)
         self._alarms = alarms
-        self._alarm = alarms.add(self._loop_when, self)
+        self._alarm = alarms.add(loop_when, self)
         self._token = _current.set(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        token = self._token
+        if token is None:  # never armed: inherited within the task, or no deadline
+            return
+        self._token = None
+        alarm = self._alarm
+        if alarm is not None:
+            self._alarms.cancel(alarm)
+            self._alarm = None
+        _current.reset(token)
+        if self._state == _ENTERED:
+            self._state = _DONE
+            return
+        self._state = _EXPIRED
+        # Like asyncio.Timeout: convert only the cancellation this block caused.
+        if self._task.uncancel() <= self._cancelling and isinstance(exc, asyncio.CancelledError):
+            raise self._exceeded() from exc
+
+    def _inherit(self, parent: DeadlineScope) -> Deadline:
+        self.budget = parent.budget
+        self.inherited = True
+        return parent._deadline
 
     def _on_timeout(self) -> None:
         self._state = _EXPIRING
-        self._fired = True
         self._alarm = None
-        if self._task is not None:
-            self._task.cancel()
-
-    def _exit(self, exc: BaseException | None) -> DeadlineExceeded | None:
-        """Leave the block; the `DeadlineExceeded` to raise instead of `exc`, if any."""
-        if self._token is None:  # never armed: inherited within the task, or no deadline
-            return None
-        if self._alarm is not None:
-            self._alarms.cancel(self._alarm)
-            self._alarm = None
-        _current.reset(self._token)
-        self._token = None
-        expiring = self._state == _EXPIRING
-        self._state = _DONE
-        # Like asyncio.Timeout: convert only the cancellation this block caused.
-        if (
-            expiring
-            and self._task is not None
-            and self._task.uncancel() <= self._cancelling
-            and isinstance(exc, asyncio.CancelledError)
-        ):
-            return self._exceeded()
-        return None
+        self._task.cancel()
 
     def _exceeded(self) -> DeadlineExceeded:
         budget = self.budget or 0.0
@@ -468,7 +467,10 @@ def deadline_after(seconds: float) -> DeadlineScope:
 
 
 def deadline_at(
-    deadline: Deadline | None, *, task: asyncio.Task[Any] | None = None
+    deadline: Deadline | None,
+    *,
+    task: asyncio.Task[Any] | None = None,
+    new_request: bool = False,
 ) -> DeadlineScope:
     """A block that must finish by `deadline` (or the caller's, if earlier).
 
@@ -476,10 +478,13 @@ def deadline_at(
     `task`: the task that runs the block, for a caller that already holds it (a server's
     per-request task). It saves `asyncio.current_task()`, which on CPython 3.11 costs a
     getpid() system call; passing any other task than the current one is a bug.
+    `new_request=True`: the block starts the handling of a request that arrived from outside,
+    whose budget is `deadline` alone. A deadline that the running context happens to carry
+    (the server's task was created from a client's task in the same process) is ignored.
     """
     if deadline is not None and not isinstance(deadline, Deadline):
         raise TypeError(f"deadline_at() takes a Deadline or None, got {deadline!r}")
-    return DeadlineScope(deadline, None, task)
+    return DeadlineScope(deadline, None, task, new_request)
 
 
 @final

@@ -40,6 +40,49 @@ async def test_client_timeout_becomes_the_handlers_ambient_deadline() -> None:
     assert request_id == "req-5"
 
 
+@pytest.mark.parametrize("budget", [0.3, 0.999, 1.0, 1.234, 9.999, 12.345, 59.9])
+async def test_the_server_never_gets_more_time_than_the_caller_has(budget: float) -> None:
+    """grpc may send a larger timeout than it was given (1.0 s arrived as 1.01 s, 12.345 s as
+    12.4 s); tether's metadata carries the exact budget and the server keeps the smaller."""
+    async with grpc_server({"Budget": budget_reporter()}) as target:
+        async with tether.grpc.insecure_channel(target) as channel:
+            call = channel.unary_unary(method("Budget"))
+            async with deadline_after(budget):
+                left = float((await call(b"")).decode().split()[0])
+    assert budget - 0.05 < left <= budget - 0.005, left
+
+
+async def test_request_timeout_metadata_narrows_grpcs_own_deadline() -> None:
+    """grpc-timeout 10 s but x-request-timeout 300 ms: the handler gets 300 ms."""
+    async with grpc_server({"Budget": budget_reporter()}) as target:
+        async with grpc.aio.insecure_channel(target) as channel:
+            answer = await channel.unary_unary(method("Budget"))(
+                b"", timeout=10, metadata=(("x-request-timeout", "300"),)
+            )
+    assert 0.25 < float(answer.decode().split()[0]) <= 0.3
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "1.5", "123456789", ""])
+async def test_invalid_request_timeout_metadata_is_invalid_argument(value: str) -> None:
+    """A bad x-request-timeout is refused before the handler runs, naming the value; the
+    server goes on serving."""
+    calls: list[int] = []
+
+    async def count(request: bytes, context: Any) -> bytes:
+        calls.append(1)
+        return b"ok"
+
+    handlers = {"Count": grpc.unary_unary_rpc_method_handler(count)}
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(method("Count"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(b"", metadata=(("x-request-timeout", value),))
+        assert await call(b"") == b"ok"
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "x-request-timeout" in (refused.value.details() or "").lower()
+    assert calls == [1]
+
+
 async def test_default_budget_applies_when_the_client_sets_none() -> None:
     """A plain channel with no timeout: the server applies its default budget."""
     async with grpc_server({"Budget": budget_reporter()}, default_budget=2.0) as target:
@@ -67,8 +110,7 @@ async def test_no_call_is_started_when_the_budget_is_gone() -> None:
 
     handlers = {"Count": grpc.unary_unary_rpc_method_handler(count)}
     async with grpc_server(handlers) as target, tether.grpc.insecure_channel(target) as channel:
-        async with deadline_after(0.1):
-            await asyncio.sleep(0.098)
+        async with deadline_after(0.004):  # below the 5 ms margin: nothing left to send
             with pytest.raises(DeadlineExceeded):
                 await channel.unary_unary(method("Count"))(b"")
     assert calls == []
@@ -164,6 +206,33 @@ async def test_raising_auth_interceptor_1000_times_then_a_good_call() -> None:
     assert codes == {grpc.StatusCode.INTERNAL}
     assert leaked == 0
     assert good == b"hello"
+
+
+async def test_concurrent_calls_each_see_their_own_request_id_and_budget() -> None:
+    """50 interleaved calls in one process: each handler reads its own call's metadata and
+    deadline (not those of the client task grpc happened to create its task from), also when
+    handlers wait while other calls arrive and set up."""
+
+    async def slow_report(request: bytes, context: Any) -> bytes:
+        arrived = time_remaining()
+        await asyncio.sleep(0.01 * (int(request) % 5))
+        return f"{arrived:.3f} {current_request_id()}".encode()
+
+    handlers = {"Slow": grpc.unary_unary_rpc_method_handler(slow_report)}
+    async with grpc_server(handlers) as target, tether.grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(method("Slow"))
+
+        async def one(number: int) -> tuple[int, float, str]:
+            with request_id_scope(f"req-{number}"):
+                async with deadline_after(1.0 + number / 10):
+                    left, request_id = (await call(str(number).encode())).decode().split()
+            return number, float(left), request_id
+
+        answers = await asyncio.gather(*(one(number) for number in range(50)))
+    for number, left, request_id in answers:
+        assert request_id == f"req-{number}"
+        # budgets 100 ms apart, each exact: a call that got another's would be 100 ms off
+        assert 0.9 + number / 10 < left <= 0.995 + number / 10, (number, left)
 
 
 async def test_all_four_shapes_carry_the_budget_and_request_id() -> None:

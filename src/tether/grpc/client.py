@@ -4,7 +4,14 @@ grpc.aio does not carry a deadline into outgoing calls by itself: a service that
 sends no deadline at all unless it sets `timeout=` on every call. These interceptors do it:
 
 - every call's timeout is `min(explicit timeout, ambient remaining - margin)`;
-- `x-request-id` and `traceparent` go along in the metadata;
+- the budget also goes as `x-request-timeout` metadata (milliseconds), with `x-request-id` and
+  `traceparent`. gRPC C-core may send a `grpc-timeout` larger than the timeout it was given:
+  it rounds up to three significant figures (1.0 s arrives as 1.01 s, 12.345 s as 12.4 s),
+  reads the time left from a cached clock (observed up to ~20 ms stale under load), and its
+  header compression re-sends an earlier timeout of the connection when that one is at most
+  3% longer. tether's server takes the smaller of the two, so its handler never gets more
+  time than the caller has; a server without tether sees grpc's value, and is cancelled when
+  the caller gives up;
 - no call is started when the budget is gone: `DeadlineExceeded` is raised instead.
 
 Errors are mapped at this edge for unary-unary calls: a `DEADLINE_EXCEEDED` caused by the
@@ -32,7 +39,7 @@ from tether._settings import margin_seconds
 from tether.errors import DeadlineExceeded, UpstreamTimeout, UpstreamUnavailable, format_seconds
 from tether.request_id import REQUEST_ID_HEADER, current_request_id
 from tether.tracing import outgoing_trace_headers
-from tether.wire import DEFAULT_MARGIN, call_timeout
+from tether.wire import DEFAULT_MARGIN, REQUEST_TIMEOUT, call_timeout, request_timeout_value
 
 __all__ = ["Channel", "TetherClientInterceptor", "insecure_channel", "secure_channel"]
 
@@ -55,8 +62,15 @@ class _Budgeted:
     ) -> tuple[float | None, Any]:
         """A call's timeout `min(explicit, remaining - margin)` (raises when nothing is left)
         and its metadata with the request id and trace context added."""
-        timeout = call_timeout(timeout, margin=self.margin)
+        left = call_timeout(margin=self.margin)
         added = []
+        if left is not None:
+            if timeout is None or timeout > left:
+                timeout = left
+            # The budget also goes as tether's own metadata, exact to the millisecond: the
+            # grpc-timeout that grpc derives from `timeout` may arrive larger (see the module
+            # docstring), and tether's server takes the smaller of the two.
+            added.append((REQUEST_TIMEOUT, request_timeout_value(left)))
         request_id = current_request_id()
         if request_id is not None:
             added.append((REQUEST_ID_HEADER, request_id))

@@ -9,8 +9,12 @@ For every call, of all four shapes, in this order (outermost first):
 2. Request id: `x-request-id` from the metadata (or a new one) becomes the ambient request id,
    and the caller's `traceparent` is passed on by tether's clients.
 3. Deadline: `context.time_remaining()` (the client's deadline) becomes the ambient deadline,
-   clamped to `max_budget`; `None` means the client set none and `default_budget` applies. The
-   handler runs in a deadline block and is cancelled at expiry.
+   clamped to `max_budget`; `None` means the client set none and `default_budget` applies.
+   When the call also carries `x-request-timeout` metadata (milliseconds; tether's clients
+   send it, because grpc may round its own timeout up), the smaller budget wins; a value that
+   is not a whole number of milliseconds is answered `INVALID_ARGUMENT`, naming it. The
+   handler runs in a deadline block and is cancelled at expiry. The block is the call's own:
+   a deadline in the context grpc created the call's task from is ignored.
 4. One log line per call on `tether.grpc`: method, status, duration, budget, request id.
 """
 
@@ -21,7 +25,8 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
@@ -41,6 +46,7 @@ from tether.tracing import (
     reset_incoming_traceparent,
     set_incoming_traceparent,
 )
+from tether.wire import REQUEST_TIMEOUT, InvalidDeadlineHeader, parse_request_timeout
 
 _current_task = asyncio.current_task
 log = logging.getLogger("tether.grpc")
@@ -66,6 +72,7 @@ class TetherServerInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        _arriving.set(handler_call_details)  # read by this call's handler (see _metadata_of)
         try:
             handler = await continuation(handler_call_details)
         except Exception:  # an interceptor after this one failed (the seed's JWT panic)
@@ -120,7 +127,7 @@ def _wrap(
 
 
 class _Call:
-    """One call's bookkeeping: its ids, budget, and the log line at its end."""
+    """One call's bookkeeping: its ids and budget made ambient, and the log line at its end."""
 
     __slots__ = (
         "_id_token",
@@ -130,7 +137,6 @@ class _Call:
         "method",
         "request_id",
         "started",
-        "traceparent",
     )
 
     def __init__(
@@ -139,35 +145,34 @@ class _Call:
         method: str,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
-        self.started = time.perf_counter()
-        self.method = method
-        request_id = traceparent = None
-        for key, value in context.invocation_metadata() or ():
+        request_id = traceparent = asked = None
+        for key, value in _metadata_of(method, context):
             if key == REQUEST_ID_HEADER:
                 request_id = value
             elif key == TRACEPARENT_HEADER:
                 traceparent = value
-        self.request_id = (
-            request_id if isinstance(request_id, str) and request_id else new_request_id()
-        )
-        self.traceparent = traceparent if isinstance(traceparent, str) else None
+            elif key == REQUEST_TIMEOUT:
+                asked = value
+        if not isinstance(request_id, str) or not request_id:
+            request_id = new_request_id()
+        self.request_id = request_id
+        self.method = method
         remaining = context.time_remaining()
         budget = policy.default_budget if remaining is None else min(remaining, policy.max_budget)
+        if asked is not None:  # a tether client's exact budget; grpc's may have been rounded up
+            budget = min(budget, parse_request_timeout(asked))  # InvalidDeadlineHeader: bad
         self.budget = budget
         self.deadline = Deadline(_clock.monotonic() + budget)  # budget: checked, finite
+        self.started = time.perf_counter()
+        self._id_token = set_request_id(request_id)
+        self._trace_token = set_incoming_traceparent(
+            traceparent if isinstance(traceparent, str) else None
+        )
 
-    def bind(self) -> None:
-        """Make this call's request id and trace context ambient (until `unbind`)."""
-        self._id_token = set_request_id(self.request_id)
-        self._trace_token = set_incoming_traceparent(self.traceparent)
-
-    def unbind(self, code: grpc.StatusCode) -> None:
-        """Undo `bind` and write the call's log line."""
+    def end(self, code: grpc.StatusCode) -> None:
+        """Undo what `__init__` made ambient and write the call's log line."""
         reset_incoming_traceparent(self._trace_token)
         reset_request_id(self._id_token)
-        self.finish(code)
-
-    def finish(self, code: grpc.StatusCode) -> None:
         if not log.isEnabledFor(logging.INFO):
             return
         elapsed = (time.perf_counter() - self.started) * 1000
@@ -187,23 +192,42 @@ class _Call:
         )
 
 
+# The call details grpc.aio handed to `intercept_service` for the call being set up. grpc.aio
+# runs the interceptors and then the handler in the call's own task, so the handler finds its
+# call's details here; `context.invocation_metadata()` would build the same tuple again.
+_arriving: ContextVar[grpc.HandlerCallDetails | None] = ContextVar(
+    "tether.grpc.arriving", default=None
+)
+
+
+def _metadata_of(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    details = _arriving.get()
+    if details is not None and details.method == method:
+        return details.invocation_metadata or ()
+    return context.invocation_metadata() or ()  # called some other way: ask the context
+
+
 def _unary(
     behavior: Callable[..., Any],
     policy: TetherServerInterceptor,
     method: str,
 ) -> Callable[..., Awaitable[Any]]:
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        call = _Call(policy, method, context)
-        code = grpc.StatusCode.OK
-        call.bind()
         try:
-            with deadline_at(call.deadline, task=_current_task()):  # no coroutines to enter
+            call = _Call(policy, method, context)
+        except InvalidDeadlineHeader as exc:
+            await _refuse(exc, method, context)
+        code = grpc.StatusCode.OK
+        try:
+            # a plain `with`: no coroutines to enter; the budget is the call's own, whatever the
+            # task that grpc created this call's task from was under
+            with deadline_at(call.deadline, task=_current_task(), new_request=True):
                 return await behavior(request, context)
         except BaseException as exc:
             code = await _failed(exc, call, context)
             raise
         finally:
-            call.unbind(code)
+            call.end(code)
 
     return guarded
 
@@ -216,11 +240,13 @@ def _streaming(
     async def guarded(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        call = _Call(policy, method, context)
-        code = grpc.StatusCode.OK
-        call.bind()
         try:
-            with deadline_at(call.deadline, task=_current_task()):
+            call = _Call(policy, method, context)
+        except InvalidDeadlineHeader as exc:
+            await _refuse(exc, method, context)
+        code = grpc.StatusCode.OK
+        try:
+            with deadline_at(call.deadline, task=_current_task(), new_request=True):
                 produced = behavior(request, context)
                 if inspect.isasyncgen(produced):
                     async for response in produced:
@@ -231,9 +257,19 @@ def _streaming(
             code = await _failed(exc, call, context)
             raise
         finally:
-            call.unbind(code)
+            call.end(code)
 
     return guarded
+
+
+async def _refuse(
+    exc: InvalidDeadlineHeader, method: str, context: grpc.aio.ServicerContext[Any, Any]
+) -> NoReturn:
+    """A call whose `x-request-timeout` metadata is not a budget: INVALID_ARGUMENT naming the
+    metadata and its value (the caller's own input), before the handler runs."""
+    log.warning("grpc %s refused: %s", method, exc)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    raise AssertionError("context.abort returns only by raising")  # pragma: no cover
 
 
 async def _failed(

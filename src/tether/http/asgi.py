@@ -142,7 +142,8 @@ class TetherMiddleware:
             None if traceparent is None else set_incoming_traceparent(traceparent.decode("latin-1"))
         )
         try:
-            with deadline_at(Deadline(when), task=task):  # `with`: no coroutines to enter
+            # `with`: no coroutines to enter. The budget is the request's alone.
+            with deadline_at(Deadline(when), task=task, new_request=True):
                 exchange.watch(task)
                 await self.app(scope, exchange.receive, exchange.send)
         except asyncio.CancelledError:
