@@ -42,7 +42,6 @@ __all__ = [
     "outgoing_headers",
     "parse_request_deadline",
     "parse_request_timeout",
-    "request_timeout_value",
 ]
 
 REQUEST_TIMEOUT = "x-request-timeout"
@@ -208,13 +207,8 @@ def outgoing_headers(*, margin: float = DEFAULT_MARGIN) -> list[tuple[str, str]]
     left = call_timeout(margin=margin)
     if left is None:
         return []
-    return [(REQUEST_TIMEOUT, request_timeout_value(left))]
-
-
-def request_timeout_value(seconds: float) -> str:
-    """`seconds` as an X-Request-Timeout value: whole milliseconds, rounded down, but not for
-    float noise (0.19499999... s is 195 ms)."""
-    return str(int(seconds * 1000 + 1e-6))
+    # Whole milliseconds, rounded down, but not for float noise (0.19499999... s is 195 ms).
+    return [(REQUEST_TIMEOUT, str(int(left * 1000 + 1e-6)))]
 
 
 def _whole_number(header: str, value: str | bytes, max_digits: int) -> int:

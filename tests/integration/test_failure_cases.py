@@ -140,8 +140,11 @@ async def test_b_three_hops_each_see_a_smaller_budget() -> None:
 
     hop1, hop2, hop3_budget = seen["hop1"], seen["hop2"], seen["hop3"]
     assert 0.99 <= hop1 <= 1.0
-    assert 0.1 <= hop1 - hop2 <= 0.13, f"hop1 {hop1:.3f} -> hop2 {hop2:.3f}"
-    assert 0.1 <= hop2 - hop3_budget <= 0.13, f"hop2 {hop2:.3f} -> hop3 {hop3_budget:.3f}"
+    # Each gRPC hop gets what is left after the work, less the 5 ms margin, less the 3% that
+    # grpc's own timeout encoding may add back (tether.grpc.client.timeout_for_grpc).
+    for before, after in ((hop1, hop2), (hop2, hop3_budget)):
+        most = (before - 0.1 - 0.005) * 0.97
+        assert most - 0.03 <= after <= most, f"{before:.3f} -> {after:.3f} (at most {most:.3f})"
 
 
 async def test_d_a_short_circuiting_filter_is_named(caplog: pytest.LogCaptureFixture) -> None:

@@ -65,6 +65,32 @@ def test_nested_block_asking_for_less_narrows(clock: VirtualClock) -> None:
     clock.run(main())
 
 
+def test_a_new_request_block_ignores_the_deadline_its_context_carries(
+    clock: VirtualClock,
+) -> None:
+    """A server's per-request block (new_request=True) has the request's budget alone, even
+    when the task serving the request was created under another deadline (a client task in
+    the same process); when it ends, the context's deadline is back."""
+    seen: list[float | None] = []
+
+    async def serve() -> None:
+        with deadline_at(Deadline.after(5), new_request=True) as request:
+            assert not request.inherited
+            assert request.budget == 5
+            seen.append(time_remaining())
+            await asyncio.sleep(2)  # past the deadline the task was created under
+            seen.append(time_remaining())
+        seen.append(time_remaining())
+
+    async def main() -> None:
+        async with deadline_after(1):
+            serving = asyncio.create_task(serve())  # its context carries the 1 s deadline
+        await serving
+
+    clock.run(main())
+    assert seen == [5, 3, 0]
+
+
 def test_expiry_cancels_the_block_and_raises_outside_it(clock: VirtualClock) -> None:
     """At the deadline the work is cancelled and DeadlineExceeded leaves the block."""
     reached_end = False

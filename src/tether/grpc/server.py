@@ -10,9 +10,9 @@ For every call, of all four shapes, in this order (outermost first):
    and the caller's `traceparent` is passed on by tether's clients.
 3. Deadline: `context.time_remaining()` (the client's deadline) becomes the ambient deadline,
    clamped to `max_budget`; `None` means the client set none and `default_budget` applies.
-   When the call also carries `x-request-timeout` metadata (milliseconds; tether's clients
-   send it, because grpc may round its own timeout up), the smaller budget wins; a value that
-   is not a whole number of milliseconds is answered `INVALID_ARGUMENT`, naming it. The
+   When the call also carries `x-request-timeout` metadata (milliseconds, tether's budget
+   header, which callers in any language can send), the smaller budget wins; a value that is
+   not a whole number of milliseconds is answered `INVALID_ARGUMENT`, naming it. The
    handler runs in a deadline block and is cancelled at expiry. The block is the call's own:
    a deadline in the context grpc created the call's task from is ignored.
 4. One log line per call on `tether.grpc`: method, status, duration, budget, request id.
@@ -159,7 +159,7 @@ class _Call:
         self.method = method
         remaining = context.time_remaining()
         budget = policy.default_budget if remaining is None else min(remaining, policy.max_budget)
-        if asked is not None:  # a tether client's exact budget; grpc's may have been rounded up
+        if asked is not None:  # tether's budget header, exact to the millisecond
             budget = min(budget, parse_request_timeout(asked))  # InvalidDeadlineHeader: bad
         self.budget = budget
         self.deadline = Deadline(_clock.monotonic() + budget)  # budget: checked, finite
