@@ -21,6 +21,17 @@ from .grpc_services import grpc_server, method
 pytestmark = pytest.mark.integration
 
 
+def counting_handler() -> tuple[dict[str, grpc.RpcMethodHandler[Any, Any]], list[int]]:
+    """A "Count" method that answers b"counted", and the list it appends to per call."""
+    calls: list[int] = []
+
+    async def count(request: bytes, context: Any) -> bytes:
+        calls.append(1)
+        return b"counted"
+
+    return {"Count": grpc.unary_unary_rpc_method_handler(count)}, calls
+
+
 def budget_reporter() -> grpc.RpcMethodHandler[Any, Any]:
     async def report(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         left = time_remaining()
@@ -68,18 +79,12 @@ async def test_request_timeout_metadata_narrows_grpcs_own_deadline() -> None:
 async def test_invalid_request_timeout_metadata_is_invalid_argument(value: str) -> None:
     """A bad x-request-timeout is refused before the handler runs, naming the value; the
     server goes on serving."""
-    calls: list[int] = []
-
-    async def count(request: bytes, context: Any) -> bytes:
-        calls.append(1)
-        return b"ok"
-
-    handlers = {"Count": grpc.unary_unary_rpc_method_handler(count)}
+    handlers, calls = counting_handler()
     async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
         call = channel.unary_unary(method("Count"))
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await call(b"", metadata=(("x-request-timeout", value),))
-        assert await call(b"") == b"ok"
+        assert await call(b"") == b"counted"
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "x-request-timeout" in (refused.value.details() or "").lower()
     assert calls == [1]
@@ -104,13 +109,7 @@ async def test_client_budgets_are_clamped_to_the_servers_maximum() -> None:
 
 async def test_no_call_is_started_when_the_budget_is_gone() -> None:
     """Fail fast on the client: DeadlineExceeded, and the server never sees the call."""
-    calls: list[int] = []
-
-    async def count(request: bytes, context: Any) -> bytes:
-        calls.append(1)
-        return b""
-
-    handlers = {"Count": grpc.unary_unary_rpc_method_handler(count)}
+    handlers, calls = counting_handler()
     async with grpc_server(handlers) as target, tether.grpc.insecure_channel(target) as channel:
         async with deadline_after(0.004):  # below the 5 ms margin: nothing left to send
             with pytest.raises(DeadlineExceeded):
