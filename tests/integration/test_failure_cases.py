@@ -92,8 +92,9 @@ async def test_a_http_budget_stops_a_slow_grpc_service() -> None:
     deadline = sent + 0.3
     assert answer.status == 504
     assert body["type"].endswith("deadline-exceeded")
-    # The gRPC call gets the budget minus the 5 ms margin, so the 504 may come a few ms early.
-    assert 0.29 <= answered - sent <= 0.33, f"answered after {answered - sent:.3f} s"
+    # The gRPC call gets 97% of the budget minus the 5 ms margin (so that grpc's own rounding
+    # cannot send the callee more than the caller has), so the 504 may come up to ~15 ms early.
+    assert 0.28 <= answered - sent <= 0.33, f"answered after {answered - sent:.3f} s"
     assert len(grpc_cancelled_at) == 1
     assert abs(grpc_cancelled_at[0] - deadline) <= 0.05
     assert leftover == set()
