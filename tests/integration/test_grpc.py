@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -73,6 +74,29 @@ async def test_request_timeout_metadata_narrows_grpcs_own_deadline() -> None:
                 b"", timeout=10, metadata=(("x-request-timeout", "300"),)
             )
     assert 0.25 < float(answer.decode().split()[0]) <= 0.3
+
+
+async def test_request_deadline_metadata_is_read_like_the_http_header() -> None:
+    """x-request-deadline (Unix milliseconds), through the same codec as HTTP's header."""
+    when = str(int((time.time() + 0.4) * 1000))
+    async with grpc_server({"Budget": budget_reporter()}) as target:
+        async with grpc.aio.insecure_channel(target) as channel:
+            answer = await channel.unary_unary(method("Budget"))(
+                b"", timeout=10, metadata=(("x-request-deadline", when),)
+            )
+    assert 0.3 < float(answer.decode().split()[0]) <= 0.4
+
+
+async def test_repeated_deadline_metadata_with_different_values_is_invalid_argument() -> None:
+    handlers, calls = counting_handler()
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await channel.unary_unary(method("Count"))(
+                b"", metadata=(("x-request-timeout", "300"), ("x-request-timeout", "500"))
+            )
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "repeated" in (refused.value.details() or "")
+    assert calls == []
 
 
 @pytest.mark.parametrize("value", ["abc", "-5", "1.5", "123456789", ""])

@@ -10,9 +10,10 @@ For every call, of all four shapes, in this order (outermost first):
    and the caller's `traceparent` is passed on by tether's clients.
 3. Deadline: `context.time_remaining()` (the client's deadline) becomes the ambient deadline,
    clamped to `max_budget`; `None` means the client set none and `default_budget` applies.
-   When the call also carries `x-request-timeout` metadata (milliseconds, tether's budget
-   header, which callers in any language can send), the smaller budget wins; a value that is
-   not a whole number of milliseconds is answered `INVALID_ARGUMENT`, naming it. The
+   When the call also carries tether's deadline headers as metadata (`x-request-timeout`,
+   milliseconds, or `x-request-deadline`, Unix milliseconds; callers in any language can send
+   them), they are read by the same codec as HTTP's and the earlier deadline wins; a value the
+   codec refuses is answered `INVALID_ARGUMENT`, naming it. The
    handler runs in a deadline block and is cancelled at expiry. The block is the call's own:
    a deadline in the context grpc created the call's task from is ignored.
 4. One log line per call on `tether.grpc`: method, status, duration, budget, request id.
@@ -46,7 +47,12 @@ from tether.tracing import (
     reset_incoming_traceparent,
     set_incoming_traceparent,
 )
-from tether.wire import REQUEST_TIMEOUT, InvalidDeadlineHeader, parse_request_timeout
+from tether.wire import (
+    REQUEST_DEADLINE,
+    REQUEST_TIMEOUT,
+    InvalidDeadlineHeader,
+    deadline_from_headers,
+)
 
 _current_task = asyncio.current_task
 log = logging.getLogger("tether.grpc")
@@ -145,24 +151,31 @@ class _Call:
         method: str,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
-        request_id = traceparent = asked = None
-        for key, value in _metadata_of(method, context):
+        metadata = _metadata_of(method, context)
+        request_id = traceparent = None
+        carries_deadline = False
+        for key, value in metadata:
             if key == REQUEST_ID_HEADER:
                 request_id = value
             elif key == TRACEPARENT_HEADER:
                 traceparent = value
-            elif key == REQUEST_TIMEOUT:
-                asked = value
+            elif key in _DEADLINE_METADATA:
+                carries_deadline = True
         if not isinstance(request_id, str) or not request_id:
             request_id = new_request_id()
         self.request_id = request_id
         self.method = method
         remaining = context.time_remaining()
         budget = policy.default_budget if remaining is None else min(remaining, policy.max_budget)
-        if asked is not None:  # tether's budget header, exact to the millisecond
-            budget = min(budget, parse_request_timeout(asked))  # InvalidDeadlineHeader: bad
+        now = _clock.monotonic()
+        when = now + budget  # budget: checked, finite
+        if carries_deadline:  # tether's deadline headers, read as HTTP's; the earlier one wins
+            asked = deadline_from_headers(metadata, received_at=now)  # InvalidDeadlineHeader
+            if asked is not None and asked.when < when:
+                when = asked.when
+                budget = max(when - now, 0.0)
         self.budget = budget
-        self.deadline = Deadline(_clock.monotonic() + budget)  # budget: checked, finite
+        self.deadline = Deadline(when)
         self.started = time.perf_counter()
         self._id_token = set_request_id(request_id)
         self._trace_token = set_incoming_traceparent(
@@ -191,6 +204,9 @@ class _Call:
             },
         )
 
+
+# tether's deadline headers as gRPC metadata (grpc keeps its own grpc-timeout to itself).
+_DEADLINE_METADATA = frozenset({REQUEST_TIMEOUT, REQUEST_DEADLINE})
 
 # The call details grpc.aio handed to `intercept_service` for the call being set up. grpc.aio
 # runs the interceptors and then the handler in the call's own task, so the handler finds its
@@ -265,8 +281,8 @@ def _streaming(
 async def _refuse(
     exc: InvalidDeadlineHeader, method: str, context: grpc.aio.ServicerContext[Any, Any]
 ) -> NoReturn:
-    """A call whose `x-request-timeout` metadata is not a budget: INVALID_ARGUMENT naming the
-    metadata and its value (the caller's own input), before the handler runs."""
+    """A call whose deadline metadata the codec refuses: INVALID_ARGUMENT naming the metadata
+    and its value (the caller's own input), before the handler runs."""
     log.warning("grpc %s refused: %s", method, exc)
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     raise AssertionError("context.abort returns only by raising")  # pragma: no cover
