@@ -115,6 +115,11 @@ async def read_request(reader: asyncio.StreamReader) -> dict[str, Any]:
     }
 
 
+def read_access_log(log_path: Path) -> list[dict[str, Any]]:
+    """The JSON lines a gateway started by `spawn_gateway` has written to its access log."""
+    return [json.loads(line) for line in log_path.read_text().splitlines() if line]
+
+
 async def spawn_gateway(
     config: Path, log_path: Path, *args: str, env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:

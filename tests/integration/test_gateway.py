@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .servers import free_port, read_request, spawn_gateway
+from .servers import free_port, read_access_log, read_request, spawn_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ class Gateway:
     log_path: Path
 
     def access_log(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
+        return read_access_log(self.log_path)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import jwt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .servers import free_port, read_request, spawn_gateway
+from .servers import free_port, read_access_log, read_request, spawn_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,7 @@ class Running:
     log_path: Path
 
     def access_log(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
+        return read_access_log(self.log_path)
 
 
 @asynccontextmanager
