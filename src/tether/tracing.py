@@ -64,7 +64,9 @@ def outgoing_trace_headers() -> list[tuple[str, str]]:
 
 
 def _opentelemetry_headers(otel: Any) -> list[tuple[str, str]]:
-    propagate, trace = otel
+    propagate, trace, context = otel
+    if not context.get_current():  # an empty OpenTelemetry context holds no span: the usual
+        return []  # case in a service that has OpenTelemetry installed but not tracing
     if not trace.get_current_span().get_span_context().is_valid:
         return []
     carrier: dict[str, str] = {}
@@ -73,17 +75,18 @@ def _opentelemetry_headers(otel: Any) -> list[tuple[str, str]]:
 
 
 def _find_opentelemetry() -> Any:
-    """OpenTelemetry's `propagate` and `trace` modules, or None when it is not installed.
+    """OpenTelemetry's `propagate`, `trace` and `context` modules, or None when it is not
+    installed.
 
     Looked up at the first outgoing call, then remembered: a failed import is not cached by
     Python, and trying it on every call searched the whole import path each time."""
     global _opentelemetry
     try:
-        from opentelemetry import propagate, trace
+        from opentelemetry import context, propagate, trace
     except ImportError:
         _opentelemetry = None
     else:
-        _opentelemetry = (propagate, trace)
+        _opentelemetry = (propagate, trace, context)
     return _opentelemetry
 
 

@@ -17,7 +17,7 @@ from tether import DeadlineExceeded, current_request_id, deadline_after, time_re
 from tether.grpc.client import timeout_for_grpc
 from tether.request_id import request_id_scope
 
-from .grpc_services import grpc_server, method
+from .grpc_services import grpc_server, method, self_signed_certificate
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +51,24 @@ async def test_client_timeout_becomes_the_handlers_ambient_deadline() -> None:
                     left, request_id = (await call(b"")).decode().split()
     assert 0.4 < float(left) <= 0.495
     assert request_id == "req-5"
+
+
+async def test_tls_channel_passes_the_budget_and_request_id_on() -> None:
+    """`secure_channel` gives the same guarantees as `insecure_channel`, over real TLS."""
+    key, certificate = self_signed_certificate()
+    credentials = grpc.ssl_channel_credentials(root_certificates=certificate)
+    async with grpc_server({"Budget": budget_reporter()}, tls=(key, certificate)) as target:
+        async with tether.grpc.secure_channel(target, credentials) as channel:
+            assert isinstance(channel, tether.grpc.Channel)
+            call = channel.unary_unary(method("Budget"))
+            with request_id_scope("req-tls"):
+                async with deadline_after(0.5):
+                    left, request_id = (await call(b"")).decode().split()
+                async with deadline_after(0.0005):  # less than the margin: nothing is sent
+                    with pytest.raises(DeadlineExceeded):
+                        await call(b"")
+    assert 0.4 < float(left) <= 0.495
+    assert request_id == "req-tls"
 
 
 @pytest.mark.parametrize("budget", [0.3, 0.999, 1.0, 1.234, 9.999, 12.345, 59.9])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -314,6 +316,28 @@ def test_concurrent_requests_each_get_their_own_deadline_and_id(clock: VirtualCl
     )
     assert len({entry["request_id"] for entry in seen}) == 50
     assert len({exchange.headers[b"x-request-id"] for exchange in exchanges}) == 50
+
+
+def test_a_finished_request_is_freed_at_once(clock: VirtualClock) -> None:
+    """A request answered before its disconnect watch falls due leaves nothing behind: the
+    watchlist must not keep it (and the server's objects it holds) alive until its turn. Held
+    objects cost real time under load (tens of requests' memory stays live, out of cache)."""
+    kept: list[weakref.ref[Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        kept.append(weakref.ref(send.__self__))  # the middleware's per-request state
+        await ok_app()(scope, receive, send)
+
+    async def main() -> bool:
+        middleware = TetherMiddleware(app)
+        await Exchange(clock).run(middleware, [])
+        return kept[0]() is None  # checked before the watch's 5 ms have passed
+
+    gc.disable()  # freed by reference counting, not by a later collection
+    try:
+        assert clock.run(main())
+    finally:
+        gc.enable()
 
 
 def ok_app_recording(seen: list[dict[str, Any]]) -> App:

@@ -268,11 +268,9 @@ def secure_channel(
     margin: float = DEFAULT_MARGIN,
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     **kwargs: Any,
-) -> grpc.aio.Channel:
-    """A TLS channel whose calls pass the budget on; your interceptors run after."""
-    return grpc.aio.secure_channel(
-        target,
-        credentials,
-        interceptors=[*TetherClientInterceptor(margin=margin), *interceptors],
-        **kwargs,
+) -> Channel:
+    """A TLS channel whose calls pass the budget on (before your interceptors run)."""
+    channel = grpc.aio.secure_channel(
+        target, credentials, interceptors=interceptors or None, **kwargs
     )
+    return Channel(channel, margin=margin)

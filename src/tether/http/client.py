@@ -271,5 +271,7 @@ class _TimedRequest(aiohttp.ClientRequest):
 
     async def send(self, conn: Any) -> aiohttp.ClientResponse:
         response = await super().send(conn)
-        _mark("request_sent")
+        timings = _timings.get()  # once per call: written out, not through _mark
+        if timings is not None:
+            timings.request_sent = time.perf_counter() - timings._start
         return response

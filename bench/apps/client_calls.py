@@ -1,0 +1,44 @@
+"""Outbound calls for the instruction count: `python client_calls.py aiohttp|tether PORT N`.
+
+Makes N GETs to 127.0.0.1:PORT, 50 at a time, after 300 warm-up calls; with N=0 it measures
+the set-up alone (count_instructions.py subtracts it).
+"""
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+import tether
+from tether.http import Client
+
+
+async def calls(call: Callable[[], Awaitable[object]], count: int) -> None:
+    left = iter(range(count))
+
+    async def worker() -> None:
+        for _ in left:
+            await call()
+
+    await asyncio.gather(*(worker() for _ in range(50)))
+
+
+async def main(kind: str, url: str, count: int) -> None:
+    if kind == "aiohttp":
+        async with aiohttp.ClientSession() as session:
+
+            async def plain() -> None:
+                async with session.get(url) as answer:
+                    await answer.read()
+
+            await calls(plain, 300)
+            await calls(plain, count)
+        return
+    async with Client() as client, tether.deadline_after(3600):
+        await calls(lambda: client.get(url), 300)
+        await calls(lambda: client.get(url), count)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], f"http://127.0.0.1:{sys.argv[2]}/", int(sys.argv[3])))
