@@ -163,28 +163,31 @@ class Connection:
             await self.execute(f"SET application_name = {quote_literal(tag)}")
 
     # Each statement calls asyncpg directly (no extra coroutine frame on the hot path) with
-    # `_timeout()`, and translates its failure with `_translated()`.
+    # `_timeout()`, and translates its failure with `_translated()`. `_timeout()` runs before the
+    # `try`: when it refuses to start a statement, its `DeadlineExceeded` (a TimeoutError) must
+    # reach the caller as it is, not be translated as if the statement had timed out.
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        limit = self._timeout(timeout)
         try:
-            result: str = await self.raw.execute(query, *args, timeout=self._timeout(timeout))
+            result: str = await self.raw.execute(query, *args, timeout=limit)
         except _DRIVER_ERRORS as exc:
             raise self._translated(exc, timeout) from exc
         return result
 
     async def executemany(self, query: str, args: Any, *, timeout: float | None = None) -> None:
+        limit = self._timeout(timeout)
         try:
-            await self.raw.executemany(query, args, timeout=self._timeout(timeout))
+            await self.raw.executemany(query, args, timeout=limit)
         except _DRIVER_ERRORS as exc:
             raise self._translated(exc, timeout) from exc
 
     async def fetch(
         self, query: str, *args: Any, timeout: float | None = None
     ) -> list[asyncpg.Record]:
+        limit = self._timeout(timeout)
         try:
-            rows: list[asyncpg.Record] = await self.raw.fetch(
-                query, *args, timeout=self._timeout(timeout)
-            )
+            rows: list[asyncpg.Record] = await self.raw.fetch(query, *args, timeout=limit)
         except _DRIVER_ERRORS as exc:
             raise self._translated(exc, timeout) from exc
         return rows
@@ -192,17 +195,17 @@ class Connection:
     async def fetchrow(
         self, query: str, *args: Any, timeout: float | None = None
     ) -> asyncpg.Record | None:
+        limit = self._timeout(timeout)
         try:
-            row: asyncpg.Record | None = await self.raw.fetchrow(
-                query, *args, timeout=self._timeout(timeout)
-            )
+            row: asyncpg.Record | None = await self.raw.fetchrow(query, *args, timeout=limit)
         except _DRIVER_ERRORS as exc:
             raise self._translated(exc, timeout) from exc
         return row
 
     async def fetchval(self, query: str, *args: Any, timeout: float | None = None) -> Any:
+        limit = self._timeout(timeout)
         try:
-            return await self.raw.fetchval(query, *args, timeout=self._timeout(timeout))
+            return await self.raw.fetchval(query, *args, timeout=limit)
         except _DRIVER_ERRORS as exc:
             raise self._translated(exc, timeout) from exc
 

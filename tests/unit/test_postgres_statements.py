@@ -1,0 +1,77 @@
+"""The asyncpg wrapper's statements: a statement with no budget left is never sent, and the
+caller gets `DeadlineExceeded` (not an "upstream timed out" error)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tether import DeadlineExceeded, deadline_after
+from tether.errors import UpstreamTimeout
+from tether.postgres.asyncpg import Connection
+from tether.testing import VirtualClock
+
+
+class RecordingDriver:
+    """Stands in for an asyncpg connection; records each statement it is asked to run.
+
+    Its methods take asyncpg's per-statement `timeout=` (hence ASYNC109)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, float | None]] = []
+
+    async def _run(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109
+        self.sent.append((query, timeout))
+        return "OK"
+
+    execute = fetch = fetchrow = fetchval = _run
+
+    async def executemany(self, query: str, args: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        self.sent.append((query, timeout))
+
+
+STATEMENTS = ["execute", "executemany", "fetch", "fetchrow", "fetchval"]
+
+
+def call(connection: Connection, name: str) -> Any:
+    if name == "executemany":
+        return connection.executemany("INSERT INTO t VALUES ($1)", [(1,)])
+    return getattr(connection, name)("SELECT 1")
+
+
+@pytest.mark.parametrize("name", STATEMENTS)
+def test_a_statement_without_budget_is_not_sent(clock: VirtualClock, name: str) -> None:
+    """5.5 ms left with a 5 ms margin: less than margin + 1 ms, so nothing is sent and the
+    caller's own DeadlineExceeded comes back (this once came back as UpstreamTimeout "0.00 ms")."""
+    driver = RecordingDriver()
+    connection = Connection(driver, margin=0.005)
+
+    async def main() -> None:
+        async with deadline_after(1):
+            clock.advance(1 - 0.0055)
+            with pytest.raises(DeadlineExceeded) as caught:
+                await call(connection, name)
+            assert not isinstance(caught.value, UpstreamTimeout)
+            assert "was not sent" in str(caught.value)
+
+    clock.run(main())
+    assert driver.sent == []
+
+
+@pytest.mark.parametrize("name", STATEMENTS)
+def test_an_explicit_timeout_is_capped_by_the_budget(clock: VirtualClock, name: str) -> None:
+    """With budget left, the statement is sent with min(explicit, remaining - margin)."""
+    driver = RecordingDriver()
+    connection = Connection(driver, margin=0.005)
+
+    async def main() -> None:
+        async with deadline_after(0.5):
+            if name == "executemany":
+                await connection.executemany("INSERT INTO t VALUES ($1)", [(1,)], timeout=2.0)
+            else:
+                await getattr(connection, name)("SELECT 1", timeout=2.0)
+
+    clock.run(main())
+    [(_, timeout)] = driver.sent
+    assert timeout == pytest.approx(0.495)
