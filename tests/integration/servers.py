@@ -74,7 +74,8 @@ async def json_response(send: Any, status: int, payload: Any) -> None:
 
 
 def echo_headers_app(counter: list[int] | None = None, delay: float = 0.0) -> App:
-    """An app that answers with the request's headers as JSON, after `delay` seconds."""
+    """An app that answers with the request's headers as JSON, after `delay` seconds; a
+    repeated header's values are joined with ", " (as HTTP reads a repeated header)."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -83,7 +84,10 @@ def echo_headers_app(counter: list[int] | None = None, delay: float = 0.0) -> Ap
             counter.append(1)
         if delay:
             await asyncio.sleep(delay)
-        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            key = name.decode()
+            headers[key] = f"{headers[key]}, {value.decode()}" if key in headers else value.decode()
         await json_response(send, 200, headers)
 
     return app

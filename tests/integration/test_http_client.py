@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import AsyncExitStack
 
+import aiohttp
 import pytest
 
 from tether import DeadlineExceeded, UpstreamTimeout, UpstreamUnavailable, deadline_after
@@ -26,6 +28,26 @@ async def test_passes_the_budget_request_id_and_trace_on() -> None:
                 seen = (await client.get(url + "/")).json()
     assert 450 <= int(seen["x-request-timeout"]) <= 495
     assert seen["x-request-id"] == "req-77"
+    assert seen["traceparent"] == TRACE
+
+
+@pytest.mark.parametrize("own_session", [False, True])
+async def test_callers_headers_meet_tethers_once(own_session: bool) -> None:
+    """A caller's X-Request-ID (any case) is kept and sent once; a caller's X-Request-Timeout
+    is replaced by the budget's, which the caller cannot extend. The same through a session of
+    the caller's own."""
+    async with AsyncExitStack() as stack:
+        url = await stack.enter_async_context(uvicorn_server(echo_headers_app()))
+        session = await stack.enter_async_context(aiohttp.ClientSession()) if own_session else None
+        client = await stack.enter_async_context(Client(margin=0.005, session=session))
+        with request_id_scope("req-77"), incoming_traceparent(TRACE):
+            async with deadline_after(0.5):
+                answer = await client.get(
+                    url + "/", headers={"X-Request-ID": "mine", "X-Request-Timeout": "999999"}
+                )
+    seen = answer.json()
+    assert seen["x-request-id"] == "mine"
+    assert 450 <= int(seen["x-request-timeout"]) <= 495
     assert seen["traceparent"] == TRACE
 
 
@@ -54,25 +76,40 @@ async def test_nothing_is_sent_when_the_budget_is_gone() -> None:
 
 
 async def test_ambient_budget_running_out_is_deadline_exceeded() -> None:
-    """A slow upstream inside a 200 ms budget: DeadlineExceeded at ~200 ms."""
-    async with uvicorn_server(echo_headers_app(delay=2)) as url, Client() as client:
+    """A slow upstream inside a 200 ms budget: the call's own DeadlineExceeded at ~195 ms (the
+    budget less the margin), before the caller's block runs out; the client keeps serving."""
+    async with (
+        uvicorn_server(echo_headers_app(delay=2)) as slow,
+        uvicorn_server(echo_headers_app()) as fast,
+        Client(margin=0.005) as client,
+    ):
         start = time.perf_counter()
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineExceeded, match="no answer from"):
             async with deadline_after(0.2):
-                await client.get(url + "/")
+                await client.get(slow + "/")
         elapsed = time.perf_counter() - start
+        assert (await client.get(fast + "/")).status == 200
     assert 0.19 <= elapsed < 0.5
 
 
-async def test_explicit_timeout_running_out_is_upstream_timeout() -> None:
-    """An explicit per-call timeout smaller than the budget gives UpstreamTimeout."""
+@pytest.mark.parametrize("budget", [5.0, None])
+async def test_explicit_timeout_running_out_is_upstream_timeout(budget: float | None) -> None:
+    """An explicit per-call timeout smaller than the budget (or with no budget at all) gives
+    UpstreamTimeout at that timeout; the client keeps serving."""
     async with (
-        uvicorn_server(echo_headers_app(delay=2)) as url,
+        uvicorn_server(echo_headers_app(delay=2)) as slow,
+        uvicorn_server(echo_headers_app()) as fast,
         Client(timeout=0.1) as client,
-        deadline_after(5),
     ):
-        with pytest.raises(UpstreamTimeout):
-            await client.get(url + "/")
+        async with AsyncExitStack() as stack:
+            if budget is not None:
+                await stack.enter_async_context(deadline_after(budget))
+            start = time.perf_counter()
+            with pytest.raises(UpstreamTimeout, match="within its 100 ms timeout"):
+                await client.get(slow + "/")
+            elapsed = time.perf_counter() - start
+            assert (await client.get(fast + "/")).status == 200
+    assert 0.09 <= elapsed < 0.4
 
 
 async def test_refused_connection_is_upstream_unavailable() -> None:
