@@ -259,22 +259,28 @@ Where the time goes: exact per-request CPU instructions of the same three cases 
 next section (`bench/count_instructions.py`); timings on this shared 2-core VM vary by 5-10% per
 figure from run to run, and amplify small CPU costs (the load generator, idle more often, must
 be woken more often: a busy-loop of 5 us added to the plain app cost about 9 us per request).
-- Middleware: uvicorn validates each response header with two regular expressions and
-  re-encodes it, so the two headers the middleware must add (X-Request-ID, Server-Timing) cost
-  the server about 10% of a hello-world request before the middleware does anything (second
-  row of the next section's first table). The 0.90 target is out of reach on uvicorn with
-  these headers; the rest is the middleware's own work (reading the headers, a request id,
-  three context variables, one deadline block in the loop's shared deadline heap, one weak
-  entry in the loop's disconnect watchlist, the `send` wrapper). Timed ratios sit below the
-  counted ones: memory kept live costs time that instructions do not show. The watchlist held
-  each finished request for its 5 ms until this was found (same instructions; in 8 alternating
-  rounds of this case the median ratio was 0.64 before, 0.73 once entries became weak).
+- Middleware: a middleware that only adds the two headers tether must add (X-Request-ID,
+  Server-Timing) costs a hello-world request about 20,000 instructions, 9% (second row of the
+  next section's first table): uvicorn checks each response header with two regular
+  expressions and re-encodes it (about 13,000 for the two), and any pure-ASGI middleware adds
+  a layer and a `send` wrapper (about 5,000). So 0.90 is out of reach on uvicorn with these
+  headers; the rest is the middleware's own work (reading the headers, a request id, three
+  context variables, one deadline block in the loop's shared deadline heap, one weak entry in
+  the loop's disconnect watchlist). Timed ratios sit below the counted ones: memory kept live
+  costs time that instructions do not show. The watchlist held each finished request for its
+  5 ms until this was found (same instructions; in 8 alternating rounds of this case the median
+  ratio was 0.64 before, 0.73 once entries became weak).
 - gRPC: with a plain client, the server interceptor's own cost; with tether's client, also
   grpc's handling of the deadline the client now sends. The client's correction of grpc's
   timeout rounding (97% of the budget, see docs/toolkit.md) costs nothing measurable.
-- Outbound client: the `X-Request-Timeout` header itself (aiohttp spends about 10,000
-  instructions on a caller's header dict), the budget arithmetic, the trace-context check and
-  the per-phase timings.
+- Outbound client: the budget arithmetic, the call's deadline block (which replaces aiohttp's
+  per-call timer and saved about 12,000 instructions per call), the `X-Request-Timeout`
+  header, the trace-context check and the per-phase timings.
+- Compiling the hot modules with mypyc (tried once by hand, not adopted): the middleware's
+  count went from 263,763 to 254,776 per request, the gRPC server's from 484,024 to 473,995
+  per call; most of the cost is object and frame work in CPython that compiling does not
+  remove, and the compiled build changes behaviour where type stubs are wrong (grpc's
+  `time_remaining()` is typed `float` but returns None: a TypeError once compiled).
 """
     print(body)
     if not args.quick:
