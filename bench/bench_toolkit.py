@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -35,6 +36,7 @@ import grpc.aio
 import tether
 import tether.grpc
 from _report import machine, write_section
+from apps.client_calls import plain_get
 from tether.http import Client
 
 BENCH = Path(__file__).resolve().parent
@@ -168,11 +170,7 @@ def grpc_rows(seconds: int, rounds: int) -> list[tuple[str, float]]:
 async def client_rate(kind: str, url: str, seconds: float) -> float:
     if kind == "aiohttp":
         async with aiohttp.ClientSession() as session:
-
-            async def plain() -> None:
-                async with session.get(url) as answer:
-                    await answer.read()
-
+            plain = partial(plain_get, session, url)
             await call_loop(plain, 0.5)
             return await call_loop(plain, seconds)
     async with Client() as client:

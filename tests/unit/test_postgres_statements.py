@@ -34,10 +34,10 @@ class RecordingDriver:
 STATEMENTS = ["execute", "executemany", "fetch", "fetchrow", "fetchval"]
 
 
-def call(connection: Connection, name: str) -> Any:
+def call(connection: Connection, name: str, **kwargs: Any) -> Any:
     if name == "executemany":
-        return connection.executemany("INSERT INTO t VALUES ($1)", [(1,)])
-    return getattr(connection, name)("SELECT 1")
+        return connection.executemany("INSERT INTO t VALUES ($1)", [(1,)], **kwargs)
+    return getattr(connection, name)("SELECT 1", **kwargs)
 
 
 @pytest.mark.parametrize("name", STATEMENTS)
@@ -67,10 +67,7 @@ def test_an_explicit_timeout_is_capped_by_the_budget(clock: VirtualClock, name: 
 
     async def main() -> None:
         async with deadline_after(0.5):
-            if name == "executemany":
-                await connection.executemany("INSERT INTO t VALUES ($1)", [(1,)], timeout=2.0)
-            else:
-                await getattr(connection, name)("SELECT 1", timeout=2.0)
+            await call(connection, name, timeout=2.0)
 
     clock.run(main())
     [(_, timeout)] = driver.sent
