@@ -36,6 +36,7 @@ import grpc.aio
 import tether
 import tether.grpc
 from _report import machine, write_section
+from apps import CALLER_BUDGET
 from apps.client_calls import plain_get
 from tether.http import Client
 
@@ -152,7 +153,7 @@ async def grpc_rate(kind: str, port: int, seconds: float) -> float:
         echo = channel.unary_unary("/bench.Echo/Echo")
         await call_loop(lambda: echo(b"x"), 0.5)  # warm-up
         if kind == "tether":
-            async with tether.deadline_after(3600):
+            async with tether.deadline_after(CALLER_BUDGET):
                 return await call_loop(lambda: echo(b"x"), seconds)
         return await call_loop(lambda: echo(b"x"), seconds)
 
@@ -175,7 +176,7 @@ async def client_rate(kind: str, url: str, seconds: float) -> float:
             return await call_loop(plain, seconds)
     async with Client() as client:
         await call_loop(lambda: client.get(url), 0.5)
-        async with tether.deadline_after(3600):
+        async with tether.deadline_after(CALLER_BUDGET):
             return await call_loop(lambda: client.get(url), seconds)
 
 

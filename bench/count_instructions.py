@@ -35,6 +35,7 @@ import grpc.aio
 import tether
 import tether.grpc
 from _report import machine, write_section
+from apps import CALLER_BUDGET
 from apps.client_calls import calls
 from bench_toolkit import BENCH, PY, free_port, server, uvicorn, wait_for
 
@@ -66,7 +67,7 @@ async def grpc_calls(port: int, count: int, client: str) -> None:
     )
     async with channel:
         echo = channel.unary_unary("/bench.Echo/Echo")
-        async with tether.deadline_after(3600):
+        async with tether.deadline_after(CALLER_BUDGET):
             await calls(lambda: echo(b"x"), count)
 
 

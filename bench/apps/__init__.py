@@ -1,0 +1,7 @@
+"""The services and callers the toolkit benchmarks run (timed and counted alike)."""
+
+# The budget the benchmarks' callers run under: within the servers' default `max_budget`
+# (60 s), as between tether services. A longer one is clamped by a tether gRPC server, which
+# then arms a timer of its own (grpc's deadline is no longer the call's): ~14,000 CPU
+# instructions more per call, counted.
+CALLER_BUDGET = 30.0

@@ -12,6 +12,7 @@ from functools import partial
 import aiohttp
 
 import tether
+from apps import CALLER_BUDGET
 from tether.http import Client
 
 
@@ -39,7 +40,7 @@ async def main(kind: str, url: str, count: int) -> None:
             await calls(plain, 300)
             await calls(plain, count)
         return
-    async with Client() as client, tether.deadline_after(3600):
+    async with Client() as client, tether.deadline_after(CALLER_BUDGET):
         await calls(lambda: client.get(url), 300)
         await calls(lambda: client.get(url), count)
 

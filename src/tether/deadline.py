@@ -191,6 +191,7 @@ class DeadlineScope:
     __slots__ = (
         "_alarm",
         "_alarms",
+        "_armed",
         "_asked",
         "_cancelling",
         "_deadline",
@@ -226,9 +227,11 @@ class DeadlineScope:
         budget: float | None,
         task: asyncio.Task[Any] | None = None,
         new_request: bool = False,
+        armed: bool = True,
     ) -> None:
         self._requested = requested
         self._new_request = new_request
+        self._armed = armed
         self.budget = budget  # the size of `requested`; replaced by the owner's when inheriting
         self._state = _CREATED
         self._alarm: _Alarm | None = None
@@ -293,6 +296,10 @@ class DeadlineScope:
         if self.inherited and parent is not None and parent._task is task:
             # The parent's timer already cancels this task at this very deadline.
             self._state = _DONE
+            return self
+        if not self._armed:  # something else cancels the task at this deadline (deadline_at)
+            self._task = task
+            self._token = _current.set(self)
             return self
         # Arm. The task's loop, not asyncio.get_running_loop(): on CPython 3.11 every lookup
         # of the running loop is a getpid() system call, and this runs once per request.
@@ -471,6 +478,7 @@ def deadline_at(
     *,
     task: asyncio.Task[Any] | None = None,
     new_request: bool = False,
+    armed: bool = True,
 ) -> DeadlineScope:
     """A block that must finish by `deadline` (or the caller's, if earlier).
 
@@ -481,10 +489,15 @@ def deadline_at(
     `new_request=True`: the block starts the handling of a request that arrived from outside,
     whose budget is `deadline` alone. A deadline that the running context happens to carry
     (the server's task was created from a client's task in the same process) is ignored.
+    `armed=False`: the block makes its deadline ambient but sets no timer of its own, for a
+    caller that knows something else cancels the task at that very instant (grpc.aio cancels a
+    call's handler at the deadline its client sent). Expiry then arrives as that cancellation,
+    not as `DeadlineExceeded`; nested blocks and `deadline_enforced_here()` rely on it as on a
+    timer of tether's.
     """
     if deadline is not None and not isinstance(deadline, Deadline):
         raise TypeError(f"deadline_at() takes a Deadline or None, got {deadline!r}")
-    return DeadlineScope(deadline, None, task, new_request)
+    return DeadlineScope(deadline, None, task, new_request, armed)
 
 
 @final

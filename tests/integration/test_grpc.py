@@ -214,6 +214,42 @@ async def test_handler_is_cancelled_at_the_deadline() -> None:
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+async def test_the_clients_own_deadline_cancels_the_handler_through_grpc(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When the call's deadline is the client's own (within max_budget), grpc cancels the
+    handler at it and tether sets no timer of its own: the handler still sees the budget, is
+    cancelled within 50 ms of the deadline, and the log line says DEADLINE_EXCEEDED."""
+    seen: dict[str, float] = {}
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        seen["budget"] = time_remaining() or 0.0
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            seen["cancelled_after"] = time.monotonic() - started
+            raise
+        return b""
+
+    def lines_of(name: str) -> list[Any]:  # this test's per-call log lines
+        return [r for r in caplog.records if hasattr(r, "grpc_code") and name in r.getMessage()]
+
+    handlers = {"Slow": grpc.unary_unary_rpc_method_handler(slow)}
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        with caplog.at_level(logging.INFO, logger="tether.grpc"):
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary(method("Slow"))(b"", timeout=0.3)
+            for _ in range(100):  # the log line is written once the handler has unwound
+                if lines_of("Slow"):
+                    break
+                await asyncio.sleep(0.01)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 0.25 < seen["budget"] <= 0.3
+    assert 0.25 < seen["cancelled_after"] < 0.5  # (a) holds its 50 ms to account separately
+    assert [line.grpc_code for line in lines_of("Slow")] == ["DEADLINE_EXCEEDED"]
+
+
 class RaisingAuth(grpc.aio.ServerInterceptor):
     """The seed's failure: an auth interceptor that raises on a bad token."""
 
@@ -421,3 +457,34 @@ async def test_interceptor_form_for_channels_built_by_hand() -> None:
                         await channel.unary_unary(method("Budget"))(b"")
     assert 0.4 < float(left) <= 0.495
     assert request_id == "req-i"
+
+
+async def test_the_log_line_carries_the_status_the_call_ended_with(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A call answered by the safety net logs INTERNAL and one cancelled by tether's own timer
+    (a default budget) logs DEADLINE_EXCEEDED: the status the client got, not OK."""
+
+    async def broken(request: bytes, context: Any) -> bytes:
+        raise ValueError("secret detail")
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(5)
+        return b""
+
+    handlers = {
+        "Broken": grpc.unary_unary_rpc_method_handler(broken),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+    }
+    codes = []
+    async with grpc_server(handlers, default_budget=0.1) as target:
+        async with grpc.aio.insecure_channel(target) as channel:
+            with caplog.at_level(logging.INFO, logger="tether.grpc"):
+                for name in ("Broken", "Slow"):
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await channel.unary_unary(method(name))(b"")
+                    codes.append(caught.value.code().name)
+    calls = [r for r in caplog.records if hasattr(r, "grpc_code")]  # the per-call lines
+    logged = [r.grpc_code for r in calls]  # type: ignore[attr-defined]
+    assert codes == ["INTERNAL", "DEADLINE_EXCEEDED"]
+    assert logged == codes

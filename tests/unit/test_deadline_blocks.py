@@ -382,3 +382,30 @@ def test_blocks_that_finish_in_time_leave_nothing_behind(clock: VirtualClock) ->
             assert clock.monotonic() - start == pytest.approx(0.5)
 
     clock.run(main())
+
+
+def test_an_unarmed_block_makes_its_deadline_ambient_and_sets_no_timer(
+    clock: VirtualClock,
+) -> None:
+    """`deadline_at(..., armed=False)` (grpc cancels the handler itself): the deadline is
+    ambient and counts as enforced in this task, nested blocks asking for more inherit it
+    without a timer, an earlier nested block still arms its own; and nothing of tether's
+    cancels the task at the unarmed deadline."""
+    from tether.deadline import deadline_enforced_here
+
+    async def main() -> list[object]:
+        deadline = Deadline(clock.monotonic() + 1)
+        seen: list[object] = []
+        with deadline_at(deadline, new_request=True, armed=False) as block:
+            seen += [current_deadline() == deadline, deadline_enforced_here()]
+            async with deadline_after(5) as longer:
+                seen += [longer.inherited, longer.expired]
+            with pytest.raises(DeadlineExceeded):
+                async with deadline_after(0.2):  # earlier: armed as usual
+                    await asyncio.sleep(1)
+            await asyncio.sleep(2)  # past the unarmed deadline: not cancelled
+            seen += [block.expired, time_remaining()]
+        seen.append(current_deadline())
+        return seen
+
+    assert clock.run(main()) == [True, True, True, False, False, 0.0, None]

@@ -15,7 +15,9 @@ For every call, of all four shapes, in this order (outermost first):
    them), they are read by the same codec as HTTP's and the earlier deadline wins; a value the
    codec refuses is answered `INVALID_ARGUMENT`, naming it. The
    handler runs in a deadline block and is cancelled at expiry. The block is the call's own:
-   a deadline in the context grpc created the call's task from is ignored.
+   a deadline in the context grpc created the call's task from is ignored. When the deadline
+   in force is the client's own, grpc cancels the handler at it, and the block sets no timer
+   of its own (one less per call); a default, clamped or metadata deadline gets tether's.
 4. One log line per call on `tether.grpc`: method, status, duration, budget, request id.
 """
 
@@ -139,11 +141,14 @@ class _Call:
         "_id_token",
         "_trace_token",
         "budget",
+        "code",
         "deadline",
+        "grpc_enforces",
         "method",
         "request_id",
         "started",
     )
+    grpc_enforces: bool  # grpc itself cancels the handler at `deadline` (the client's own)
 
     def __init__(
         self,
@@ -165,8 +170,16 @@ class _Call:
             request_id = new_request_id()
         self.request_id = request_id
         self.method = method
+        self.code = grpc.StatusCode.OK  # what the call ended with, for the log line
         remaining = context.time_remaining()
-        budget = policy.default_budget if remaining is None else min(remaining, policy.max_budget)
+        if remaining is None:
+            budget = policy.default_budget
+            self.grpc_enforces = False
+        else:
+            budget = min(remaining, policy.max_budget)
+            # grpc cancels the handler at the client's deadline by itself: when that deadline
+            # is the call's, tether's block needs no timer of its own (see deadline_at(armed=)).
+            self.grpc_enforces = remaining <= policy.max_budget
         now = _clock.monotonic()
         when = now + budget  # budget: checked, finite
         if carries_deadline:  # tether's deadline headers, read as HTTP's; the earlier one wins
@@ -174,6 +187,7 @@ class _Call:
             if asked is not None and asked.when < when:
                 when = asked.when
                 budget = max(when - now, 0.0)
+                self.grpc_enforces = False
         self.budget = budget
         self.deadline = Deadline(when)
         self.started = time.perf_counter()
@@ -182,8 +196,9 @@ class _Call:
             traceparent if isinstance(traceparent, str) else None
         )
 
-    def end(self, code: grpc.StatusCode) -> None:
+    def end(self) -> None:
         """Undo what `__init__` made ambient and write the call's log line."""
+        code = self.code
         reset_incoming_traceparent(self._trace_token)
         reset_request_id(self._id_token)
         if not log.isEnabledFor(logging.INFO):
@@ -233,17 +248,18 @@ def _unary(
             call = _Call(policy, method, context)
         except InvalidDeadlineHeader as exc:
             await _refuse(exc, method, context)
-        code = grpc.StatusCode.OK
         try:
             # a plain `with`: no coroutines to enter; the budget is the call's own, whatever the
             # task that grpc created this call's task from was under
-            with deadline_at(call.deadline, task=_current_task(), new_request=True):
+            with deadline_at(
+                call.deadline, task=_current_task(), new_request=True, armed=not call.grpc_enforces
+            ):
                 return await behavior(request, context)
         except BaseException as exc:
-            code = await _failed(exc, call, context)
+            await _failed(exc, call, context)
             raise
         finally:
-            call.end(code)
+            call.end()
 
     return guarded
 
@@ -260,9 +276,10 @@ def _streaming(
             call = _Call(policy, method, context)
         except InvalidDeadlineHeader as exc:
             await _refuse(exc, method, context)
-        code = grpc.StatusCode.OK
         try:
-            with deadline_at(call.deadline, task=_current_task(), new_request=True):
+            with deadline_at(
+                call.deadline, task=_current_task(), new_request=True, armed=not call.grpc_enforces
+            ):
                 produced = behavior(request, context)
                 if inspect.isasyncgen(produced):
                     async for response in produced:
@@ -270,10 +287,10 @@ def _streaming(
                 else:  # a coroutine that writes with context.write()
                     await produced
         except BaseException as exc:
-            code = await _failed(exc, call, context)
+            await _failed(exc, call, context)
             raise
         finally:
-            call.end(code)
+            call.end()
 
     return guarded
 
@@ -290,19 +307,21 @@ async def _refuse(
 
 async def _failed(
     exc: BaseException, call: _Call, context: grpc.aio.ServicerContext[Any, Any]
-) -> grpc.StatusCode:
-    """The status a call ends with when `exc` ends it. The safety net: a plain exception is
-    answered here with a generic abort (which raises AbortError); `context.abort(...)` from the
-    handler, cancellations and other BaseExceptions pass on with their own status."""
+) -> None:
+    """Note in `call.code` the status the call ends with when `exc` ends it. The safety net: a
+    plain exception is then answered here with a generic abort (which raises AbortError);
+    `context.abort(...)` from the handler, cancellations and other BaseExceptions pass on with
+    their own status. (The code is noted first: the abort does not return.)"""
     if isinstance(exc, grpc.aio.AbortError):
-        return _code_of(context)
-    if isinstance(exc, asyncio.CancelledError):  # the client cancelled, or grpc's deadline
-        return grpc.StatusCode.CANCELLED
-    if not isinstance(exc, Exception):
-        return grpc.StatusCode.UNKNOWN
-    code = _status_for(exc, call)
-    await context.abort(code, _details_for(code))
-    return code  # not reached: abort raises
+        call.code = _code_of(context)
+    elif isinstance(exc, asyncio.CancelledError):  # grpc's deadline, or the client cancelled
+        expired = call.deadline.expired
+        call.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+    elif not isinstance(exc, Exception):
+        call.code = grpc.StatusCode.UNKNOWN
+    else:
+        code = call.code = _status_for(exc, call)
+        await context.abort(code, _details_for(code))
 
 
 def _status_for(exc: Exception, call: _Call) -> grpc.StatusCode:
