@@ -1,4 +1,4 @@
-"""Outbound calls for the instruction count: `python client_calls.py aiohttp|tether PORT N`.
+"""Outbound calls for the instruction count: `python -m apps.client_calls aiohttp|tether PORT N`
 
 Makes N GETs to 127.0.0.1:PORT, 50 at a time, after 300 warm-up calls; with N=0 it measures
 the set-up alone (count_instructions.py subtracts it).
