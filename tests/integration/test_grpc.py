@@ -245,7 +245,7 @@ async def test_the_clients_own_deadline_cancels_the_handler_through_grpc(
                     break
                 await asyncio.sleep(0.01)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert 0.25 < seen["budget"] <= 0.3
+    assert 0.1 < seen["budget"] <= 0.3  # the client's 0.3 s, not the default 10 s
     assert 0.25 < seen["cancelled_after"] < 0.5  # (a) holds its 50 ms to account separately
     assert [line.grpc_code for line in lines_of("Slow")] == ["DEADLINE_EXCEEDED"]
 
