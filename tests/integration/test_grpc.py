@@ -218,8 +218,9 @@ async def test_the_clients_own_deadline_cancels_the_handler_through_grpc(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """When the call's deadline is the client's own (within max_budget), grpc cancels the
-    handler at it and tether sets no timer of its own: the handler still sees the budget, is
-    cancelled within 50 ms of the deadline, and the log line says DEADLINE_EXCEEDED."""
+    handler at it and tether sets no timer of its own: the handler still sees the client's
+    budget, is cancelled at the deadline (bounds loose enough for a loaded machine; test (a)
+    holds the issue's 50 ms), and the log line says DEADLINE_EXCEEDED."""
     seen: dict[str, float] = {}
 
     async def slow(request: bytes, context: Any) -> bytes:
