@@ -41,6 +41,8 @@ __all__ = [
     "current_deadline",
     "deadline_after",
     "deadline_at",
+    "deadline_for_call",
+    "deadline_for_request",
     "detached",
     "earliest",
     "time_remaining",
@@ -118,6 +120,14 @@ class Deadline:
 
 
 _set_when = Deadline.__dict__["_when"].__set__  # the slot's own setter: immutable to others
+_new_deadline = object.__new__
+
+
+def _trusted_deadline(when: float) -> Deadline:
+    """`Deadline(when)` for an instant tether computed itself (finite; not checked again)."""
+    deadline: Deadline = _new_deadline(Deadline)
+    _set_when(deadline, when)
+    return deadline
 
 
 def earliest(*deadlines: Deadline | None) -> Deadline | None:
@@ -148,13 +158,16 @@ _current: ContextVar[DeadlineScope | None] = ContextVar("tether.deadline", defau
 def current_deadline() -> Deadline | None:
     """The deadline in force for the running task, or None when there is none."""
     scope = _current.get()
-    return None if scope is None else scope._deadline
+    return None if scope is None else scope.deadline
 
 
 def time_remaining() -> float | None:
     """Seconds left of the ambient budget (never negative), or None without a deadline."""
     scope = _current.get()
-    return None if scope is None else scope._deadline.remaining()
+    if scope is None:
+        return None
+    left = scope._in_force - _clock.monotonic()
+    return left if left > 0.0 else 0.0
 
 
 def deadline_enforced_here() -> bool:
@@ -177,6 +190,7 @@ _ENTERED: Final = 1
 _DONE: Final = 2  # left in time, or never armed
 _EXPIRING: Final = 3  # its timer cancelled the task; the block has not exited yet
 _EXPIRED: Final = 4  # left after its timer rang
+_PRIMED: Final = -1  # made by deadline_for_request(), not entered yet
 
 
 @final
@@ -208,8 +222,8 @@ class DeadlineScope:
         "inherited",
     )
     # Set on entry, and only for a block that has a deadline in force:
-    _deadline: Deadline
-    _in_force: float  # _deadline.when, read on every nested entry
+    _in_force: float  # the instant in force (the truth), read on every nested entry
+    _deadline: Deadline | None  # the same instant as a Deadline; None until first asked for
     _asked: float | None  # the seconds the block asked for, for the error message
     # Set only when the block arms its timer (then it is in `_current` until it exits):
     _task: asyncio.Task[Any]
@@ -229,7 +243,7 @@ class DeadlineScope:
         new_request: bool = False,
         armed: bool = True,
     ) -> None:
-        self._requested = requested
+        self._requested = None if requested is None else requested._when
         self._new_request = new_request
         self._armed = armed
         self.budget = budget  # the size of `requested`; replaced by the owner's when inheriting
@@ -242,7 +256,11 @@ class DeadlineScope:
     @property
     def deadline(self) -> Deadline | None:
         """The deadline in force inside the block (None when there is none)."""
-        return getattr(self, "_deadline", None)
+        deadline: Deadline | None = getattr(self, "_deadline", None)
+        if deadline is None and hasattr(self, "_in_force"):
+            # Made when first asked for: most blocks end without anyone asking.
+            deadline = self._deadline = _trusted_deadline(self._in_force)
+        return deadline
 
     @property
     def expired(self) -> bool:
@@ -264,29 +282,39 @@ class DeadlineScope:
     # code): no coroutine for entering and leaving. Only inside the task that runs the block.
 
     def __enter__(self) -> DeadlineScope:
+        if self._state == _PRIMED:  # deadline_for_request(): no parent, the instant as given
+            now = _clock.monotonic()
+            when = self._in_force
+            self.budget = when - now
+            if when <= now:
+                self._state = _DONE
+                raise self._exceeded()
+            self._state = _ENTERED
+            if self._armed:
+                self._arm_timer(self._task, when, now)
+            self._token = _current.set(self)
+            return self
         if self._state != _CREATED:
             raise RuntimeError("a deadline block can be entered only once")
         self._state = _ENTERED
         now = _clock.monotonic()
         parent = self._parent = None if self._new_request else _current.get()
         requested = self._requested
-        deadline: Deadline
         if requested is None:
             self._asked = None
             if parent is None:  # no deadline asked for and none inherited: the block does nothing
                 self._state = _DONE
                 return self
-            deadline = self._inherit(parent)
+            when = self._inherit(parent)
         else:
-            asked = self._asked = requested._when - now
-            if parent is not None and parent._in_force <= requested._when:
-                deadline = self._inherit(parent)
+            asked = self._asked = requested - now
+            if parent is not None and parent._in_force <= requested:
+                when = self._inherit(parent)
             else:
-                deadline = requested
+                when = self._in_force = requested
+                self._deadline = None
                 if self.budget is None:
                     self.budget = asked
-        when = self._in_force = deadline._when
-        self._deadline = deadline
         if when <= now:
             self._state = _DONE
             raise self._exceeded()
@@ -297,14 +325,16 @@ class DeadlineScope:
             # The parent's timer already cancels this task at this very deadline.
             self._state = _DONE
             return self
-        if not self._armed:  # something else cancels the task at this deadline (deadline_at)
-            self._task = task
-            self._token = _current.set(self)
-            return self
-        # Arm. The task's loop, not asyncio.get_running_loop(): on CPython 3.11 every lookup
-        # of the running loop is a getpid() system call, and this runs once per request.
-        loop = task.get_loop()
         self._task = task
+        if self._armed:  # unarmed: something else cancels the task at this deadline
+            self._arm_timer(task, when, now)
+        self._token = _current.set(self)
+        return self
+
+    def _arm_timer(self, task: asyncio.Task[Any], when: float, now: float) -> None:
+        # The task's loop, not asyncio.get_running_loop(): on CPython 3.11 every lookup of the
+        # running loop is a getpid() system call, and this runs once per request.
+        loop = task.get_loop()
         self._cancelling = task.cancelling()
         loop_when = self._loop_when = loop.time() + (when - now)
         alarms = _last_alarms
@@ -312,8 +342,6 @@ class DeadlineScope:
             alarms = _alarms_of(loop)
         self._alarms = alarms
         self._alarm = alarms.add(loop_when, self)
-        self._token = _current.set(self)
-        return self
 
     def __exit__(
         self,
@@ -338,10 +366,13 @@ class DeadlineScope:
         if self._task.uncancel() <= self._cancelling and isinstance(exc, asyncio.CancelledError):
             raise self._exceeded() from exc
 
-    def _inherit(self, parent: DeadlineScope) -> Deadline:
+    def _inherit(self, parent: DeadlineScope) -> float:
         self.budget = parent.budget
         self.inherited = True
-        return parent._deadline
+        self._deadline = parent._deadline
+        when: float = parent._in_force
+        self._in_force = when
+        return when
 
     def _on_timeout(self) -> None:
         self._state = _EXPIRING
@@ -500,6 +531,44 @@ def deadline_at(
     return DeadlineScope(deadline, None, task, new_request, armed)
 
 
+def deadline_for_call(when: float | None) -> DeadlineScope:
+    """The block around one outgoing call, for clients' per-call path: the same block as
+    `deadline_at(Deadline(when))` (the caller's deadline wins if earlier; None narrows
+    nothing), made with less work. `when` is a finite instant on tether's monotonic clock (not
+    checked here)."""
+    scope = DeadlineScope(None, None)
+    scope._requested = when
+    return scope
+
+
+_new_scope = object.__new__
+
+
+def deadline_for_request(
+    when: float, task: asyncio.Task[Any], *, armed: bool = True
+) -> DeadlineScope:
+    """The block of a request that arrived from outside, for servers' per-request path: the
+    same block as `deadline_at(Deadline(when), task=task, new_request=True, armed=armed)`,
+    made with less work (counted: ~5,000 CPU instructions less per request).
+
+    `when` is an instant on tether's monotonic clock, finite (not checked here: the caller
+    computed it); `task` is the task that will run the block. The block's `Deadline` object is
+    made only if something asks for it (`current_deadline()`, the block's `deadline`).
+    """
+    scope: DeadlineScope = _new_scope(DeadlineScope)
+    scope._state = _PRIMED
+    scope._in_force = when
+    scope._deadline = None
+    scope._task = task
+    scope._armed = armed
+    scope._parent = None
+    scope._asked = None
+    scope._alarm = None
+    scope._token = None
+    scope.inherited = False
+    return scope
+
+
 @final
 class detached:  # noqa: N801 - used like a function: `async with detached():`
     """Run a block outside the caller's budget: the only way out, like a shield.
@@ -570,7 +639,7 @@ class TaskGroup(asyncio.TaskGroup):
         except BaseExceptionGroup as group:
             _, others = group.split(DeadlineExceeded)
             scope = _current.get()
-            if others is None and scope is not None and scope._deadline.expired:
+            if others is None and scope is not None and _clock.monotonic() >= scope._in_force:
                 raise scope._exceeded() from group
             raise
 
@@ -582,7 +651,7 @@ class TaskGroup(asyncio.TaskGroup):
         context: Context | None = None,
     ) -> asyncio.Task[_T]:
         scope = _current.get()
-        if scope is not None and scope._deadline.expired:
+        if scope is not None and _clock.monotonic() >= scope._in_force:
             coro.close()
             raise scope._exceeded()
         return super().create_task(coro, name=name, context=context)

@@ -409,3 +409,94 @@ def test_an_unarmed_block_makes_its_deadline_ambient_and_sets_no_timer(
         return seen
 
     assert clock.run(main()) == [True, True, True, False, False, 0.0, None]
+
+
+def test_a_request_block_is_a_new_requests_deadline_block(clock: VirtualClock) -> None:
+    """`deadline_for_request(when, task)` (servers' per-request path) behaves as
+    `deadline_at(Deadline(when), task=task, new_request=True)`: a deadline the task's context
+    carried is ignored, the budget is measured from entry, the Deadline object is one and the
+    same for every reader, and at the instant the task is cancelled with `DeadlineExceeded`."""
+    from tether.deadline import deadline_for_request
+
+    async def handle(seen: list[object]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        when = clock.monotonic() + 2
+        block = deadline_for_request(when, task)
+        seen += [block.expired]
+        with pytest.raises(DeadlineExceeded, match="budget of 2 s ran out") as caught:
+            with block:
+                seen += [current_deadline() is current_deadline(), block.budget]
+                seen += [current_deadline() == Deadline(when), time_remaining()]
+                await asyncio.sleep(5)
+        seen += [block.expired, caught.value.deadline == Deadline(when), clock.monotonic()]
+        with pytest.raises(RuntimeError, match="entered only once"):
+            block.__enter__()
+
+    async def main() -> list[object]:
+        seen: list[object] = []
+        async with deadline_after(0.5):  # what the server's task was created under
+            server_task = asyncio.create_task(handle(seen))
+        await server_task
+        return seen
+
+    start = clock.monotonic()
+    seen = clock.run(main())
+    assert seen[:5] == [False, True, 2.0, True, 2.0]
+    assert seen[5:7] == [True, True]
+    assert seen[7] == pytest.approx(start + 2)
+
+
+def test_a_request_block_refuses_an_instant_already_passed(clock: VirtualClock) -> None:
+    """Rule 5 holds for `deadline_for_request`: no work starts without budget."""
+    from tether.deadline import deadline_for_request
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        with pytest.raises(DeadlineExceeded), deadline_for_request(clock.monotonic(), task):
+            raise AssertionError("the block's body ran")  # pragma: no cover
+        assert current_deadline() is None
+
+    clock.run(main())
+
+
+def test_an_unarmed_request_block_sets_no_timer(clock: VirtualClock) -> None:
+    """`deadline_for_request(..., armed=False)`: ambient and enforced here, never fired."""
+    from tether.deadline import deadline_enforced_here, deadline_for_request
+
+    async def main() -> list[object]:
+        task = asyncio.current_task()
+        assert task is not None
+        with deadline_for_request(clock.monotonic() + 1, task, armed=False) as block:
+            seen: list[object] = [deadline_enforced_here(), time_remaining()]
+            await asyncio.sleep(2)
+            seen += [block.expired, time_remaining()]
+        return seen
+
+    assert clock.run(main()) == [True, 1.0, False, 0.0]
+
+
+def test_a_call_block_narrows_or_inherits_like_deadline_at(clock: VirtualClock) -> None:
+    """`deadline_for_call(when)` (clients' per-call path) behaves as
+    `deadline_at(Deadline(when))`: earlier than the caller's deadline it narrows and fires
+    its own `DeadlineExceeded`; later, the caller's deadline stays; None narrows nothing."""
+    from tether.deadline import deadline_for_call
+
+    async def main() -> list[object]:
+        seen: list[object] = []
+        async with deadline_after(3) as outer:
+            with deadline_for_call(clock.monotonic() + 1) as narrow:
+                seen += [narrow.inherited, time_remaining(), narrow.budget]
+            with deadline_for_call(clock.monotonic() + 10) as wide:
+                seen += [wide.inherited, wide.deadline == outer.deadline, wide.budget]
+            with deadline_for_call(None):
+                seen += [current_deadline() == outer.deadline]
+            with pytest.raises(DeadlineExceeded, match="budget of 500 ms"):
+                with deadline_for_call(clock.monotonic() + 0.5):
+                    await asyncio.sleep(1)
+        with deadline_for_call(None) as nothing:
+            seen += [nothing.deadline, current_deadline()]
+        return seen
+
+    assert clock.run(main()) == [False, 1.0, 1.0, True, True, 3.0, True, None, None]

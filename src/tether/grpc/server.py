@@ -36,7 +36,7 @@ import grpc.aio
 
 from tether import _clock
 from tether._settings import server_budgets
-from tether.deadline import Deadline, deadline_at
+from tether.deadline import deadline_for_request
 from tether.errors import DeadlineExceeded, UpstreamUnavailable
 from tether.request_id import (
     REQUEST_ID_HEADER,
@@ -142,13 +142,14 @@ class _Call:
         "_trace_token",
         "budget",
         "code",
-        "deadline",
         "grpc_enforces",
         "method",
         "request_id",
         "started",
+        "when",
     )
-    grpc_enforces: bool  # grpc itself cancels the handler at `deadline` (the client's own)
+    when: float  # the call's deadline, on tether's clock
+    grpc_enforces: bool  # grpc itself cancels the handler at `when` (the client's deadline)
 
     def __init__(
         self,
@@ -189,7 +190,7 @@ class _Call:
                 budget = max(when - now, 0.0)
                 self.grpc_enforces = False
         self.budget = budget
-        self.deadline = Deadline(when)
+        self.when = when
         self.started = time.perf_counter()
         self._id_token = set_request_id(request_id)
         self._trace_token = set_incoming_traceparent(
@@ -251,9 +252,9 @@ def _unary(
         try:
             # a plain `with`: no coroutines to enter; the budget is the call's own, whatever the
             # task that grpc created this call's task from was under
-            with deadline_at(
-                call.deadline, task=_current_task(), new_request=True, armed=not call.grpc_enforces
-            ):
+            task = _current_task()
+            assert task is not None  # grpc.aio runs each call in its own task
+            with deadline_for_request(call.when, task, armed=not call.grpc_enforces):
                 return await behavior(request, context)
         except BaseException as exc:
             await _failed(exc, call, context)
@@ -277,9 +278,9 @@ def _streaming(
         except InvalidDeadlineHeader as exc:
             await _refuse(exc, method, context)
         try:
-            with deadline_at(
-                call.deadline, task=_current_task(), new_request=True, armed=not call.grpc_enforces
-            ):
+            task = _current_task()
+            assert task is not None  # grpc.aio runs each call in its own task
+            with deadline_for_request(call.when, task, armed=not call.grpc_enforces):
                 produced = behavior(request, context)
                 if inspect.isasyncgen(produced):
                     async for response in produced:
@@ -315,7 +316,7 @@ async def _failed(
     if isinstance(exc, grpc.aio.AbortError):
         call.code = _code_of(context)
     elif isinstance(exc, asyncio.CancelledError):  # grpc's deadline, or the client cancelled
-        expired = call.deadline.expired
+        expired = _clock.monotonic() >= call.when
         call.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
     elif not isinstance(exc, Exception):
         call.code = grpc.StatusCode.UNKNOWN

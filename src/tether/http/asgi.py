@@ -10,10 +10,11 @@ context variables). For each HTTP request, in this order:
    earliest wins), clamped to `max_budget`; without one, `default_budget` applies. Malformed:
    400 `invalid-deadline-header`. Already expired: 504 `deadline-expired-on-arrival`, and the
    app is not called. The clock starts when the middleware sees the request.
-3. The app runs inside `deadline_at(deadline)`. At the deadline it is cancelled; the client gets
-   504 `deadline-exceeded`, or, if the response had already started, the connection is closed.
-   tether's other errors escaping the app map to their problems (`UpstreamTimeout`: 504
-   `upstream-timeout`, `UpstreamUnavailable`: 503 `upstream-unavailable`).
+3. The app runs inside the request's deadline block. At the deadline it is cancelled; the
+   client gets 504 `deadline-exceeded`, or, if the response had already started, the
+   connection is closed. tether's other errors escaping the app map to their problems
+   (`UpstreamTimeout`: 504 `upstream-timeout`, `UpstreamUnavailable`: 503
+   `upstream-unavailable`).
 4. A client that disconnects cancels the app (the middleware listens for `http.disconnect`
    from 5 ms into the request on; faster requests are never watched, which keeps them cheap).
 5. Safety net: any other exception becomes 500 `internal-error` without its text; the traceback
@@ -44,7 +45,7 @@ from typing import Any
 from tether import _clock
 from tether._loop_state import kept_on_loop
 from tether._settings import server_budgets
-from tether.deadline import Deadline, deadline_at
+from tether.deadline import deadline_for_request
 from tether.errors import InvalidDeadlineHeader, TetherError
 from tether.problems import (
     EXPIRED_ON_ARRIVAL,
@@ -146,7 +147,7 @@ class TetherMiddleware:
         )
         try:
             # `with`: no coroutines to enter. The budget is the request's alone.
-            with deadline_at(Deadline(when), task=task, new_request=True):
+            with deadline_for_request(when, task):
                 exchange.watch(task)
                 await self.app(scope, exchange.receive, exchange.send)
         except asyncio.CancelledError:
