@@ -7,7 +7,9 @@
   core 0), wrk on core 1 with 50 keep-alive connections; with vs without TetherMiddleware
   (target: at most 10% fewer requests per second).
 - gRPC interceptors: unary echo, server in its own process, 50 concurrent callers; tether's
-  server interceptor and client interceptors vs none (target: at most 10% slower).
+  server interceptor and client interceptors vs none (target: at most 10% slower). A third
+  pair, a plain server called by tether's client, shows what grpc's own handling of the
+  deadline that tether's client sends costs.
 - Outbound client: 50 concurrent GETs to a local upstream; tether.http.Client inside a deadline
   block vs a plain aiohttp session (target: at least 90% of aiohttp's throughput).
 Each pair alternates A, B, A, B and reports the median of its rounds.
@@ -158,14 +160,23 @@ async def grpc_rate(kind: str, port: int, seconds: float) -> float:
         return await call_loop(lambda: echo(b"x"), seconds)
 
 
+# (server, client): without tether; tether on both sides; and a plain server called by tether's
+# client, which sends the caller's deadline: what grpc's own handling of a deadline costs.
+GRPC_PAIRS = {
+    "plain": ("plain", "plain"),
+    "tether": ("tether", "tether"),
+    "deadline": ("plain", "tether"),
+}
+
+
 def grpc_rows(seconds: int, rounds: int) -> list[tuple[str, float]]:
-    results: dict[str, list[float]] = {"plain": [], "tether": []}
+    results: dict[str, list[float]] = {name: [] for name in GRPC_PAIRS}
     for _ in range(rounds):
-        for kind in ("plain", "tether"):
+        for name, (server_kind, client_kind) in GRPC_PAIRS.items():
             port = free_port()
-            with server([PY, "apps/grpc_echo.py", str(port), kind], port):
-                results[kind].append(asyncio.run(grpc_rate(kind, port, seconds)))
-    return [(kind, statistics.median(runs)) for kind, runs in results.items()]
+            with server([PY, "apps/grpc_echo.py", str(port), server_kind], port):
+                results[name].append(asyncio.run(grpc_rate(client_kind, port, seconds)))
+    return [(name, statistics.median(runs)) for name, runs in results.items()]
 
 
 async def client_rate(kind: str, url: str, seconds: float) -> float:
@@ -213,6 +224,7 @@ def main() -> None:
     mw_ratio = mw["tether"][0] / mw["plain"][0]
     gr = dict(grpc_rows(seconds, rounds))
     gr_ratio = gr["tether"] / gr["plain"]
+    deadline_ratio = gr["deadline"] / gr["plain"]
     cl = dict(client_rows(seconds, rounds))
     cl_ratio = cl["tether"] / cl["aiohttp"]
 
@@ -237,6 +249,8 @@ def main() -> None:
                 f"{gr['tether']:,.0f}",
                 gr_ratio,
             ),
+            f"| of which grpc's own: plain server, tether's client (sends the deadline) "
+            f"| {gr['plain']:,.0f} | {gr['deadline']:,.0f} | {deadline_ratio:.3f} | |",
             row(
                 "outbound client, 50 concurrent GETs (calls/s): aiohttp vs `tether.http.Client`",
                 f"{cl['aiohttp']:,.0f}",

@@ -123,7 +123,8 @@ def middleware_counts(requests: int) -> list[tuple[str, float]]:
 
 def grpc_counts(count: int) -> list[tuple[str, float]]:
     rows = []
-    for kind, client in (("plain", "plain"), ("tether", "plain"), ("tether", "tether")):
+    pairs = (("plain", "plain"), ("plain", "tether"), ("tether", "plain"), ("tether", "tether"))
+    for kind, client in pairs:
         port = free_port()
         argv = [PY, "apps/grpc_echo.py", str(port), kind]
         drive = partial(grpc_calls, port, client=client)
