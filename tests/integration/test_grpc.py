@@ -246,7 +246,10 @@ async def test_the_clients_own_deadline_cancels_the_handler_through_grpc(
                     break
                 await asyncio.sleep(0.01)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert 0.1 < seen["budget"] <= 0.3  # the client's 0.3 s, not the default 10 s
+    # The client's 0.3 s, not the default 10 s. grpc's timeout on the wire (rounded up, see
+    # tether/grpc/client.py) can give the server a little more than the client asked for:
+    # seen once in a full run, 0.30033 s.
+    assert 0.1 < seen["budget"] <= 0.305
     assert 0.25 < seen["cancelled_after"] < 0.5  # (a) holds its 50 ms to account separately
     assert [line.grpc_code for line in lines_of("Slow")] == ["DEADLINE_EXCEEDED"]
 
