@@ -549,7 +549,8 @@ def deadline_for_request(
 ) -> DeadlineScope:
     """The block of a request that arrived from outside, for servers' per-request path: the
     same block as `deadline_at(Deadline(when), task=task, new_request=True, armed=armed)`,
-    made with less work (counted: ~5,000 CPU instructions less per request).
+    made with less work (counted in a loop of its own: ~12,600 CPU instructions instead of
+    ~18,600 armed, ~7,500 instead of ~13,800 unarmed).
 
     `when` is an instant on tether's monotonic clock, finite (not checked here: the caller
     computed it); `task` is the task that will run the block. The block's `Deadline` object is

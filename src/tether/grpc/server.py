@@ -179,7 +179,7 @@ class _Call:
         else:
             budget = min(remaining, policy.max_budget)
             # grpc cancels the handler at the client's deadline by itself: when that deadline
-            # is the call's, tether's block needs no timer of its own (see deadline_at(armed=)).
+            # is the call's, tether's block needs no timer of its own (armed=False below).
             self.grpc_enforces = remaining <= policy.max_budget
         now = _clock.monotonic()
         when = now + budget  # budget: checked, finite
