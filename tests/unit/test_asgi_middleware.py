@@ -14,6 +14,7 @@ import pytest
 
 from tether import current_deadline, current_request_id, time_remaining
 from tether.http import TetherMiddleware
+from tether.http.asgi import WATCH_AFTER
 from tether.testing import VirtualClock
 from tether.tracing import outgoing_trace_headers
 
@@ -237,6 +238,34 @@ def test_client_disconnect_cancels_the_handler_at_once(clock: VirtualClock) -> N
     gone_at = clock.run(main())
     assert cancelled == [gone_at]
     assert exchange.sent == []
+
+
+def test_each_request_is_watched_from_watch_after_into_it(clock: VirtualClock) -> None:
+    """Requests that start at different times share one watchlist timer, yet each one's watch
+    starts `WATCH_AFTER` into it: a client that left before then is noticed at that moment,
+    not at the next ring of a fixed period. Finished requests leave nothing listed."""
+    starts = [0.0, 0.003, 0.004]
+    cancelled: list[float] = []
+    exchanges = [Exchange(clock) for _ in starts]
+    middleware = TetherMiddleware(sleeping_app(60, cancelled, clock))
+
+    async def one(exchange: Exchange, start: float) -> None:
+        await asyncio.sleep(start)
+        await exchange.run(middleware, [])
+
+    async def main() -> float:
+        began = clock.monotonic()
+        tasks = [asyncio.create_task(one(e, s)) for e, s in zip(exchanges, starts, strict=True)]
+        await asyncio.sleep(0.001)
+        for exchange in exchanges:
+            exchange.disconnect.set()  # every client is gone before any watch starts
+        await asyncio.gather(*tasks)
+        assert not asyncio.get_running_loop()._tether_watchlist._listed  # type: ignore[attr-defined]
+        return began
+
+    began = clock.run(main())
+    assert [round(at - began, 6) for at in cancelled] == [round(s + WATCH_AFTER, 6) for s in starts]
+    assert all(exchange.sent == [] for exchange in exchanges)
 
 
 def test_app_reads_the_body_through_the_watcher(clock: VirtualClock) -> None:

@@ -26,10 +26,11 @@ to answer); every other cancellation propagates.
 
 Cost rule: this runs on every request of a service, so a request that ends well inside its
 budget creates no loop timer and no extra coroutine: its deadline is one entry in the loop's
-shared deadline heap, its disconnect watch one weak entry in a shared queue, and `send` is
-wrapped by a plain function. A finished request is freed at once: nothing of tether's keeps it
-(and the server objects it refers to) alive, which under load would keep tens of requests'
-memory live and out of cache (measured: ~7% of the throughput of a hello-world app).
+shared deadline heap, its disconnect watch one entry in a shared set (added, then discarded),
+and `send` is wrapped by a plain function. A finished request is freed at once: nothing of
+tether's keeps it (and the server objects it refers to) alive, which under load would keep tens
+of requests' memory live and out of cache (measured: ~7% of the throughput of a hello-world
+app).
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -141,6 +140,7 @@ class TetherMiddleware:
             exchange.budget_timing = self._default_budget_timing
         task = _current_task()
         assert task is not None  # ASGI servers run each request in a task
+        watchlist: _Watchlist | None = None
         id_token = set_request_id(exchange.request_id)
         trace_token = (
             None if traceparent is None else set_incoming_traceparent(traceparent.decode("latin-1"))
@@ -148,7 +148,7 @@ class TetherMiddleware:
         try:
             # `with`: no coroutines to enter. The budget is the request's alone.
             with deadline_for_request(when, task):
-                exchange.watch(task)
+                watchlist = exchange.watch(task)
                 await self.app(scope, exchange.receive, exchange.send)
         except asyncio.CancelledError:
             if exchange.disconnect_caused(task):
@@ -166,9 +166,11 @@ class TetherMiddleware:
             elif not exchange.response_done:
                 raise  # the server closes the connection: the answer cannot be completed
         finally:
-            exchange.finished = True  # the watchlist skips it when its turn comes
+            exchange.finished = True
             if exchange.watching is not None:
                 exchange.watching.stop()
+            elif watchlist is not None:
+                watchlist.discard(exchange)
             if trace_token is not None:
                 reset_incoming_traceparent(trace_token)
             reset_request_id(id_token)
@@ -196,12 +198,12 @@ class _Exchange:
     """One request: adds tether's headers to the response, knows how far it got, and, from
     `WATCH_AFTER` into the request on, watches for the client leaving (see `_Watch`).
 
-    A request answered within `WATCH_AFTER` costs no watching at all: it only sits in its
-    loop's `_Watchlist` until its turn comes and is then skipped.
+    A request answered within `WATCH_AFTER` costs no watching at all: it is only listed in its
+    loop's `_Watchlist` while it runs.
     """
 
     __slots__ = (
-        "__weakref__",
+        "__weakref__",  # for tests that check a finished request is freed
         "_reading",
         "_receive",
         "_send",
@@ -271,10 +273,16 @@ class _Exchange:
 
     # -- the request side --
 
-    def watch(self, task: asyncio.Task[Any]) -> None:
-        """Watch for the client leaving from `WATCH_AFTER` on, cancelling `task` if it does."""
+    def watch(self, task: asyncio.Task[Any]) -> _Watchlist:
+        """Watch for the client leaving from `WATCH_AFTER` on, cancelling `task` if it does.
+        Returns the watchlist, from which the request must be discarded when it finishes."""
         self.task = task  # set here, not in __init__: only requests that reach the app have one
-        kept_on_loop(task.get_loop(), "_tether_watchlist", _Watchlist).add(self)
+        loop = task.get_loop()
+        watchlist = _last_watchlist
+        if watchlist._loop is not loop:
+            watchlist = _watchlist_of(loop)
+        watchlist.add(self)
+        return watchlist
 
     def start_watching(self) -> None:
         """Called by the watchlist once the request has run `WATCH_AFTER`."""
@@ -348,34 +356,55 @@ class _Watch:
 
 
 class _Watchlist:
-    """The requests of one loop not yet watched for disconnects, oldest first.
+    """The requests of one loop not yet watched for disconnects.
 
-    One loop timer serves them all: it rings `WATCH_AFTER` after the oldest request still
-    listed, starts watching every request that has run that long and is still going, and
-    re-arms for the next one. Entries are weak references: a request that finishes sooner is
-    freed at once and skipped when its turn comes.
+    A request is listed when it reaches the app and leaves the list when it finishes or its
+    watch starts; the list holds it only meanwhile, so a finished request is freed at once.
+    One loop timer, running only while the list is not empty, rings `WATCH_AFTER` after the
+    oldest listed request started: each request that has run that long starts being watched,
+    and the timer re-arms for the oldest one left. A request is thus watched from
+    `WATCH_AFTER` into it (a little later when the loop is busy).
     """
 
-    __slots__ = ("_loop", "_pending", "_timer")
+    __slots__ = ("_listed", "_loop", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._pending: deque[tuple[float, weakref.ref[_Exchange]]] = deque()
+        self._listed: set[_Exchange] = set()
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, exchange: _Exchange) -> None:
-        due = self._loop.time() + WATCH_AFTER
-        self._pending.append((due, weakref.ref(exchange)))
-        if self._timer is None:
-            self._timer = self._loop.call_at(due, self._ring)
+        self._listed.add(exchange)
+        if self._timer is None:  # listed requests are younger than the one the timer is for
+            self._timer = self._loop.call_later(WATCH_AFTER, self._ring)
+
+    def discard(self, exchange: _Exchange) -> None:
+        self._listed.discard(exchange)
 
     def _ring(self) -> None:
         self._timer = None
-        pending = self._pending
-        now = self._loop.time()
-        while pending and pending[0][0] <= now:
-            exchange = pending.popleft()[1]()
-            if exchange is not None:
-                exchange.start_watching()
-        if pending:
-            self._timer = self._loop.call_at(pending[0][0], self._ring)
+        now = _clock.monotonic()
+        due_since = now - WATCH_AFTER
+        oldest = now
+        due = []
+        for exchange in self._listed:
+            if exchange.started <= due_since:
+                due.append(exchange)
+            elif exchange.started < oldest:
+                oldest = exchange.started
+        for exchange in due:
+            self._listed.discard(exchange)
+            exchange.start_watching()
+        if self._listed:
+            self._timer = self._loop.call_later(oldest + WATCH_AFTER - now, self._ring)
+
+
+def _watchlist_of(loop: asyncio.AbstractEventLoop) -> _Watchlist:
+    """The loop's one `_Watchlist`."""
+    global _last_watchlist
+    # Remembered for the next request: one identity test instead of an attribute lookup.
+    _last_watchlist = kept_on_loop(loop, "_tether_watchlist", _Watchlist)
+    return _last_watchlist
+
+
+_last_watchlist = _Watchlist(None)  # type: ignore[arg-type]  # matches no loop
