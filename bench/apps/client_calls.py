@@ -12,8 +12,9 @@ from functools import partial
 import aiohttp
 
 import tether
-from apps import CALLER_BUDGET
 from tether.http import Client
+
+COUNTED_BUDGET = 3600.0
 
 
 async def calls(call: Callable[[], Awaitable[object]], count: int) -> None:
@@ -40,7 +41,10 @@ async def main(kind: str, url: str, count: int) -> None:
             await calls(plain, 300)
             await calls(plain, count)
         return
-    async with Client() as client, tether.deadline_after(CALLER_BUDGET):
+    # A budget long enough for all the calls under valgrind's cache simulation (CALLER_BUDGET
+    # is not): the client does the same work under any budget, only X-Request-Timeout's digits
+    # differ.
+    async with Client() as client, tether.deadline_after(COUNTED_BUDGET):
         await calls(lambda: client.get(url), 300)
         await calls(lambda: client.get(url), count)
 
