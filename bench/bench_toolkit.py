@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -66,14 +66,15 @@ def wait_for(port: int, seconds: float = 10.0) -> None:
 
 
 @contextmanager
-def server(argv: list[str], port: int, core: str = "0") -> Iterator[None]:
+def server(argv: list[str], port: int, core: str = "0") -> Iterator[int]:
+    """Run `argv` pinned to `core` until the block ends; yields its process id."""
     taskset = ["taskset", "-c", core] if shutil.which("taskset") else []
     proc = subprocess.Popen(
         [*taskset, *argv], cwd=BENCH, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_for(port)
-        yield
+        yield proc.pid  # taskset runs the server in its own process
     finally:
         proc.terminate()
         proc.wait(10)
@@ -113,7 +114,8 @@ def wrk(port: int, seconds: int) -> tuple[float, float]:
     return rps, float(p99.group(1)) * scale
 
 
-def middleware_rows(seconds: int, rounds: int) -> list[tuple[str, float, float]]:
+def middleware_runs(seconds: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Per app, each round's requests per second and p99 latency (ms)."""
     apps = {
         "plain": "apps.hello:plain",
         "headers": "apps.hello:headers_only",
@@ -126,10 +128,7 @@ def middleware_rows(seconds: int, rounds: int) -> list[tuple[str, float, float]]
             with server(uvicorn(apps[kind], port), port):
                 wrk(port, 1)  # warm-up
                 results[kind].append(wrk(port, seconds))
-    return [
-        (kind, statistics.median(r for r, _ in runs), statistics.median(p for _, p in runs))
-        for kind, runs in results.items()
-    ]
+    return results
 
 
 async def call_loop(
@@ -150,19 +149,31 @@ async def call_loop(
     return done / (time.perf_counter() - start)
 
 
-async def grpc_rate(kind: str, port: int, seconds: float) -> float:
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) that process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def grpc_rate(kind: str, port: int, seconds: float, server_pid: int) -> tuple[float, float]:
+    """Calls per second, and CPU seconds per call of the server and the calling process
+    together (time the hypervisor takes from the VM is not in it)."""
     channel = (
         tether.grpc.insecure_channel(f"127.0.0.1:{port}")
         if kind == "tether"
         else grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     )
-    async with channel:
+    async with channel, AsyncExitStack() as budget:
         echo = channel.unary_unary("/bench.Echo/Echo")
         await call_loop(lambda: echo(b"x"), 0.5)  # warm-up
         if kind == "tether":
-            async with tether.deadline_after(CALLER_BUDGET):
-                return await call_loop(lambda: echo(b"x"), seconds)
-        return await call_loop(lambda: echo(b"x"), seconds)
+            await budget.enter_async_context(tether.deadline_after(CALLER_BUDGET))
+        cpu_before = process_cpu(server_pid) + time.process_time()
+        started = time.perf_counter()
+        rate = await call_loop(lambda: echo(b"x"), seconds)
+        calls = rate * (time.perf_counter() - started)
+        cpu = process_cpu(server_pid) + time.process_time() - cpu_before
+        return rate, cpu / calls
 
 
 # (server, client): without tether; tether on both sides; and a plain server called by tether's
@@ -174,14 +185,15 @@ GRPC_PAIRS = {
 }
 
 
-def grpc_rows(seconds: int, rounds: int) -> list[tuple[str, float]]:
-    results: dict[str, list[float]] = {name: [] for name in GRPC_PAIRS}
+def grpc_runs(seconds: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Per pair of `GRPC_PAIRS`, each round's calls per second and CPU seconds per call."""
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in GRPC_PAIRS}
     for _ in range(rounds):
         for name, (server_kind, client_kind) in GRPC_PAIRS.items():
             port = free_port()
-            with server([PY, "apps/grpc_echo.py", str(port), server_kind], port):
-                results[name].append(asyncio.run(grpc_rate(client_kind, port, seconds)))
-    return [(name, statistics.median(runs)) for name, runs in results.items()]
+            with server([PY, "apps/grpc_echo.py", str(port), server_kind], port) as pid:
+                results[name].append(asyncio.run(grpc_rate(client_kind, port, seconds, pid)))
+    return results
 
 
 async def client_rate(kind: str, url: str, seconds: float) -> float:
@@ -196,7 +208,8 @@ async def client_rate(kind: str, url: str, seconds: float) -> float:
             return await call_loop(lambda: client.get(url), seconds)
 
 
-def client_rows(seconds: int, rounds: int) -> list[tuple[str, float]]:
+def client_runs(seconds: int, rounds: int) -> dict[str, list[float]]:
+    """Per client, each round's calls per second."""
     results: dict[str, list[float]] = {"aiohttp": [], "tether": []}
     port = free_port()
     with server(uvicorn("apps.hello:plain", port), port, core="0"):
@@ -205,7 +218,30 @@ def client_rows(seconds: int, rounds: int) -> list[tuple[str, float]]:
                 results[kind].append(
                     asyncio.run(client_rate(kind, f"http://127.0.0.1:{port}/", seconds))
                 )
-    return [(kind, statistics.median(runs)) for kind, runs in results.items()]
+    return results
+
+
+class Paired:
+    """One case against its reference, measured in the same rounds."""
+
+    def __init__(self, without: list[float], with_: list[float]) -> None:
+        self.without = statistics.median(without)
+        self.with_ = statistics.median(with_)
+        # Each round measures both back to back, so a machine that slows down between rounds
+        # moves both figures of that round: the ratio is the median of the rounds' ratios.
+        ratios = [w / wo for w, wo in zip(with_, without, strict=True)]
+        self.ratio = statistics.median(ratios)
+        self.low, self.high = min(ratios), max(ratios)
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(stolen, total) CPU ticks of the whole machine so far, from /proc/stat (0, 0 if none)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0, 0
+    ticks = [int(field) for field in fields[:8]]  # user .. steal (guest time is within user)
+    return ticks[7], sum(ticks)
 
 
 def main() -> None:
@@ -218,62 +254,73 @@ def main() -> None:
     )
     args = parser.parse_args()
     seconds, rounds = (3, 1) if args.quick else (6, 5)
+    os.sched_setaffinity(0, {1})  # the load side runs on core 1, servers on core 0
     if args.only:
-        os.sched_setaffinity(0, {1})
-        case = {"middleware": middleware_rows, "grpc": grpc_rows, "client": client_rows}
+        case = {"middleware": middleware_runs, "grpc": grpc_runs, "client": client_runs}
         print(case[args.only](seconds, rounds))
         return
-    os.sched_setaffinity(0, {1})  # the load side runs on core 1, servers on core 0
+    stolen_before, total_before = cpu_ticks()
+    mw_runs = middleware_runs(seconds, rounds)
+    gr_runs = grpc_runs(seconds, rounds)
+    cl_runs = client_runs(seconds, rounds)
+    stolen_after, total_after = cpu_ticks()
+    stolen = (stolen_after - stolen_before) / max(total_after - total_before, 1)
 
-    mw = dict((k, (r, p)) for k, r, p in middleware_rows(seconds, rounds))
-    mw_ratio = mw["tether"][0] / mw["plain"][0]
-    headers_ratio = mw["headers"][0] / mw["plain"][0]
-    gr = dict(grpc_rows(seconds, rounds))
-    gr_ratio = gr["tether"] / gr["plain"]
-    deadline_ratio = gr["deadline"] / gr["plain"]
-    cl = dict(client_rows(seconds, rounds))
-    cl_ratio = cl["tether"] / cl["aiohttp"]
+    def rates(runs: list[tuple[float, float]]) -> list[float]:
+        return [rate for rate, _ in runs]
 
-    def row(case: str, without: str, with_: str, ratio: float | None) -> str:
-        if ratio is None:
-            return f"| {case} | {without} | {with_} | | |"
-        verdict = "meets" if ratio >= 0.9 else "misses"
-        return f"| {case} | {without} | {with_} | {ratio:.3f} | >= 0.90 ({verdict}) |"
+    mw = Paired(rates(mw_runs["plain"]), rates(mw_runs["tether"]))
+    headers = Paired(rates(mw_runs["plain"]), rates(mw_runs["headers"]))
+    p99 = {kind: statistics.median(p for _, p in runs) for kind, runs in mw_runs.items()}
+    gr = Paired(rates(gr_runs["plain"]), rates(gr_runs["tether"]))
+    deadline = Paired(rates(gr_runs["plain"]), rates(gr_runs["deadline"]))
+    # CPU per call, inverted so that, like a rate, more is better (calls per CPU second)
+    gr_cpu = Paired(*([1 / cpu for _, cpu in gr_runs[name]] for name in ("plain", "tether")))
+    cl = Paired(cl_runs["aiohttp"], cl_runs["tether"])
+
+    def row(case: str, pair: Paired, target: bool = True) -> str:
+        verdict = f">= 0.90 ({'meets' if pair.ratio >= 0.9 else 'misses'})" if target else ""
+        return (
+            f"| {case} | {pair.without:,.0f} | {pair.with_:,.0f} | {pair.ratio:.3f} "
+            f"| {pair.low:.3f}-{pair.high:.3f} | {verdict} |"
+        )
 
     rows = "\n".join(
         [
+            row("ASGI middleware: Starlette hello under uvicorn, wrk 50 conns (req/s)", mw),
+            f"| same, p99 latency | {p99['plain']:.2f} ms | {p99['tether']:.2f} ms | | | |",
             row(
-                "ASGI middleware: Starlette hello under uvicorn, wrk 50 conns (req/s)",
-                f"{mw['plain'][0]:,.0f}",
-                f"{mw['tether'][0]:,.0f}",
-                mw_ratio,
+                "of which the two response headers alone (a middleware that only adds them)",
+                headers,
+                target=False,
             ),
-            row("same, p99 latency", f"{mw['plain'][1]:.2f} ms", f"{mw['tether'][1]:.2f} ms", None),
-            f"| of which the two response headers alone (a middleware that only adds them) "
-            f"| {mw['plain'][0]:,.0f} | {mw['headers'][0]:,.0f} | {headers_ratio:.3f} | |",
+            row("gRPC unary echo, 50 concurrent callers (calls/s), server + client side", gr),
             row(
-                "gRPC unary echo, 50 concurrent callers (calls/s), server + client side",
-                f"{gr['plain']:,.0f}",
-                f"{gr['tether']:,.0f}",
-                gr_ratio,
+                "same, calls per CPU second (server and caller together)",
+                gr_cpu,
+                target=False,
             ),
-            f"| of which grpc's own: plain server, tether's client (sends the deadline) "
-            f"| {gr['plain']:,.0f} | {gr['deadline']:,.0f} | {deadline_ratio:.3f} | |",
+            row(
+                "of which grpc's own: plain server, tether's client (sends the deadline)",
+                deadline,
+                target=False,
+            ),
             row(
                 "outbound client, 50 concurrent GETs (calls/s): aiohttp vs `tether.http.Client`",
-                f"{cl['aiohttp']:,.0f}",
-                f"{cl['tether']:,.0f}",
-                cl_ratio,
+                cl,
             ),
         ]
     )
     body = f"""## Service toolkit overhead (`bench/bench_toolkit.py`)
 
 Reproduce: `.venv/bin/python bench/bench_toolkit.py`. Machine: {machine()}.
-Servers on core 0, load on core 1; {rounds} alternating rounds of {seconds} s, medians.
+Servers on core 0, load on core 1; {rounds} alternating rounds of {seconds} s. Rates are the
+rounds' medians; the ratio is the median of the rounds' own ratios (each round measures both
+back to back), with their range. CPU time the hypervisor took from this VM during the run
+(steal): {stolen:.1%}.
 
-| case | without tether | with tether | ratio | target |
-|---|---:|---:|---:|---|
+| case | without tether | with tether | ratio | rounds' ratios | target |
+|---|---:|---:|---:|---|---|
 {rows}
 
 Where the time goes: exact per-request CPU instructions of the same three cases are in the
@@ -281,17 +328,27 @@ next section (`bench/count_instructions.py`); timings on this shared 2-core VM v
 figure from run to run, and amplify small CPU costs (the load generator, idle more often, must
 be woken more often: a busy-loop of 5 us added to the plain app cost about 9 us per request).
 - Middleware: a middleware that only adds the two headers tether must add (X-Request-ID,
-  Server-Timing) costs a hello-world request about 20,000 instructions, 9% (second row of the
-  next section's first table): uvicorn checks each response header with two regular
-  expressions and re-encodes it (about 13,000 for the two), and any pure-ASGI middleware adds
-  a layer and a `send` wrapper (about 5,000). So 0.90 is out of reach on uvicorn with these
-  headers; the rest is the middleware's own work (reading the headers, a request id, three
-  context variables, one deadline block in the loop's shared deadline heap, one weak entry in
-  the loop's disconnect watchlist). Timed ratios sit below the counted ones: memory kept live
-  costs time that instructions do not show. The watchlist held each finished request for its
-  5 ms until this was found (same instructions; in 8 alternating rounds of this case the median
-  ratio was 0.64 before, 0.73 once entries became weak).
-- gRPC: with a plain client, the server interceptor's own cost; with tether's client, also
+  Server-Timing) costs a hello-world request about 20,000 instructions, 9% (next section's
+  first table), and, timed, 7-8% of its throughput (third row): uvicorn checks each response
+  header with two regular expressions and re-encodes it, and any pure-ASGI middleware adds a
+  layer and a `send` wrapper. That leaves tether's own work 2-3% of a request's time, about
+  1 us, a few thousand instructions; its deadline block alone is ~10,000 (one entry in the
+  loop's shared deadline heap), then a request id, three context variables, the header scan
+  and one entry in the loop's disconnect watchlist. So 0.90 is out of reach on uvicorn. The
+  watchlist is a set of the requests in flight: a request is added when the app starts and
+  discarded when it ends (counted: ~3,800 instructions less per request than the queue of weak
+  entries before it). Until an earlier session found it, the watchlist held each finished
+  request for its 5 ms (same instructions; in 8 alternating rounds of this case the median
+  ratio was 0.64 before, 0.73 once entries became weak): memory kept live costs time that
+  instructions do not show.
+- Timed ratios sit below the counted ones, and the next section's simulated counts suggest
+  why: tether's instructions mispredict branches more often than the code around them, and
+  each mispredicted branch or instruction-cache miss costs the time of tens of instructions.
+  The two headers alone add almost no instruction-cache misses, and their timed ratio is
+  above their counted one.
+- gRPC: the calls-per-CPU-second row divides the calls by the CPU time the server and the
+  calling process used (user and system, from /proc): time the hypervisor takes from the VM
+  is not in it, a slowed core still is. With a plain client, the server interceptor's own cost; with tether's client, also
   grpc's handling of the deadline the client now sends (the third row measures that alone:
   a plain server called by tether's client). The client's correction of grpc's
   timeout rounding (97% of the budget, see docs/toolkit.md) costs nothing measurable. The
