@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, NoReturn
@@ -65,6 +64,7 @@ Continuation = Callable[
     [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
 ]
 _GENERIC = "internal error"
+_OK = grpc.StatusCode.OK
 
 
 class TetherServerInterceptor(grpc.aio.ServerInterceptor):
@@ -171,7 +171,7 @@ class _Call:
             request_id = new_request_id()
         self.request_id = request_id
         self.method = method
-        self.code = grpc.StatusCode.OK  # what the call ended with, for the log line
+        self.code = _OK  # what the call ended with, for the log line
         remaining = context.time_remaining()
         if remaining is None:
             budget = policy.default_budget
@@ -191,7 +191,7 @@ class _Call:
                 self.grpc_enforces = False
         self.budget = budget
         self.when = when
-        self.started = time.perf_counter()
+        self.started = now
         self._id_token = set_request_id(request_id)
         self._trace_token = set_incoming_traceparent(
             traceparent if isinstance(traceparent, str) else None
@@ -204,7 +204,7 @@ class _Call:
         reset_request_id(self._id_token)
         if not log.isEnabledFor(logging.INFO):
             return
-        elapsed = (time.perf_counter() - self.started) * 1000
+        elapsed = (_clock.monotonic() - self.started) * 1000
         log.info(
             "grpc %s %s %.1fms budget=%.1fms request_id=%s",
             self.method,
