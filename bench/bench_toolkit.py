@@ -378,7 +378,7 @@ be woken more often: a busy-loop of 5 us added to the plain app cost about 9 us 
   `max_budget`: grpc then cancels the
   handler at the client's deadline itself and tether's server sets no timer of its own. A
   budget the server enforces itself (the client sent none, or more than `max_budget`) arms
-  tether's timer: with a plain client the server counts ~7,000 instructions more per call.
+  tether's timer: with a plain client the server counts 7,000-9,500 instructions more per call.
   grpc.aio's interceptor path itself is ~1% of a call: tether's wrapped handler registered
   directly on a server without interceptors counted 466,397 instructions per call against
   470,866 through the interceptor (one VM, same day; the handler then reads the metadata from
