@@ -350,11 +350,11 @@ median of their ratios), and amplify small CPU costs (the load generator, idle m
 be woken more often: a busy-loop of 5 us added to the plain app cost about 9 us per request).
 - Middleware: a middleware that only adds the two headers tether must add (X-Request-ID,
   Server-Timing) costs a hello-world request about 20,000 instructions, 9% (next section's
-  first table), and, timed, 6-8% of its throughput (the "two response headers alone" row;
-  0.925, 0.936 and 0.955 in three runs of one day): uvicorn checks each response
+  first table), and, timed, 2-8% of its throughput (the "two response headers alone" row;
+  0.925, 0.936, 0.955, 0.975 and 0.948 in five runs of one day): uvicorn checks each response
   header with two regular expressions and re-encodes it, and any pure-ASGI middleware adds a
-  layer and a `send` wrapper. That leaves tether's own work 2-3% of a request's time, about
-  1 us, a few thousand instructions; its deadline block alone is ~10,000 (one entry in the
+  layer and a `send` wrapper. That leaves tether's own work 2-7% of a request's time, 1-3 us,
+  a few thousand instructions; its deadline block alone is ~10,000 (one entry in the
   loop's shared deadline heap), then a request id, three context variables, the header scan
   and one entry in the loop's disconnect watchlist. So 0.90 is out of reach on uvicorn. The
   watchlist is a set of the requests in flight: a request is added when the app starts and
@@ -388,10 +388,11 @@ be woken more often: a busy-loop of 5 us added to the plain app cost about 9 us 
   it, no generic entry. Counted, it saved ~4,400 instructions per request in the middleware,
   ~5,000 per call in the gRPC server and ~1,800 per client call. Timed gRPC ratio after
   it, on one VM in one day: 0.884, 0.890, 0.895, 0.904, 0.905, 0.905 in six runs (median
-  0.90); on the next VM, with the median of rounds' ratios: 0.917 and 0.904 in two full runs
-  (rounds from 0.84 to 0.95), 0.892 in one `--only grpc` run, and 0.846 in a run during an
-  hour when the plain middleware app served 15,000 instead of 24,000 requests per second.
-  On the line, not met with margin.
+  0.90). On the next VM, in seven runs of one day: 0.846 (ratio of medians, in an hour when
+  the plain middleware app served 15,000 instead of 24,000 requests per second), 0.917 (5
+  rounds of 6 s), 0.892 (`--only grpc`), then 0.904, 0.907, 0.860 and 0.872 (10 rounds of 3
+  s; the last two with references' spreads up to 1.8 and 1.5): median 0.89. On the line or
+  just below it: not met.
 - Outbound client: the budget arithmetic, the call's deadline block (which replaces aiohttp's
   per-call timer and saved about 12,000 instructions per call), the `X-Request-Timeout`
   header, the trace-context check and the per-phase timings. The calling process is CPU-bound
