@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Any, Final, TypeVar, final
 
 from tether import _clock
-from tether._loop_state import kept_on_loop
+from tether._loop_state import PerLoop
 from tether.errors import DeadlineExceeded, format_seconds
 
 __all__ = [
@@ -337,9 +337,9 @@ class DeadlineScope:
         loop = task.get_loop()
         self._cancelling = task.cancelling()
         loop_when = self._loop_when = loop.time() + (when - now)
-        alarms = _last_alarms
+        alarms = _alarms_per_loop.last
         if alarms._loop is not loop:
-            alarms = _alarms_of(loop)
+            alarms = _alarms_per_loop.of(loop)
         self._alarms = alarms
         self._alarm = alarms.add(loop_when, self)
 
@@ -486,16 +486,8 @@ class _Alarms:
             self._arm(heap[0][0])
 
 
-def _alarms_of(loop: asyncio.AbstractEventLoop) -> _Alarms:
-    """The loop's one `_Alarms`."""
-    global _last_alarms
-    # Remembered for the next block: one identity test instead of an attribute lookup. Any
-    # thread may overwrite it; each block keeps the alarms it armed with.
-    _last_alarms = kept_on_loop(loop, "_tether_alarms", _Alarms)
-    return _last_alarms
-
-
-_last_alarms = _Alarms(None)  # type: ignore[arg-type]  # matches no loop
+# Each loop's one _Alarms.
+_alarms_per_loop: PerLoop[_Alarms] = PerLoop("_tether_alarms", _Alarms)
 
 
 def deadline_after(seconds: float) -> DeadlineScope:

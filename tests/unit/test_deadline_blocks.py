@@ -366,7 +366,7 @@ def test_many_blocks_share_one_loop_timer_and_each_rings_at_its_own_instant(
 def test_blocks_that_finish_in_time_leave_nothing_behind(clock: VirtualClock) -> None:
     """Thousands of blocks that end within their budget: the loop's deadline heap stays small
     (cancelled entries are dropped), and one that expires afterwards still rings on time."""
-    from tether.deadline import _alarms_of
+    from tether.deadline import _alarms_per_loop
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -374,7 +374,7 @@ def test_blocks_that_finish_in_time_leave_nothing_behind(clock: VirtualClock) ->
             for _ in range(5000):
                 async with deadline_after(10):
                     await asyncio.sleep(0)
-            assert len(_alarms_of(loop)._heap) < 100
+            assert len(_alarms_per_loop.of(loop)._heap) < 100
             start = clock.monotonic()
             with pytest.raises(DeadlineExceeded):
                 async with deadline_after(0.5):

@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from tether import _clock
-from tether._loop_state import kept_on_loop
+from tether._loop_state import PerLoop
 from tether._settings import server_budgets
 from tether.deadline import deadline_for_request
 from tether.errors import InvalidDeadlineHeader, TetherError
@@ -278,9 +278,9 @@ class _Exchange:
         Returns the watchlist, from which the request must be discarded when it finishes."""
         self.task = task  # set here, not in __init__: only requests that reach the app have one
         loop = task.get_loop()
-        watchlist = _last_watchlist
+        watchlist = _watchlists.last
         if watchlist._loop is not loop:
-            watchlist = _watchlist_of(loop)
+            watchlist = _watchlists.of(loop)
         watchlist.add(self)
         return watchlist
 
@@ -399,12 +399,5 @@ class _Watchlist:
             self._timer = self._loop.call_later(oldest + WATCH_AFTER - now, self._ring)
 
 
-def _watchlist_of(loop: asyncio.AbstractEventLoop) -> _Watchlist:
-    """The loop's one `_Watchlist`."""
-    global _last_watchlist
-    # Remembered for the next request: one identity test instead of an attribute lookup.
-    _last_watchlist = kept_on_loop(loop, "_tether_watchlist", _Watchlist)
-    return _last_watchlist
-
-
-_last_watchlist = _Watchlist(None)  # type: ignore[arg-type]  # matches no loop
+# Each loop's one _Watchlist.
+_watchlists: PerLoop[_Watchlist] = PerLoop("_tether_watchlist", _Watchlist)
