@@ -492,3 +492,203 @@ async def test_the_log_line_carries_the_status_the_call_ended_with(
     logged = [r.grpc_code for r in calls]  # type: ignore[attr-defined]
     assert codes == ["INTERNAL", "DEADLINE_EXCEEDED"]
     assert logged == codes
+
+
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+Code = grpc.StatusCode
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "details"),
+    [
+        (TimeoutError("secret: pool wait"), Code.DEADLINE_EXCEEDED, "deadline exceeded"),
+        (DeadlineExceeded("secret: budget"), Code.DEADLINE_EXCEEDED, "deadline exceeded"),
+        (
+            tether.UpstreamUnavailable("secret: db at 10.0.0.7 is down"),
+            Code.UNAVAILABLE,
+            "a dependency is unavailable",
+        ),
+        (KeyError("secret"), Code.INTERNAL, "internal error"),
+    ],
+    ids=["TimeoutError", "DeadlineExceeded", "UpstreamUnavailable", "KeyError"],
+)
+async def test_handler_exceptions_map_to_their_statuses_without_their_text(
+    raised: Exception, code: grpc.StatusCode, details: str
+) -> None:
+    """The safety net's mapping: a timeout of any kind is DEADLINE_EXCEEDED, an unavailable
+    dependency UNAVAILABLE, anything else INTERNAL; the details are tether's generic words,
+    never the exception's; the next call is served."""
+
+    async def fail(request: bytes, context: Any) -> bytes:
+        if request == b"fail":
+            raise raised
+        return b"fine"
+
+    handlers = {"Fail": grpc.unary_unary_rpc_method_handler(fail)}
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(method("Fail"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(b"fail")
+        assert await call(b"ok") == b"fine"
+    assert caught.value.code() is code
+    assert caught.value.details() == details
+
+
+@pytest.mark.parametrize(
+    ("downstream", "answered"),
+    [
+        (Code.UNAVAILABLE, Code.UNAVAILABLE),
+        (Code.DEADLINE_EXCEEDED, Code.DEADLINE_EXCEEDED),
+        (Code.NOT_FOUND, Code.INTERNAL),
+        (Code.PERMISSION_DENIED, Code.INTERNAL),
+    ],
+)
+async def test_a_failed_downstream_call_is_passed_on_only_as_deadline_or_unavailable(
+    downstream: grpc.StatusCode, answered: grpc.StatusCode
+) -> None:
+    """A handler that lets a downstream call's AioRpcError escape (a plain grpc.aio channel, so
+    nothing maps it) answers DEADLINE_EXCEEDED or UNAVAILABLE as they came, any other status as
+    INTERNAL: the downstream's status was about its caller, not about this call's caller. The
+    downstream's details are not passed on."""
+
+    async def back(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        await context.abort(downstream, "secret: the back service's own words")
+        return b""
+
+    async with grpc_server({"Back": grpc.unary_unary_rpc_method_handler(back)}) as back_target:
+        async with grpc.aio.insecure_channel(back_target) as to_back:
+
+            async def front(request: bytes, context: Any) -> bytes:
+                answer: bytes = await to_back.unary_unary(method("Back"))(request)
+                return answer
+
+            handlers = {"Front": grpc.unary_unary_rpc_method_handler(front)}
+            async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await ch.unary_unary(method("Front"))(b"")
+    assert caught.value.code() is answered
+    assert "secret" not in (caught.value.details() or "")
+
+
+async def test_an_unknown_method_is_unimplemented_and_the_server_keeps_serving() -> None:
+    handlers, calls = counting_handler()
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await channel.unary_unary(method("NoSuchMethod"))(b"")
+        assert await channel.unary_unary(method("Count"))(b"") == b"counted"
+    assert caught.value.code() is Code.UNIMPLEMENTED
+    assert calls == [1]
+
+
+async def test_a_streaming_handler_that_writes_with_context_write() -> None:
+    """The other way to write a streaming handler (a coroutine calling `context.write`) runs
+    under the call's budget and request id too."""
+
+    async def write_two(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        for _ in range(2):
+            await context.write(f"{time_remaining():.3f} {current_request_id()}".encode())
+
+    handlers = {"Write": grpc.unary_stream_rpc_method_handler(write_two)}
+    async with grpc_server(handlers) as target, tether.grpc.insecure_channel(target) as channel:
+        with request_id_scope("req-w"):
+            async with deadline_after(0.8):
+                answers = [r async for r in channel.unary_stream(method("Write"))(b"")]
+    assert len(answers) == 2
+    for answer in answers:
+        left, request_id = answer.decode().split()
+        assert 0.5 < float(left) < 0.8
+        assert request_id == "req-w"
+
+
+async def test_invalid_deadline_metadata_on_a_streaming_call_is_invalid_argument() -> None:
+    """Streaming shapes refuse a bad x-request-timeout before the handler runs, as unary does."""
+    started: list[int] = []
+
+    async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        started.append(1)
+        yield b"x"
+
+    handlers = {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_stream(method("Stream"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            _ = [r async for r in call(b"", metadata=(("x-request-timeout", "soon"),))]
+        assert [r async for r in call(b"")] == [b"x"]
+    assert refused.value.code() is Code.INVALID_ARGUMENT
+    assert "x-request-timeout" in (refused.value.details() or "").lower()
+    assert started == [1]
+
+
+async def test_a_later_deadline_in_the_metadata_does_not_extend_grpcs_own() -> None:
+    """grpc-timeout 300 ms but x-request-timeout 5 s: the earlier one, 300 ms, is the budget."""
+    async with grpc_server({"Budget": budget_reporter()}) as target:
+        async with grpc.aio.insecure_channel(target) as channel:
+            answer = await channel.unary_unary(method("Budget"))(
+                b"", timeout=0.3, metadata=(("x-request-timeout", "5000"),)
+            )
+    assert 0.2 < float(answer.decode().split()[0]) <= 0.305
+
+
+async def test_the_callers_traceparent_reaches_the_handlers_own_calls() -> None:
+    """A valid `traceparent` in a call's metadata is passed on by tether's channel from inside
+    the handler; a malformed one, or none, is not."""
+    seen: list[str | None] = []
+
+    async def back(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        seen.append(dict(context.invocation_metadata() or ()).get("traceparent"))
+        return b""
+
+    async with grpc_server({"Back": grpc.unary_unary_rpc_method_handler(back)}) as back_target:
+        async with tether.grpc.insecure_channel(back_target) as to_back:
+
+            async def front(request: bytes, context: Any) -> bytes:
+                answer: bytes = await to_back.unary_unary(method("Back"))(request)
+                return answer
+
+            handlers = {"Front": grpc.unary_unary_rpc_method_handler(front)}
+            async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as ch:
+                call = ch.unary_unary(method("Front"))
+                await call(b"", metadata=(("traceparent", TRACE),))
+                await call(b"", metadata=(("traceparent", "00-not-a-trace-01"),))
+                await call(b"")
+    assert seen == [TRACE, None, None]
+
+
+async def test_other_statuses_stay_aiorpcerror_on_tethers_channel() -> None:
+    """tether's channel maps only DEADLINE_EXCEEDED and UNAVAILABLE; NOT_FOUND stays the
+    AioRpcError the caller would have got from grpc."""
+
+    async def missing(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        await context.abort(Code.NOT_FOUND, "no such order")
+        return b""
+
+    handlers = {"Missing": grpc.unary_unary_rpc_method_handler(missing)}
+    async with grpc_server(handlers) as target, tether.grpc.insecure_channel(target) as channel:
+        async with deadline_after(2):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary(method("Missing"))(b"")
+    assert caught.value.code() is Code.NOT_FOUND
+    assert caught.value.details() == "no such order"
+
+
+async def test_interceptor_form_maps_errors_like_the_channel() -> None:
+    """TetherClientInterceptor(): a unary call that outlives the ambient budget raises
+    DeadlineExceeded, one to a server that is not there UpstreamUnavailable."""
+    from .servers import free_port
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(2)
+        return b""
+
+    handlers = {"Slow": grpc.unary_unary_rpc_method_handler(slow)}
+    interceptors = tether.grpc.TetherClientInterceptor()
+    async with grpc_server(handlers) as target:
+        async with grpc.aio.insecure_channel(target, interceptors=interceptors) as channel:
+            with pytest.raises(DeadlineExceeded):
+                async with deadline_after(0.2):
+                    await channel.unary_unary(method("Slow"))(b"")
+    nowhere = f"127.0.0.1:{free_port()}"
+    async with grpc.aio.insecure_channel(nowhere, interceptors=interceptors) as channel:
+        async with deadline_after(2):
+            with pytest.raises(tether.UpstreamUnavailable):
+                await channel.unary_unary(method("Slow"))(b"")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import AsyncExitStack
+from typing import Any
 
 import aiohttp
 import pytest
@@ -168,3 +169,40 @@ def test_bad_client_settings_are_refused(kwargs: dict[str, float], match: str) -
     """Zero, negative or NaN timeouts and negative margins raise ValueError."""
     with pytest.raises(ValueError, match=match):
         Client(**kwargs)
+
+
+async def test_every_method_passes_the_budget_on_and_carries_its_body() -> None:
+    """post, put and delete (not only get) send their method and body with the budget and
+    request id; relative paths join the client's base_url."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers = dict(scope["headers"])
+        answer = b"%s %s %s %s" % (
+            scope["method"].encode(),
+            body or b"-",
+            headers.get(b"x-request-timeout", b"none"),
+            headers.get(b"x-request-id", b"none"),
+        )
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": answer})
+
+    async with uvicorn_server(app) as url, Client(base_url=url + "/", margin=0.005) as client:
+        with request_id_scope("req-m"):
+            async with deadline_after(2):
+                answers = [
+                    (await client.post("/orders", data=b"new")).text(),
+                    (await client.put("/orders/1", data=b"changed")).text(),
+                    (await client.delete("/orders/1")).text(),
+                ]
+    for answer, (verb, body) in zip(
+        answers, [("POST", "new"), ("PUT", "changed"), ("DELETE", "-")], strict=True
+    ):
+        method_, sent, timeout, request_id = answer.split()
+        assert (method_, sent, request_id) == (verb, body, "req-m")
+        assert 1900 <= int(timeout) <= 1995

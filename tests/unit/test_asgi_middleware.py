@@ -268,6 +268,72 @@ def test_each_request_is_watched_from_watch_after_into_it(clock: VirtualClock) -
     assert all(exchange.sent == [] for exchange in exchanges)
 
 
+@pytest.mark.parametrize("after", [0.001, 0.5], ids=["before-the-watch", "while-watched"])
+def test_a_cancellation_from_the_server_propagates(clock: VirtualClock, after: float) -> None:
+    """The server cancelling a request (shutting down, say) is not the middleware's to answer
+    or to swallow: CancelledError leaves it, nothing is sent, and the request leaves nothing
+    listed or ambient behind. Checked before the disconnect watch starts and while it runs."""
+    cancelled: list[float] = []
+    exchange = Exchange(clock)
+
+    async def main() -> None:
+        task = asyncio.create_task(
+            exchange.run(TetherMiddleware(sleeping_app(60, cancelled, clock)), [])
+        )
+        await asyncio.sleep(after)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.01)  # a watch, had one been left running, would act by now
+        assert not asyncio.get_running_loop()._tether_watchlist._listed  # type: ignore[attr-defined]
+        assert current_request_id() is None
+
+    clock.run(main())
+    assert len(cancelled) == 1
+    assert exchange.sent == []
+
+
+def test_background_work_after_the_response_is_not_cancelled_by_the_end_of_the_exchange(
+    clock: VirtualClock,
+) -> None:
+    """Servers report the end of an exchange as `http.disconnect` while an app may still be
+    working after its response (Starlette's background tasks run inside the app call): that
+    is not a client leaving, and the work runs on to its end, within the request's budget."""
+    done: list[float] = []
+    exchange = Exchange(clock)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(0.01)  # past WATCH_AFTER: the disconnect watch is running
+        await ok_app()(scope, receive, send)
+        exchange.disconnect.set()  # the server: the response is out, the exchange is over
+        await asyncio.sleep(0.05)  # background work
+        done.append(clock.monotonic())
+
+    clock.run(exchange.run(TetherMiddleware(app), []))
+    assert exchange.status == 200
+    assert len(done) == 1
+
+
+def test_an_exception_after_a_complete_response_is_logged_and_not_raised(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An app that fails after its whole response was sent (in background work, say): the
+    client already has its answer, so nothing more is sent and nothing escapes to the server;
+    the failure is logged with the request id and its traceback."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await ok_app()(scope, receive, send)
+        raise RuntimeError("cleanup failed")
+
+    with caplog.at_level(logging.ERROR, logger="tether.http"):
+        exchange = run(clock, TetherMiddleware(app), [(b"x-request-id", b"req-bg")])
+    assert exchange.status == 200
+    assert len(exchange.sent) == 2  # the app's own start and body, nothing after them
+    assert caplog.records[-1].request_id == "req-bg"  # type: ignore[attr-defined]
+    assert "after its complete response" in caplog.records[-1].getMessage()
+    assert "cleanup failed" in str(caplog.records[-1].exc_info)
+
+
 def test_app_reads_the_body_through_the_watcher(clock: VirtualClock) -> None:
     """The app still receives the request body while the middleware watches for disconnects."""
     received: list[bytes] = []
@@ -392,6 +458,7 @@ def test_exceptions_become_a_500_problem_without_their_text(
     assert "hunter2" not in json.dumps(exchange.body)
     assert exchange.body["request_id"] == "req-9"
     assert caplog.records[-1].request_id == "req-9"  # type: ignore[attr-defined]
+    assert "answered 500" in caplog.records[-1].getMessage()
     assert "hunter2" in str(caplog.records[-1].exc_info)
 
 

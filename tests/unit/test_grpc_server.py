@@ -91,7 +91,14 @@ def test_what_grpc_may_send_is_within_the_budget(seconds: float, stale_ms: float
 
 @pytest.mark.parametrize(
     ("seconds", "expected"),
-    [(0.3, 0.291), (1.0, 0.97), (1.1, 1.058), (12.345, 11.898), (123.456, 118.998)],
+    [
+        (0.3, 0.291),
+        (1.0, 0.97),
+        (1.1, 1.058),
+        (12.345, 11.898),
+        (123.456, 118.998),
+        (200_000.0, 190_799.998),  # 27 hours and more: grpc sends whole hours
+    ],
 )
 def test_timeout_for_grpc_examples(seconds: float, expected: float) -> None:
     assert timeout_for_grpc(seconds) == pytest.approx(expected, abs=1e-9)

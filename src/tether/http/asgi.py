@@ -160,11 +160,15 @@ class TetherMiddleware:
                 return
             raise
         except Exception as exc:
-            _log_failure(exchange.request_id, exc)
             if not exchange.response_started:
-                await exchange.answer(problem_for_exception(exc))
+                problem = problem_for_exception(exc)
+                _log_failure(exchange.request_id, exc, f"answered {problem.status}")
+                await exchange.answer(problem)
             elif not exchange.response_done:
+                _log_failure(exchange.request_id, exc, "mid-response; the connection is closed")
                 raise  # the server closes the connection: the answer cannot be completed
+            else:
+                _log_failure(exchange.request_id, exc, "after its complete response")
         finally:
             exchange.finished = True
             if exchange.watching is not None:
@@ -181,14 +185,23 @@ def _budget_timing(budget: float) -> bytes:
     return b", budget;dur=%.1f" % (budget * 1000)
 
 
-def _log_failure(request_id: str, exc: Exception) -> None:
+def _log_failure(request_id: str, exc: Exception, outcome: str) -> None:
+    """Log an exception that escaped the app; `outcome` says what the client got."""
     extra = {"request_id": request_id}
     if isinstance(exc, TetherError):  # an outcome (budget spent, upstream down), not a bug
-        log.info("request %s ended with %s: %s", request_id, type(exc).__name__, exc, extra=extra)
+        log.info(
+            "request %s ended with %s (%s): %s",
+            request_id,
+            type(exc).__name__,
+            outcome,
+            exc,
+            extra=extra,
+        )
     else:
         log.error(
-            "request %s failed with an unhandled exception; answered with an internal error",
+            "request %s failed with an unhandled exception (%s)",
             request_id,
+            outcome,
             exc_info=exc,
             extra=extra,
         )
