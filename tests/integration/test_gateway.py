@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -479,3 +480,20 @@ async def test_graceful_drain(gateway: Gateway, upstream: Upstream) -> None:
     assert code == 0
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", gateway.port), timeout=0.5).close()
+
+
+async def test_pipelined_requests_are_answered_in_order(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    """Three requests sent in one write (HTTP/1.1 pipelining) get three answers, in the order
+    asked, on the same connection; the last one's `connection: close` closes it."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in GOOD.items()).encode()
+    requests = b"".join(
+        b"GET /api/user/v1/" + name + b" HTTP/1.1\r\nhost: x\r\n" + head + extra + b"\r\n"
+        for name, extra in ((b"first", b""), (b"second", b""), (b"third", b"connection: close\r\n"))
+    )
+    answer, closed = await raw(gateway, requests)
+    assert answer.count(b"HTTP/1.1 200") == 3, answer
+    targets = [t.decode() for t in re.findall(rb'"target": ?"(/v1/[a-z]+)"', answer)]
+    assert targets == ["/v1/first", "/v1/second", "/v1/third"]
+    assert closed

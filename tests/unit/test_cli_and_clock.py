@@ -23,6 +23,13 @@ from tether.testing import VirtualClock
         (["demo", "--budget-ms", "1.5"], "positive whole number"),
         (["demo", "--budget-ms"], "expected one argument"),
         (["demo", "--unknown"], "unrecognized arguments"),
+        (["gateway"], "required: FILE"),
+        (["gateway", "g.yaml", "--workers", "0"], "from 1 to 256"),
+        (["gateway", "g.yaml", "--workers", "257"], "from 1 to 256"),
+        (["gateway", "g.yaml", "--workers", "two"], "from 1 to 256"),
+        (["gateway", "g.yaml", "--workers", "-1"], "from 1 to 256"),
+        (["gateway", "g.yaml", "--workers", "٣"], "from 1 to 256"),  # a non-ASCII digit
+        (["pg"], "required: PG_COMMAND"),
     ],
 )
 def test_bad_command_lines_exit_2_with_a_message(

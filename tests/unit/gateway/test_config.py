@@ -164,3 +164,74 @@ def test_ipv6_and_service_options() -> None:
     assert config.services["s"].retry_with_idempotency_key
     assert config.auth is not None
     assert config.auth.secret_env == "JWT_SECRET"
+
+
+SERVICE_S = "services:\n  s:\n    versions: [v1]\n    endpoints: [{address: 127.0.0.1:9000}]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "message"),
+    [
+        # YAML itself would keep the last of two equal keys without a word
+        ("listen: 127.0.0.1:8080\nzone: a\nzone: b\n" + SERVICE_S, "zone", "given twice"),
+        ("listen: 127.0.0.1:8080\nzone: a\n? [x]\n: 1\n" + SERVICE_S, "(file)", "plain names"),
+        ("listen: 127.0.0.1:8080\nzone: [a]\n" + SERVICE_S, "zone", "a single value"),
+        (
+            "listen: 127.0.0.1:8080\nzone: a\nservices:\n  s:\n    versions: v1\n"
+            "    endpoints: [{address: 127.0.0.1:9000}]\n",
+            "services.s.versions",
+            "must be a list",
+        ),
+        (
+            "listen: 127.0.0.1:8080\nzone: a\nservices:\n  s:\n    versions: []\n"
+            "    endpoints: [{address: 127.0.0.1:9000}]\n",
+            "services.s.versions",
+            "at least one version",
+        ),
+        (
+            "listen: 127.0.0.1:8080\nzone: a\nservices:\n  s:\n    versions: [v1]\n"
+            "    endpoints: []\n",
+            "services.s.endpoints",
+            "at least one endpoint",
+        ),
+        (
+            "listen: 127.0.0.1:8080\nzone: a\n" + SERVICE_S + "    strip_prefix: yes\n",
+            "services.s.strip_prefix",
+            "true or false",
+        ),
+        (
+            "listen: 127.0.0.1:8080\nzone: a\n" + SERVICE_S + "retry:\n  budget: {ratio: 0.2x}\n",
+            "retry.budget.ratio",
+            "a number like 0.2",
+        ),
+        (
+            "listen: 127.0.0.1:8080\nzone: a\n" + SERVICE_S + "retry:\n  budget: {ratio: 11}\n",
+            "retry.budget.ratio",
+            "at most 10",
+        ),
+        (
+            "listen: 127.0.0.1:8080\nzone: a\n" + SERVICE_S + "retry:\n  backoff_base: 2s\n"
+            "  backoff_cap: 1s\n",
+            "retry.backoff_base",
+            "cannot be longer than retry.backoff_cap",
+        ),
+    ],
+    ids=[
+        "duplicate-key",
+        "non-scalar-key",
+        "list-for-a-value",
+        "value-for-a-list",
+        "no-versions",
+        "no-endpoints",
+        "yes-for-a-boolean",
+        "not-a-number",
+        "number-too-large",
+        "backoff-base-over-cap",
+    ],
+)
+def test_shape_mistakes_are_named(text: str, path: str, message: str) -> None:
+    """Wrong shapes (a list where a value belongs and back), repeated keys, YAML's loose
+    booleans and malformed numbers are each refused with their key path and what was wrong."""
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    assert any(m.path == path and message in str(m) for m in caught.value.mistakes), caught.value
