@@ -351,10 +351,10 @@ be woken more often: a busy-loop of 5 us added to the plain app cost about 9 us 
 - Middleware: a middleware that only adds the two headers tether must add (X-Request-ID,
   Server-Timing) costs a hello-world request about 20,000 instructions, 9% (next section's
   first table), and, timed, 2-8% of its throughput (the "two response headers alone" row;
-  0.925, 0.936, 0.955, 0.975 and 0.948 in five runs of one day): uvicorn checks each response
-  header with two regular expressions and re-encodes it, and any pure-ASGI middleware adds a
-  layer and a `send` wrapper. That leaves tether's own work 2-7% of a request's time, 1-3 us,
-  a few thousand instructions; its deadline block alone is ~10,000 (one entry in the
+  0.925-0.975 in five runs of one day, 0.938 and 0.926 on a steadier VM): uvicorn checks each
+  response header with two regular expressions and re-encodes it, and any pure-ASGI middleware
+  adds a layer and a `send` wrapper. That leaves tether's own work 2-7% of a request's time,
+  1-3 us, a few thousand instructions; its deadline block alone is ~10,000 (one entry in the
   loop's shared deadline heap), then a request id, three context variables, the header scan
   and one entry in the loop's disconnect watchlist. So 0.90 is out of reach on uvicorn. The
   watchlist is a set of the requests in flight: a request is added when the app starts and
@@ -391,8 +391,10 @@ be woken more often: a busy-loop of 5 us added to the plain app cost about 9 us 
   0.90). On the next VM, in seven runs of one day: 0.846 (ratio of medians, in an hour when
   the plain middleware app served 15,000 instead of 24,000 requests per second), 0.917 (5
   rounds of 6 s), 0.892 (`--only grpc`), then 0.904, 0.907, 0.860 and 0.872 (10 rounds of 3
-  s; the last two with references' spreads up to 1.8 and 1.5): median 0.89. On the line or
-  just below it: not met.
+  s; the last two with references' spreads up to 1.8 and 1.5): median 0.89. On a steadier
+  VM the next day, two full runs: 0.903 (rounds 0.867-0.919; references' spreads 1.06-1.08;
+  middleware 0.702, client 0.854) and 0.882 (the run above; spreads 1.09-1.23). On the line:
+  met in one steady run's median, missed in the other and in some rounds of both. Not met.
 - Outbound client: the budget arithmetic, the call's deadline block (which replaces aiohttp's
   per-call timer and saved about 12,000 instructions per call), the `X-Request-Timeout`
   header, the trace-context check and the per-phase timings. The calling process is CPU-bound
@@ -401,7 +403,16 @@ be woken more often: a busy-loop of 5 us added to the plain app cost about 9 us 
   removed, ~68 us in full (measured before blocks were made from an instant, which saved
   ~1,800 instructions per call). The block costs ~1.1 us in a tight loop, ~2.9 us among 50
   interleaved tasks and ~6 us inside an aiohttp call: the same code costs more the more
-  other work runs between its steps (measured; the cause not pinned down further). Tried
+  other work runs between its steps. Timed in place on a steady VM (perf_counter_ns around
+  each step, 10,000 calls, 50 at a time): entering the block took 3.8 us and leaving it 1.9
+  us; the getpid() system call inside `asyncio.current_task()` took 0.77 us there against
+  0.22 us in a loop of its own. Every step costs three to five times what it costs alone,
+  which is why 31,000 instructions (~10% counted) cost ~13 us (~15-19% timed). Ablations
+  in the same session (uvicorn on core 0, the caller on core 1, 6 alternating rounds): the
+  armed block ~5.7 us, the per-call bookkeeping (the timings, the call's context variable,
+  the `Response`) ~3.5 us, tether's request and connector classes ~1.4 us, the budget
+  arithmetic and its header ~1-2 us, the trace-context check and the debug log call ~1 us;
+  aiohttp's own per-call timer, which the block replaces, ~6.4 us. Tried
   and measured no better: a leaner block (no context variable, only the alarm), avoiding
   `asyncio.current_task()`'s getpid() system call, and aiohttp's own per-call timeout
   instead (~72 us).
