@@ -449,3 +449,119 @@ async def test_readyz_turns_503_while_draining_and_the_request_in_flight_finishe
             assert await admin_get(running, "/readyz") == (503, "not ready: draining\n")
             assert (await in_flight)[0] == 200
             assert await asyncio.wait_for(running.process.wait(), 30) == 0
+
+
+@asynccontextmanager
+async def broken_upstream(answer: bytes) -> AsyncIterator[Scripted]:
+    """An upstream that reads a request, writes `answer` (not a whole valid HTTP response) and
+    closes the connection."""
+    upstream = Scripted()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream.seen.append(await read_request(reader))
+            writer.write(answer)
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    upstream.port = server.sockets[0].getsockname()[1]
+    try:
+        yield upstream
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "detail"),
+    [
+        (b"SMTP ready\r\n\r\n", "not valid HTTP"),
+        (b"HTTP/1.1 200 OK\r\ncontent-", "mid-answer"),
+        (b"HTTP/1.1 200 OK\r\nconnection: close\r\n", "mid-answer"),
+    ],
+    ids=["not-http", "head-cut-short", "head-cut-short-on-close"],
+)
+async def test_a_broken_head_from_the_upstream_is_a_502_problem_at_once(
+    tmp_path: Path, answer: bytes, detail: str
+) -> None:
+    """An upstream that answers something other than HTTP, or closes before its head is
+    complete, gets the client a 502 problem saying so at once (not at the read timeout), and
+    the gateway keeps serving. A POST: not retried."""
+    async with broken_upstream(answer) as broken, scripted(200) as good:
+        body = (
+            "services:\n"
+            + service("broken", (broken, "zone-a"))
+            + service("good", (good, "zone-a"))
+        )
+        async with gateway(tmp_path, body) as running:
+            started = time.monotonic()
+            status, headers, problem = await call(running, "/api/broken/v1/x", method="POST")
+            took = time.monotonic() - started
+            assert (status, headers["Content-Type"]) == (502, "application/problem+json")
+            assert problem["type"].endswith("bad-gateway")
+            assert detail in problem["detail"]
+            assert problem["request_id"] == RID
+            assert (await call(running, "/api/good/v1/x"))[0] == 200
+    assert took < 0.5  # the read timeout is 1.5 s
+    assert len(broken.seen) == 1
+
+
+async def raw_exchange(running: Running, request: bytes, wait: float = 3.0) -> tuple[bytes, bool]:
+    """Send `request` on a new connection; what came back, and whether the gateway closed it."""
+    host, port = running.url[7:].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    received, closed = b"", False
+    try:
+        async with asyncio.timeout(wait):
+            while chunk := await reader.read(65536):
+                received += chunk
+            closed = True
+    except TimeoutError:
+        pass
+    writer.close()
+    return received, closed
+
+
+@pytest.mark.parametrize(
+    "connection", [b"", b"connection: close\r\n"], ids=["keep-alive", "connection-close"]
+)
+async def test_a_body_cut_short_by_the_upstream_closes_the_clients_connection(
+    tmp_path: Path, connection: bytes
+) -> None:
+    """The head (Content-Length: 50) was relayed, then the upstream closed after 9 bytes: the
+    gateway cannot answer otherwise any more and closes the client's connection, so that the
+    client sees a short answer as broken, never as a whole one followed by a desynchronised
+    connection. Also when the upstream said `connection: close`."""
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n" + connection + b'\r\n{"partial'
+    async with broken_upstream(answer) as broken:
+        async with gateway(
+            tmp_path, "services:\n" + service("broken", (broken, "zone-a"))
+        ) as running:
+            head = "".join(f"{k}: {v}\r\n" for k, v in GOOD.items()).encode()
+            received, closed = await raw_exchange(
+                running, b"GET /api/broken/v1/x HTTP/1.1\r\nhost: x\r\n" + head + b"\r\n"
+            )
+    head_part, _, body = received.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 200")
+    assert b"content-length: 50" in head_part.lower()
+    assert body == b'{"partial'
+    assert closed
+
+
+async def test_a_body_that_ends_with_the_upstreams_connection_is_relayed_whole(
+    tmp_path: Path,
+) -> None:
+    """No Content-Length, no chunks: the body runs to the upstream's close (RFC 9112 6.3), and
+    the client gets all of it."""
+    answer = (
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-type: text/plain\r\n\r\n" + b"x" * 100_000
+    )
+    async with broken_upstream(answer) as upstream:
+        async with gateway(
+            tmp_path, "services:\n" + service("eof", (upstream, "zone-a"))
+        ) as running:
+            status, _, body = await call(running, "/api/eof/v1/x")
+    assert status == 200
+    assert body == b"x" * 100_000

@@ -25,6 +25,9 @@ from tether.gateway.config import Address
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
+# The headers that frame an answer's body (names lowercased).
+_BODY_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
 
 def no_delay(transport: asyncio.Transport) -> None:
     """Send small writes at once (TCP_NODELAY): a head and a body written separately must not
@@ -162,6 +165,7 @@ class UpstreamConnection(FlowControl, asyncio.Protocol):
         self.body: Feed | None = None
         self.complete = False
         self._keep_alive = False
+        self._ends_at_eof = False  # the answer's body runs to the connection's end
         FlowControl.__init__(self)
         self._head_timer: asyncio.TimerHandle | None = None
 
@@ -179,8 +183,12 @@ class UpstreamConnection(FlowControl, asyncio.Protocol):
             self.close()
 
     def eof_received(self) -> bool | None:
-        if self.body is not None and not self.complete and not self._keep_alive:
-            self.on_message_complete()  # a body delimited by the connection's end
+        # The connection's end completes an answer only when it is what delimits the body.
+        # Anywhere else (within the head, short of a Content-Length, inside chunks) the answer
+        # is cut short: connection_lost() reports it, and a client already being answered
+        # loses its connection rather than get a short body it would take for a whole one.
+        if self._ends_at_eof and not self.complete:
+            self.on_message_complete()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -200,6 +208,9 @@ class UpstreamConnection(FlowControl, asyncio.Protocol):
     def on_headers_complete(self) -> None:
         # Asked now: httptools forgets it once the message is complete.
         self._keep_alive = bool(self._parser.should_keep_alive())
+        # RFC 9112 6.3: an answer with neither Content-Length nor Transfer-Encoding has a body
+        # that ends with the connection (httptools completes bodiless answers by itself).
+        self._ends_at_eof = not any(name in _BODY_FRAMING for name, _ in self._headers)
         self._stop_head_timer()
         if self._head is not None and not self._head.done():
             self._head.set_result((self._parser.get_status_code(), self._headers))
@@ -219,6 +230,7 @@ class UpstreamConnection(FlowControl, asyncio.Protocol):
         """Prepare for one response; the future resolves with its status and headers."""
         self._headers = []
         self.complete = False
+        self._ends_at_eof = False
         loop = self.pool.loop
         self._head = loop.create_future()
         assert self.transport is not None
