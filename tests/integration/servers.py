@@ -119,6 +119,25 @@ async def read_request(reader: asyncio.StreamReader) -> dict[str, Any]:
     }
 
 
+async def raw_exchange(port: int, data: bytes, *, wait: float = 2.0) -> tuple[bytes, bool]:
+    """Send raw bytes to 127.0.0.1:`port` on a new connection; return what came back and
+    whether the other side closed the connection within `wait` seconds."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    received = b""
+    closed = False
+    try:
+        async with asyncio.timeout(wait):
+            while chunk := await reader.read(65536):
+                received += chunk
+            closed = True
+    except TimeoutError:
+        pass
+    writer.close()
+    return received, closed
+
+
 def read_access_log(log_path: Path) -> list[dict[str, Any]]:
     """The JSON lines a gateway started by `spawn_gateway` has written to its access log."""
     return [json.loads(line) for line in log_path.read_text().splitlines() if line]

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .servers import free_port, read_access_log, read_request, spawn_gateway
+from .servers import free_port, raw_exchange, read_access_log, read_request, spawn_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -167,20 +167,7 @@ async def get(
 
 async def raw(gateway: Gateway, data: bytes, *, wait: float = 2.0) -> tuple[bytes, bool]:
     """Send raw bytes; return what came back and whether the gateway closed the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-    writer.write(data)
-    await writer.drain()
-    received = b""
-    closed = False
-    try:
-        async with asyncio.timeout(wait):
-            while chunk := await reader.read(65536):
-                received += chunk
-            closed = True
-    except TimeoutError:
-        pass
-    writer.close()
-    return received, closed
+    return await raw_exchange(gateway.port, data, wait=wait)
 
 
 async def test_a_conforming_request_is_proxied(gateway: Gateway, upstream: Upstream) -> None:

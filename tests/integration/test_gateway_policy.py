@@ -20,7 +20,7 @@ import jwt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .servers import free_port, read_access_log, read_request, spawn_gateway
+from .servers import free_port, raw_exchange, read_access_log, read_request, spawn_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -507,23 +507,6 @@ async def test_a_broken_head_from_the_upstream_is_a_502_problem_at_once(
     assert len(broken.seen) == 1
 
 
-async def raw_exchange(running: Running, request: bytes, wait: float = 3.0) -> tuple[bytes, bool]:
-    """Send `request` on a new connection; what came back, and whether the gateway closed it."""
-    host, port = running.url[7:].split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(request)
-    received, closed = b"", False
-    try:
-        async with asyncio.timeout(wait):
-            while chunk := await reader.read(65536):
-                received += chunk
-            closed = True
-    except TimeoutError:
-        pass
-    writer.close()
-    return received, closed
-
-
 @pytest.mark.parametrize(
     "connection", [b"", b"connection: close\r\n"], ids=["keep-alive", "connection-close"]
 )
@@ -541,7 +524,8 @@ async def test_a_body_cut_short_by_the_upstream_closes_the_clients_connection(
         ) as running:
             head = "".join(f"{k}: {v}\r\n" for k, v in GOOD.items()).encode()
             received, closed = await raw_exchange(
-                running, b"GET /api/broken/v1/x HTTP/1.1\r\nhost: x\r\n" + head + b"\r\n"
+                int(running.url.rsplit(":", 1)[1]),
+                b"GET /api/broken/v1/x HTTP/1.1\r\nhost: x\r\n" + head + b"\r\n",
             )
     head_part, _, body = received.partition(b"\r\n\r\n")
     assert head_part.startswith(b"HTTP/1.1 200")
