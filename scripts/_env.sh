@@ -4,11 +4,21 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
+is_python_311_or_newer() {  # $1: a command name or path
+    command -v "$1" >/dev/null 2>&1 \
+        && "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
+}
+
 find_python() {
-    for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
-        [ -n "$candidate" ] || continue
-        command -v "$candidate" >/dev/null 2>&1 || continue
-        if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    if [ -n "${PYTHON:-}" ]; then  # chosen by the caller: that one or none
+        if is_python_311_or_newer "$PYTHON"; then
+            echo "$PYTHON"; return 0
+        fi
+        echo "PYTHON=$PYTHON is not a Python 3.11 or newer that runs here" >&2
+        return 1
+    fi
+    for candidate in python3.13 python3.12 python3.11 python3; do
+        if is_python_311_or_newer "$candidate"; then
             echo "$candidate"; return 0
         fi
     done
@@ -16,12 +26,26 @@ find_python() {
     return 1
 }
 
+version_of() {  # $1: a python; prints its version, e.g. 3.12.1
+    "$1" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])'
+}
+
 ensure_venv() {  # $1: extras, e.g. "dev" or "dev,all"
     local extras="$1" venv="$root/.venv"
     local stamp="$venv/.tether-installed" want
     want="$extras $(cksum < pyproject.toml)"
+    local python
+    if [ -n "${PYTHON:-}" ] && [ -x "$venv/bin/python" ]; then
+        python="$(find_python)"
+        if [ "$(version_of "$venv/bin/python")" != "$(version_of "$python")" ]; then
+            # PYTHON chooses the interpreter: a .venv made with another one is made again.
+            echo "re-creating .venv with $python ($(version_of "$python"))" >&2
+            rm -rf "$venv"
+        fi
+    fi
     if [ ! -x "$venv/bin/python" ]; then
-        "$(find_python)" -m venv "$venv"
+        python="$(find_python)"
+        "$python" -m venv "$venv"
     fi
     if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
