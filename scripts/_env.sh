@@ -30,6 +30,18 @@ version_of() {  # $1: a python; prints its version, e.g. 3.12.1
     "$1" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])'
 }
 
+make_venv() {  # $1: a python, $2: the folder
+    if "$1" -m venv "$2" 2>/dev/null; then
+        return 0
+    fi
+    # Debian and Ubuntu ship ensurepip, which venv needs to put pip in, in a separate package
+    # (python3-venv): without it, make the venv without pip, then install pip from PyPI.
+    echo "$1 cannot put pip into a virtual environment; installing pip from PyPI" >&2
+    rm -rf "$2"
+    "$1" -m venv --without-pip "$2"
+    "$2/bin/python" "$root/scripts/_bootstrap_pip.py"
+}
+
 ensure_venv() {  # $1: extras, e.g. "dev" or "dev,all"
     local extras="$1" venv="$root/.venv"
     local stamp="$venv/.tether-installed" want
@@ -45,7 +57,7 @@ ensure_venv() {  # $1: extras, e.g. "dev" or "dev,all"
     fi
     if [ ! -x "$venv/bin/python" ]; then
         python="$(find_python)"
-        "$python" -m venv "$venv"
+        make_venv "$python" "$venv"
     fi
     if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip

@@ -62,3 +62,37 @@ def test_a_python_that_cannot_be_used_is_refused_not_replaced(kind: str, tmp_pat
     assert found.returncode == 1
     assert found.stdout == ""
     assert f"PYTHON={python} is not a Python 3.11 or newer" in found.stderr
+
+
+def test_without_ensurepip_the_venv_gets_pip_from_pypi(tmp_path: Path) -> None:
+    """Debian's and Ubuntu's python3 without their python3-venv package cannot put pip into a
+    new virtual environment: the scripts then make it without pip and install pip from PyPI
+    (a real download, checked against PyPI's SHA-256)."""
+    python = tmp_path / "python3"
+    python.write_text(
+        "#!/bin/sh\n"
+        "# Like Debian's python3 without python3-venv: `-m venv` fails unless told --without-pip\n"
+        'if [ "$1" = "-m" ] && [ "$2" = "venv" ] && [ "$3" != "--without-pip" ]; then\n'
+        '    echo "The virtual environment was not created: ensurepip is not available" >&2\n'
+        "    exit 1\n"
+        "fi\n"
+        f'exec "{sys.executable}" "$@"\n'
+    )
+    python.chmod(0o755)
+    venv = tmp_path / "venv"
+    made = subprocess.run(
+        ["bash", "-c", f'source "{ENV_SCRIPT}" && make_venv "{python}" "{venv}"'],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr
+    assert "installing pip from PyPI" in made.stderr
+    pip = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert pip.stdout.startswith("pip ")
+    assert str(venv) in pip.stdout  # pip lives in the new environment, not the test's
