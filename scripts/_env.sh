@@ -31,7 +31,7 @@ version_of() {  # $1: a python; prints its version, e.g. 3.12.1
 }
 
 make_venv() {  # $1: a python, $2: the folder
-    if "$1" -m venv "$2" 2>/dev/null; then
+    if "$1" -m venv "$2" >/dev/null 2>&1; then
         return 0
     fi
     # Debian and Ubuntu ship ensurepip, which venv needs to put pip in, in a separate package
