@@ -1,14 +1,17 @@
-"""How scripts/check and scripts/demo choose their Python (scripts/_env.sh's `find_python`).
+"""What scripts/check and scripts/demo need from the machine: a Python 3.11+ (scripts/_env.sh),
+pip in a new virtual environment, and an embedded PostgreSQL that starts for any user.
 
-Only the choice is run here: making a virtual environment would replace the one these tests
-run from.
+The Python is only chosen here, never used for `.venv/`: that would replace the environment
+these tests run from.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -96,3 +99,78 @@ def test_without_ensurepip_the_venv_gets_pip_from_pypi(tmp_path: Path) -> None:
     )
     assert pip.stdout.startswith("pip ")
     assert str(venv) in pip.stdout  # pip lives in the new environment, not the test's
+
+
+EMBEDDED_SELECT_1 = """
+import asyncio, asyncpg
+from tether.postgres.embedded import postgres_dsn
+
+async def select_1(dsn):
+    connection = await asyncpg.connect(dsn)
+    try:
+        print(await connection.fetchval("SELECT 1"))
+    finally:
+        await connection.close()
+
+with postgres_dsn() as dsn:
+    asyncio.run(select_1(dsn))
+"""
+
+
+def embedded_select_1(temporary: str) -> subprocess.CompletedProcess[str]:
+    """`SELECT 1` on an embedded server started by a new process with no runtime folder
+    (XDG_RUNTIME_DIR unset, as on servers and in CI) and `temporary` as its temporary folder."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("XDG_RUNTIME_DIR", "TETHER_PG_DSN")
+    }
+    env["TMPDIR"] = temporary
+    return subprocess.run(
+        [sys.executable, "-c", EMBEDDED_SELECT_1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_embedded_server_does_not_need_the_shared_temporary_lock_file() -> None:
+    """Without a runtime folder, the embedded server's package would lock `<tmp>/.lockfile`,
+    which belongs to whoever used it first. Here it cannot be opened at all (a folder stands
+    in its place, as another user's file would for us): the server still starts, its lock in
+    `<tmp>/tether-<uid>`, a folder only this user can enter."""
+    temporary = tempfile.mkdtemp(prefix="tpg")  # short: the server's socket lives below it
+    try:
+        (Path(temporary) / ".lockfile").mkdir()
+        ran = embedded_select_1(temporary)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        assert ran.stdout.strip() == "1"
+        own = Path(temporary) / f"tether-{os.getuid()}"
+        assert (own / "python_PostgresServer" / ".lockfile").exists()
+        assert own.stat().st_mode & 0o777 == 0o700
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+@pytest.mark.parametrize("planted", ["a symbolic link", "another user's folder"])
+def test_a_lock_folder_that_is_not_this_users_own_is_refused(planted: str) -> None:
+    """`<tmp>/tether-<uid>` is trusted only if it is this user's own folder: one planted there
+    is refused with a message saying what to do."""
+    temporary = tempfile.mkdtemp(prefix="tpg")
+    try:
+        own = Path(temporary) / f"tether-{os.getuid()}"
+        if planted == "a symbolic link":
+            (Path(temporary) / "elsewhere").mkdir()
+            own.symlink_to(Path(temporary) / "elsewhere")
+        else:
+            if os.getuid() != 0:
+                pytest.skip("only root can make a folder that belongs to another user")
+            own.mkdir()
+            os.chown(own, 12345, 12345)
+        ran = embedded_select_1(temporary)
+        assert ran.returncode == 1
+        assert "is not a folder of this user's own" in ran.stderr
+        assert "TETHER_PG_DSN" in ran.stderr
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)

