@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from importlib import metadata, resources
+from pathlib import Path
 
 HEAVY = (
     "aiohttp",
@@ -40,6 +42,20 @@ def test_extras_are_declared() -> None:
     """The integrations' dependencies are optional extras, with [all] naming them all."""
     extras = set(metadata.metadata("tether").get_all("Provides-Extra") or [])
     assert {"http", "grpc", "postgres", "gateway", "all"} <= extras
+
+
+def test_the_readme_starts_with_the_two_commands() -> None:
+    """README.md (which the package build also needs) opens with the demo and the test suite
+    commands, and both scripts are there to run."""
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    first_block = re.search(r"```sh\n(.*?)```", readme, re.DOTALL)
+    assert first_block is not None
+    assert readme.index("```sh") < readme.index("\n## ")
+    commands = [line.split()[0] for line in first_block.group(1).splitlines() if line.strip()]
+    assert commands == ["scripts/demo", "scripts/check"]
+    for command in commands:
+        assert (root / command).is_file()
 
 
 def test_new_request_ids_are_distinct_uuid4s_and_differ_across_a_fork() -> None:
