@@ -34,6 +34,20 @@ def counting_handler() -> tuple[dict[str, grpc.RpcMethodHandler[Any, Any]], list
     return {"Count": grpc.unary_unary_rpc_method_handler(count)}, calls
 
 
+async def call_lines(
+    caplog: pytest.LogCaptureFixture, count: int, name: str = ""
+) -> list[logging.LogRecord]:
+    """The server's per-call log lines (those naming `name`), once there are `count` of them or
+    after 1 s: a line is written when its handler has unwound, which can be just after the
+    client has its status."""
+    for _ in range(100):
+        lines = [r for r in caplog.records if hasattr(r, "grpc_code") and name in r.getMessage()]
+        if len(lines) >= count:
+            break
+        await asyncio.sleep(0.01)
+    return lines
+
+
 def budget_reporter() -> grpc.RpcMethodHandler[Any, Any]:
     async def report(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         left = time_remaining()
@@ -222,26 +236,20 @@ async def test_the_clients_own_deadline_cancels_the_handler_through_grpc(
             raise
         return b""
 
-    def lines_of(name: str) -> list[Any]:  # this test's per-call log lines
-        return [r for r in caplog.records if hasattr(r, "grpc_code") and name in r.getMessage()]
-
     handlers = {"Slow": grpc.unary_unary_rpc_method_handler(slow)}
     async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
         with caplog.at_level(logging.INFO, logger="tether.grpc"):
             started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await channel.unary_unary(method("Slow"))(b"", timeout=0.3)
-            for _ in range(100):  # the log line is written once the handler has unwound
-                if lines_of("Slow"):
-                    break
-                await asyncio.sleep(0.01)
+            lines = await call_lines(caplog, 1, "Slow")
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The client's 0.3 s, not the default 10 s. grpc's timeout on the wire (rounded up, see
     # tether/grpc/client.py) can give the server a little more than the client asked for:
     # seen once in a full run, 0.30033 s.
     assert 0.1 < seen["budget"] <= 0.305
     assert 0.25 < seen["cancelled_after"] < 0.5  # (a) holds its 50 ms to account separately
-    assert [line.grpc_code for line in lines_of("Slow")] == ["DEADLINE_EXCEEDED"]
+    assert [line.grpc_code for line in lines] == ["DEADLINE_EXCEEDED"]
 
 
 class RaisingAuth(grpc.aio.ServerInterceptor):
@@ -488,8 +496,8 @@ async def test_the_log_line_carries_the_status_the_call_ended_with(
                     with pytest.raises(grpc.aio.AioRpcError) as caught:
                         await channel.unary_unary(method(name))(b"")
                     codes.append(caught.value.code().name)
-    calls = [r for r in caplog.records if hasattr(r, "grpc_code")]  # the per-call lines
-    logged = [r.grpc_code for r in calls]  # type: ignore[attr-defined]
+                lines = await call_lines(caplog, 2)
+    logged = [r.grpc_code for r in lines]  # type: ignore[attr-defined]
     assert codes == ["INTERNAL", "DEADLINE_EXCEEDED"]
     assert logged == codes
 
