@@ -117,15 +117,19 @@ with postgres_dsn() as dsn:
 """
 
 
-def embedded_select_1(temporary: str) -> subprocess.CompletedProcess[str]:
-    """`SELECT 1` on an embedded server started by a new process with no runtime folder
-    (XDG_RUNTIME_DIR unset, as on servers and in CI) and `temporary` as its temporary folder."""
+def embedded_select_1(
+    temporary: str, runtime: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`SELECT 1` on an embedded server started by a new process with `temporary` as its
+    temporary folder and `runtime` as XDG_RUNTIME_DIR (None: unset, as on servers and in CI)."""
     env = {
         key: value
         for key, value in os.environ.items()
         if key not in ("XDG_RUNTIME_DIR", "TETHER_PG_DSN")
     }
     env["TMPDIR"] = temporary
+    if runtime is not None:
+        env["XDG_RUNTIME_DIR"] = runtime
     return subprocess.run(
         [sys.executable, "-c", EMBEDDED_SELECT_1],
         env=env,
@@ -135,15 +139,23 @@ def embedded_select_1(temporary: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_embedded_server_does_not_need_the_shared_temporary_lock_file() -> None:
-    """Without a runtime folder, the embedded server's package would lock `<tmp>/.lockfile`,
-    which belongs to whoever used it first. Here it cannot be opened at all (a folder stands
-    in its place, as another user's file would for us): the server still starts, its lock in
-    `<tmp>/tether-<uid>`, a folder only this user can enter."""
+@pytest.mark.parametrize("runtime_folder", ["none", "the user's own"])
+def test_the_embedded_server_does_not_need_the_shared_temporary_lock_file(
+    runtime_folder: str,
+) -> None:
+    """The embedded server's package would lock `<tmp>/.lockfile`, which belongs to whoever used
+    it first, unless its own folder in the runtime folder already exists: with no runtime
+    folder (servers, CI) and with a desktop's. Here that file cannot be opened at all (a folder
+    stands in its place, as another user's file would for us): the server still starts, its
+    lock in `<tmp>/tether-<uid>`, a folder only this user can enter."""
     temporary = tempfile.mkdtemp(prefix="tpg")  # short: the server's socket lives below it
     try:
         (Path(temporary) / ".lockfile").mkdir()
-        ran = embedded_select_1(temporary)
+        runtime = None
+        if runtime_folder == "the user's own":  # as XDG requires: owned, mode 0700
+            runtime = os.path.join(temporary, "run")
+            os.mkdir(runtime, 0o700)
+        ran = embedded_select_1(temporary, runtime)
         assert ran.returncode == 0, ran.stderr[-3000:]
         assert ran.stdout.strip() == "1"
         own = Path(temporary) / f"tether-{os.getuid()}"

