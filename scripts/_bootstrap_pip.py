@@ -38,11 +38,12 @@ def newest_wheel() -> tuple[str, str, str]:
 def main() -> None:
     name, url, sha256 = newest_wheel()
     with tempfile.TemporaryDirectory() as folder:
-        wheel = Path(folder) / name
         with urllib.request.urlopen(url, timeout=300) as answer:
-            wheel.write_bytes(answer.read())
-        if hashlib.sha256(wheel.read_bytes()).hexdigest() != sha256:
+            downloaded = answer.read()
+        if hashlib.sha256(downloaded).hexdigest() != sha256:
             raise SystemExit(f"{name} from {url} does not match PyPI's SHA-256; not installed")
+        wheel = Path(folder) / name
+        wheel.write_bytes(downloaded)
         # A wheel is a zip archive Python can run from: pip installs its own wheel.
         subprocess.run(
             [sys.executable, f"{wheel}/pip", "install", "--quiet", "--no-index", str(wheel)],

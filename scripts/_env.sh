@@ -46,12 +46,13 @@ ensure_venv() {  # $1: extras, e.g. "dev" or "dev,all"
     local extras="$1" venv="$root/.venv"
     local stamp="$venv/.tether-installed" want
     want="$extras $(cksum < pyproject.toml)"
-    local python
+    local python chosen
     if [ -n "${PYTHON:-}" ] && [ -x "$venv/bin/python" ]; then
         python="$(find_python)"
-        if [ "$(version_of "$venv/bin/python")" != "$(version_of "$python")" ]; then
+        chosen="$(version_of "$python")"
+        if [ "$(version_of "$venv/bin/python")" != "$chosen" ]; then
             # PYTHON chooses the interpreter: a .venv made with another one is made again.
-            echo "re-creating .venv with $python ($(version_of "$python"))" >&2
+            echo "re-creating .venv with $python ($chosen)" >&2
             rm -rf "$venv"
         fi
     fi

@@ -19,17 +19,23 @@ import pytest
 ENV_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "_env.sh"
 
 
-def find_python(python: str | None) -> subprocess.CompletedProcess[str]:
+def env_script(call: str, python: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `call` (a function of scripts/_env.sh, with its arguments) in bash, with PYTHON set
+    to `python` (None: unset)."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHON"}
     if python is not None:
         env["PYTHON"] = python
     return subprocess.run(
-        ["bash", "-c", f'source "{ENV_SCRIPT}" && find_python'],
+        ["bash", "-c", f'source "{ENV_SCRIPT}" && {call}'],
         env=env,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=300,
     )
+
+
+def find_python(python: str | None) -> subprocess.CompletedProcess[str]:
+    return env_script("find_python", python)
 
 
 def test_without_python_set_a_python_311_or_newer_is_found() -> None:
@@ -83,12 +89,7 @@ def test_without_ensurepip_the_venv_gets_pip_from_pypi(tmp_path: Path) -> None:
     )
     python.chmod(0o755)
     venv = tmp_path / "venv"
-    made = subprocess.run(
-        ["bash", "-c", f'source "{ENV_SCRIPT}" && make_venv "{python}" "{venv}"'],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    made = env_script(f'make_venv "{python}" "{venv}"')
     assert made.returncode == 0, made.stderr
     assert "installing pip from PyPI" in made.stderr
     pip = subprocess.run(
