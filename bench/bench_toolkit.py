@@ -343,97 +343,79 @@ How steady the machine was, as the references' fastest round over their slowest:
 On a steady machine these stay close to 1; the further above it, the more something else
 slowed this VM during the run, and the less its ratios say.
 
-Where the time goes: exact per-request CPU instructions of the same three cases are in the
-next section (`bench/count_instructions.py`); timings on this shared 2-core VM drift within
-minutes (single rounds' ratios below spread by up to +-20%, hence many short rounds and the
-median of their ratios), and amplify small CPU costs (the load generator, idle more often, must
-be woken more often: a busy-loop of 5 us added to the plain app cost about 9 us per request).
-- Middleware: a middleware that only adds the two headers tether must add (X-Request-ID,
-  Server-Timing) costs a hello-world request about 20,000 instructions, 9% (next section's
-  first table), and, timed, 2-8% of its throughput (the "two response headers alone" row;
-  0.925-0.975 in five runs of one day, 0.938 and 0.926 on a steadier VM): uvicorn checks each
-  response header with two regular expressions and re-encodes it, and any pure-ASGI middleware
-  adds a layer and a `send` wrapper. That leaves tether's own work 2-7% of a request's time,
-  1-3 us, a few thousand instructions; its deadline block alone is ~10,000 (one entry in the
-  loop's shared deadline heap), then a request id, three context variables, the header scan
-  and one entry in the loop's disconnect watchlist. So 0.90 is out of reach on uvicorn. The
-  watchlist is a set of the requests in flight: a request is added when the app starts and
-  discarded when it ends (counted twice each on one VM: ~254,900 instructions per request,
-  against ~258,800 with the queue of weak entries before it). Until an earlier session found
-  it, the watchlist held each finished request for its 5 ms (same instructions; in 8
-  alternating rounds of this case the median ratio was 0.64 before, 0.73 once entries became
-  weak): memory kept live costs time that instructions do not show.
-- Timed ratios sit below the counted ones, and the next section's simulated counts suggest
-  why: tether's instructions mispredict branches more often than the code around them, and
-  each mispredicted branch or instruction-cache miss costs the time of tens of instructions.
-  The two headers alone add almost no instruction-cache misses, and their timed ratio is
-  above their counted one.
+What these figures say. None of the three targets is met. The same code timed on two VMs of
+this kind: on an AMD EPYC one (earlier sessions, many runs) the middleware 0.70, gRPC 0.89 (six
+runs between 0.88 and 0.905), the client 0.82-0.85; on the Intel Xeon one of the table above,
+0.60, 0.87 and 0.81. Counted in CPU instructions, exact for the same code whatever else the
+machine does (next section), tether adds 26% to a hello-world request (0.795), 9% to a gRPC
+echo on the server (0.916) and 10% to an aiohttp call (0.912). Timed, each added instruction
+costs more than an average one, for the two reasons measured below.
+- Waking the load generator. wrk runs on the other core and sleeps whenever all its
+  connections wait for answers; each answer the server writes must then wake it, and that
+  work happens inside the server's own `write()` system call. On a VM, waking an idle core is
+  expensive. The slower the server, the more often wrk is asleep, so the cost grows with any
+  cost added to the app: `bench/wakeup_cost.py` samples the server with perf (its section
+  below; on the Intel VM about 5 us per request of the plain app, 14 us with tether).
+  Without that part, the middleware's ratio is ~0.70, not ~0.60. Between machines, a server's
+  `write()` hands the answer to the network card and wakes nobody; this cost belongs to the
+  loopback benchmark. (Earlier, a 5 us busy-loop added to the plain app cost 9 us per
+  request: the same effect.)
+- The rest: tether's instructions run at fewer per cycle than the code around them. The next
+  section's simulation shows them missing the instruction cache and mispredicting branches
+  more often; each costs the time of tens of instructions.
+- Middleware. Of the ~52,000 instructions it adds to a ~204,000-instruction request, ~20,000
+  are what any middleware that adds two response headers costs (the "two response headers
+  alone" row: a pure-ASGI layer and `send` wrapper, and uvicorn checking each header with two
+  regular expressions and re-encoding it); timed, they alone cost 0.87-0.92. The other
+  ~32,000 are tether's own: the deadline block (one entry in the loop's shared deadline heap),
+  the request id, the header scan, three context variables, the entry in the disconnect
+  watchlist, the `Server-Timing` value. `bench/ablate_middleware.py` takes pieces out one at
+  a time (its section below): no piece dominates, and without the four largest
+  together the ratio gains only ~0.05. 0.90 is out of reach on uvicorn for a pure-ASGI
+  middleware that does what tether's does. One lesson kept from the search: until an earlier
+  session found it, the watchlist held each finished request for its 5 ms (same instructions;
+  median ratio 0.64 before, 0.73 after, on the AMD VM): memory kept live costs time that
+  instructions do not show.
 - gRPC: the calls-per-CPU-second row divides the calls by the CPU time the server and the
-  calling process used (user and system, from /proc): time the hypervisor takes from the VM
-  is not in it, a slowed core still is. With a plain client, the server interceptor's own
-  cost; with tether's client, also grpc's handling of the deadline the client now sends (the
-  "grpc's own" row measures that alone: a plain server called by tether's client). The
-  client's correction of grpc's timeout rounding (97% of the budget, see docs/toolkit.md)
-  costs nothing measurable. The callers run under a 30 s budget, within the server's
-  `max_budget`: grpc then cancels the
-  handler at the client's deadline itself and tether's server sets no timer of its own. A
-  budget the server enforces itself (the client sent none, or more than `max_budget`) arms
-  tether's timer: with a plain client the server counts 7,000-9,500 instructions more per call.
-  grpc.aio's interceptor path itself is ~1% of a call: tether's wrapped handler registered
-  directly on a server without interceptors counted 466,397 instructions per call against
-  470,866 through the interceptor (one VM, same day; the handler then reads the metadata from
-  the context). Not worth a second way of installing tether.
+  calling process used (user and system, from /proc). The "grpc's own" row is a plain server
+  called by tether's client: grpc's handling of the deadline the client now sends costs
+  nothing measurable, nor does the client's correction of grpc's timeout rounding (97% of
+  the budget, see docs/toolkit.md). The callers run under a 30 s budget, within the server's
+  `max_budget`: grpc then cancels the handler at the client's deadline itself and tether's
+  server sets no timer of its own. A budget the server enforces itself (the client sent none,
+  or more than `max_budget`) arms tether's timer: 7,000-9,500 instructions more per call.
+  Where the server's ~37,000 instructions per call go, counted one variant at a time:
+  tether's interceptor with a handler wrapper that only awaits the handler ~9,000 (a
+  do-nothing grpc.aio interceptor ~7,000, which timed on the Intel VM costs 4% by itself);
+  the call's bookkeeping (metadata scan, request id, two context variables, the end) ~16,000;
+  the deadline block, unarmed, ~11,000. Alone in a loop: `asyncio.current_task()` ~1,450 (and
+  a getpid() system call), a new request id ~3,500, setting and resetting a context variable
+  ~1,700, making the block ~2,500. Registering tether's wrapped handler directly, without
+  grpc.aio's interceptor path, saves ~1% (466,397 against 470,866 instructions per call): not
+  worth a second way of installing tether.
+- Outbound client: the budget arithmetic, the call's deadline block (which replaces aiohttp's
+  per-call timer and saved ~12,000 instructions per call), the `X-Request-Timeout` header,
+  the trace-context check and the per-phase timings. The calling process is CPU-bound (one
+  core, ~100%). Taken out one at a time (AMD VM, 6 alternating rounds): the armed block ~5.7
+  us, the per-call bookkeeping (timings, the call's context variable, the `Response`) ~3.5
+  us, tether's request and connector classes ~1.4 us, the budget arithmetic and its header
+  ~1-2 us, the trace-context check and the debug log call ~1 us; aiohttp's own per-call
+  timer, which the block replaces, ~6.4 us. The same step costs three to five times more
+  inside an aiohttp call than alone in a loop (entering the block: 3.8 us in place). Tried
+  and no better: a leaner block (no context variable), avoiding getpid(), aiohttp's own
+  per-call timeout instead of the block.
 - All three: the request's or call's deadline block is made from an instant
   (`deadline_for_request`, `deadline_for_call`): no `Deadline` object unless something reads
-  it, no generic entry. Counted, it saved ~4,400 instructions per request in the middleware,
-  ~5,000 per call in the gRPC server and ~1,800 per client call. Timed gRPC ratio after
-  it, on one VM in one day: 0.884, 0.890, 0.895, 0.904, 0.905, 0.905 in six runs (median
-  0.90). On the next VM, in seven runs of one day: 0.846 (ratio of medians, in an hour when
-  the plain middleware app served 15,000 instead of 24,000 requests per second), 0.917 (5
-  rounds of 6 s), 0.892 (`--only grpc`), then 0.904, 0.907, 0.860 and 0.872 (10 rounds of 3
-  s; the last two with references' spreads up to 1.8 and 1.5): median 0.89. On a steadier
-  VM the next day, two full runs: 0.903 (rounds 0.867-0.919; references' spreads 1.06-1.08;
-  middleware 0.702, client 0.854) and 0.882 (spreads 1.09-1.23). On the line:
-  met in one steady run's median, missed in the other and in some rounds of both. Not met.
-- Python 3.13 against 3.11, one full run each on one VM in one hour: 3.13.0 (references'
-  spreads 1.09-1.19) middleware 0.686, the two headers alone 0.924, gRPC 0.898 (0.911 per CPU
-  second), client 0.856; 3.11.7 (the table above, spreads 1.19-1.34) 0.705, 0.894, 0.890
-  (0.890) and 0.815. No version changes the picture.
-- Where the gRPC server's ~37,000 instructions per call go, counted one variant at a time on
-  one VM (run side by side, two counts of one variant differed by ~27,000: the loop's
-  batching changes with the other process's speed): tether's interceptor with a handler
-  wrapper that only awaits the handler ~9,000 (a do-nothing grpc.aio interceptor ~7,000);
-  the call's bookkeeping (metadata scan, request id, two context variables, the end) ~16,000;
-  the deadline block, unarmed, ~11,000. Counted alone in a loop: `asyncio.current_task()`
-  ~1,450 (one getpid() system call besides), a new request id ~3,500, setting and resetting a
-  context variable ~1,700, making the block ~2,500. Each part is a handful of Python steps
-  that the server's behaviour needs; none dominates.
-- Outbound client: the budget arithmetic, the call's deadline block (which replaces aiohttp's
-  per-call timer and saved about 12,000 instructions per call), the `X-Request-Timeout`
-  header, the trace-context check and the per-phase timings. The calling process is CPU-bound
-  (one core, ~100%); per call it spends ~57 us with plain aiohttp, ~55 us with tether and no
-  budget (aiohttp's own timer is off), ~62 us with a budget but the call's deadline block
-  removed, ~68 us in full (measured before blocks were made from an instant, which saved
-  ~1,800 instructions per call). The block costs ~1.1 us in a tight loop, ~2.9 us among 50
-  interleaved tasks and ~6 us inside an aiohttp call: the same code costs more the more
-  other work runs between its steps. Timed in place on a steady VM (perf_counter_ns around
-  each step, 10,000 calls, 50 at a time): entering the block took 3.8 us and leaving it 1.9
-  us; the getpid() system call inside `asyncio.current_task()` took 0.77 us there against
-  0.22 us in a loop of its own. Every step costs three to five times what it costs alone,
-  which is why 31,000 instructions (~10% counted) cost ~13 us (~15-19% timed). Ablations
-  in the same session (uvicorn on core 0, the caller on core 1, 6 alternating rounds): the
-  armed block ~5.7 us, the per-call bookkeeping (the timings, the call's context variable,
-  the `Response`) ~3.5 us, tether's request and connector classes ~1.4 us, the budget
-  arithmetic and its header ~1-2 us, the trace-context check and the debug log call ~1 us;
-  aiohttp's own per-call timer, which the block replaces, ~6.4 us. Tried
-  and measured no better: a leaner block (no context variable, only the alarm), avoiding
-  `asyncio.current_task()`'s getpid() system call, and aiohttp's own per-call timeout
-  instead (~72 us).
-- Compiling the hot modules with mypyc (tried once by hand, not adopted): the middleware's
-  count went from 263,763 to 254,776 per request, the gRPC server's from 484,024 to 473,995
-  per call; most of the cost is object and frame work in CPython that compiling does not
-  remove, and the compiled build changes behaviour where type stubs are wrong (grpc's
-  `time_remaining()` is typed `float` but returns None: a TypeError once compiled).
+  it. Counted, it saved ~4,400 instructions per request in the middleware, ~5,000 per call in
+  the gRPC server and ~1,800 per client call.
+- Python 3.13 against 3.11 (AMD VM, one full run each in one hour): middleware 0.686 against
+  0.705, the two headers alone 0.924 against 0.894, gRPC 0.898 against 0.890, client 0.856
+  against 0.815. No version changes the picture.
+- Compiling the hot modules with mypyc (tried once, not adopted): the middleware's count went
+  from 263,763 to 254,776 per request, the gRPC server's from 484,024 to 473,995 per call;
+  most of the cost is object and frame work in CPython that compiling does not remove, and
+  the compiled build changes behaviour where type stubs are wrong (grpc's `time_remaining()`
+  is typed `float` but returns None: a TypeError once compiled).
 """
     print(body)
     if not args.quick:
