@@ -473,17 +473,28 @@ def test_traceparent_is_passed_on(clock: VirtualClock) -> None:
 
 
 def test_non_http_scopes_pass_through(clock: VirtualClock) -> None:
-    """Lifespan and websocket scopes reach the app untouched."""
-    seen: list[str] = []
+    """Lifespan and websocket scopes reach the app untouched: the server's own receive and
+    send, no deadline, no request id."""
+    seen: list[tuple[str, Any, Any, Any, Any]] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(scope["type"])
+        seen.append((scope["type"], receive, send, current_deadline(), current_request_id()))
+
+    async def receive() -> Any:
+        raise AssertionError("not called")
+
+    async def send(message: Any) -> None:
+        raise AssertionError("not called")
 
     async def main() -> None:
-        await TetherMiddleware(app)({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+        middleware = TetherMiddleware(app)
+        for kind in ("lifespan", "websocket"):
+            await middleware(
+                {"type": kind, "headers": [(b"x-request-timeout", b"5")]}, receive, send
+            )
 
     clock.run(main())
-    assert seen == ["lifespan"]
+    assert seen == [(kind, receive, send, None, None) for kind in ("lifespan", "websocket")]
 
 
 @pytest.mark.parametrize(
