@@ -355,11 +355,15 @@ costs more than an average one, for the two reasons measured below.
   work happens inside the server's own `write()` system call. On a VM, waking an idle core is
   expensive. The slower the server, the more often wrk is asleep, so the cost grows with any
   cost added to the app: `bench/wakeup_cost.py` samples the server with perf (its section
-  below; on the Intel VM about 5 us per request of the plain app, 14 us with tether).
+  below; on the Intel VM about 5 us per request of the plain app, 15 us with tether).
   Without that part, the middleware's ratio is ~0.70, not ~0.60. Between machines, a server's
   `write()` hands the answer to the network card and wakes nobody; this cost belongs to the
   loopback benchmark. (Earlier, a 5 us busy-loop added to the plain app cost 9 us per
-  request: the same effect.)
+  request: the same effect.) It explains little of the other two cases: the outbound client's
+  own `write()`s wake uvicorn for 6-10 us per call (0.85 of aiohttp's CPU per call, 0.88
+  without them), and the gRPC server's CPU per call, from /proc, gives the same ratio as its
+  throughput (0.87-0.89; the server is saturated, and waking its caller is a few % of its CPU
+  either way, by perf, whose own cost on grpc's threads is too high to tabulate).
 - The rest: tether's instructions run at fewer per cycle than the code around them. The next
   section's simulation shows them missing the instruction cache and mispredicting branches
   more often; each costs the time of tens of instructions.
