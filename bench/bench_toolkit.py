@@ -344,8 +344,8 @@ On a steady machine these stay close to 1; the further above it, the more someth
 slowed this VM during the run, and the less its ratios say.
 
 What these figures say. None of the three targets is met. The same code timed on two VMs of
-this kind: on an AMD EPYC one (earlier sessions, many runs) the middleware 0.70, gRPC 0.89 (six
-runs between 0.88 and 0.905), the client 0.82-0.85; on the Intel Xeon one of the table above,
+this kind: on an AMD EPYC one (earlier runs) the middleware 0.70, gRPC 0.89 (six runs between
+0.88 and 0.905), the client 0.82-0.85; on the Intel Xeon one of the table above,
 0.60, 0.87 and 0.81. Counted in CPU instructions, exact for the same code whatever else the
 machine does (next section), tether adds 25% to a hello-world request (0.798), 10% to a gRPC
 echo on the server (0.908) and 10% to an aiohttp call (0.906). Timed, each added instruction
@@ -370,14 +370,14 @@ costs more than an average one, for the two reasons measured below.
 - Middleware. Of the ~52,000 instructions it adds to a ~204,000-instruction request, ~20,000
   are what any middleware that adds two response headers costs (the "two response headers
   alone" row: a pure-ASGI layer and `send` wrapper, and uvicorn checking each header with two
-  regular expressions and re-encoding it); timed, they alone cost 0.87-0.92. The other
+  regular expressions and re-encoding it); timed, they alone keep 0.87-0.92. The other
   ~32,000 are tether's own: the deadline block (one entry in the loop's shared deadline heap),
   the request id, the header scan, three context variables, the entry in the disconnect
   watchlist, the `Server-Timing` value. `bench/ablate_middleware.py` takes pieces out one at
   a time (its section below): no piece dominates, and without the four largest
   together the ratio gains only ~0.05. 0.90 is out of reach on uvicorn for a pure-ASGI
-  middleware that does what tether's does. One lesson kept from the search: until an earlier
-  session found it, the watchlist held each finished request for its 5 ms (same instructions;
+  middleware that does what tether's does. One lesson kept from the search: until it was
+  found, the watchlist held each finished request for its 5 ms (same instructions;
   median ratio 0.64 before, 0.73 after, on the AMD VM): memory kept live costs time that
   instructions do not show.
 - gRPC: the calls-per-CPU-second row divides the calls by the CPU time the server and the
