@@ -16,7 +16,7 @@ from tether import current_deadline, current_request_id, time_remaining
 from tether.http import TetherMiddleware
 from tether.http.asgi import WATCH_AFTER
 from tether.testing import VirtualClock
-from tether.tracing import outgoing_trace_headers
+from tether.tracing import incoming_traceparent, outgoing_trace_headers
 
 Message = dict[str, Any]
 App = Callable[[Any, Any, Any], Awaitable[None]]
@@ -470,6 +470,17 @@ def test_traceparent_is_passed_on(clock: VirtualClock) -> None:
     assert seen["trace"] == [("traceparent", good.decode())]
     run(clock, TetherMiddleware(ok_app(seen)), [(b"traceparent", b"00-zz")])
     assert seen["trace"] == []
+
+
+def test_the_trace_context_is_the_requests_own(clock: VirtualClock) -> None:
+    """A request that brings no traceparent passes none on, even when the context the server
+    runs it in carries one (an in-process caller's, as with httpx's ASGI transport)."""
+    callers = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    seen: dict[str, Any] = {}
+    with incoming_traceparent(callers):
+        run(clock, TetherMiddleware(ok_app(seen)), [])
+        assert seen["trace"] == []
+        assert outgoing_trace_headers() == [("traceparent", callers)]  # the caller's is back
 
 
 def test_non_http_scopes_pass_through(clock: VirtualClock) -> None:

@@ -5,7 +5,8 @@ context variables). For each HTTP request, in this order:
 
 1. `X-Request-ID` is read (1-128 characters of `A-Z a-z 0-9 . _ : / + = -`) or generated;
    malformed: 400 `validation-failed`. It becomes the ambient request id and is echoed on the
-   response.
+   response. A valid `traceparent` becomes the one tether's clients pass on; without one (or
+   with a malformed one), none is passed on.
 2. The deadline comes from `X-Request-Timeout` / `X-Request-Deadline` / `grpc-timeout` (the
    earliest wins), clamped to `max_budget`; without one, `default_budget` applies. Malformed:
    400 `invalid-deadline-header`. Already expired: 504 `deadline-expired-on-arrival`, and the
@@ -142,8 +143,10 @@ class TetherMiddleware:
         assert task is not None  # ASGI servers run each request in a task
         watchlist: _Watchlist | None = None
         id_token = set_request_id(exchange.request_id)
-        trace_token = (
-            None if traceparent is None else set_incoming_traceparent(traceparent.decode("latin-1"))
+        # The request's own trace context: none when it brings none, whatever the running
+        # context carries (an in-process caller's).
+        trace_token = set_incoming_traceparent(
+            None if traceparent is None else traceparent.decode("latin-1")
         )
         try:
             # `with`: no coroutines to enter. The budget is the request's alone.
