@@ -51,8 +51,9 @@ REPORT = ["perf", "report", "--children", "--sort", "sym", "-g", "none", "--stdi
 
 
 class Sampled:
-    """`perf record` on one process from `start()` to `stop()`, which returns the fraction of
-    the samples spent waking a socket's reader."""
+    """`perf record` on one process from when this is made to `stop()`, which returns the
+    fraction of the samples spent waking a socket's reader. (perf also ends by itself when the
+    process does.)"""
 
     def __init__(self, pid: int) -> None:
         self._folder = tempfile.TemporaryDirectory()
