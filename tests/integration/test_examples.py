@@ -1,16 +1,23 @@
-"""The examples run as real processes: FastAPI under uvicorn calling the grpc.aio service."""
+"""The examples run as real processes: FastAPI under uvicorn calling the grpc.aio service, and
+the gateway as the Kubernetes example starts it."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+import yaml
+
+from tether.gateway.config import parse
+from tether.gateway.server import DRAIN_SECONDS
 
 from .servers import free_port
 
@@ -86,3 +93,93 @@ async def test_fastapi_example_calls_the_grpc_example(
         assert "in stock" in body["stock"]
     else:
         assert body["type"].endswith("deadline-exceeded")
+
+
+KUBERNETES = ROOT / "examples" / "kubernetes" / "gateway.yaml"
+
+
+def kubernetes_example() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The example's ConfigMap, the Deployment's pod spec and the Service."""
+    config_map, deployment, service = yaml.safe_load_all(KUBERNETES.read_text())
+    assert (config_map["kind"], deployment["kind"], service["kind"]) == (
+        "ConfigMap",
+        "Deployment",
+        "Service",
+    )
+    template = deployment["spec"]["template"]
+    assert deployment["spec"]["selector"]["matchLabels"] == template["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    return config_map, template["spec"], service
+
+
+def test_the_kubernetes_example_fits_the_gateway() -> None:
+    """The example's configuration is accepted, and the container's command, ports, probes and
+    grace period match what the gateway does."""
+    config_map, pod, service = kubernetes_example()
+    config = parse(config_map["data"]["gateway.yaml"], str(KUBERNETES))
+    (container,) = pod["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": config.listen.port, "admin": config.admin_listen.port}
+    assert config.listen.host == config.admin_listen.host == "0.0.0.0"  # the kubelet's probes
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    # The command reads the ConfigMap where the volume puts it.
+    (mount,) = container["volumeMounts"]
+    (volume,) = pod["volumes"]
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    args = container["args"]
+    assert args[:3] == ["tether", "gateway", f"{mount['mountPath']}/gateway.yaml"]
+    workers = int(args[args.index("--workers") + 1])
+    assert workers == int(container["resources"]["requests"]["cpu"])  # one worker per core
+    # Kubernetes kills the pod after the grace period: preStop, then the whole drain, must fit.
+    sleep_command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep_command[0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] >= float(sleep_command[1]) + DRAIN_SECONDS + 1
+
+
+async def test_the_kubernetes_example_answers_its_probes_and_drains(tmp_path: Path) -> None:
+    """The container's own arguments (workers and all), with the example's configuration moved
+    to loopback ports: both probes answer 200 once it serves, and SIGTERM ends it, exit 0,
+    well within the grace period left after preStop."""
+    config_map, pod, _ = kubernetes_example()
+    text = config_map["data"]["gateway.yaml"]
+    config = parse(text, str(KUBERNETES))
+    port, admin = free_port(), free_port()
+    for address, loopback in ((config.listen, port), (config.admin_listen, admin)):
+        text = text.replace(f"{address.host}:{address.port}", f"127.0.0.1:{loopback}")
+    config_path = tmp_path / "gateway.yaml"
+    config_path.write_text(text)
+    args = pod["containers"][0]["args"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tether.cli",
+        "gateway",
+        str(config_path),
+        *args[3:],
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with aiohttp.ClientSession() as client:
+            for _ in range(400):
+                try:
+                    async with client.get(f"http://127.0.0.1:{admin}/readyz") as answer:
+                        if answer.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("/readyz never answered 200")
+            async with client.get(f"http://127.0.0.1:{admin}/healthz") as answer:
+                assert answer.status == 200
+        proc.send_signal(signal.SIGTERM)
+        sleep_seconds = float(pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
+        left = pod["terminationGracePeriodSeconds"] - sleep_seconds
+        assert await asyncio.wait_for(proc.wait(), left) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
