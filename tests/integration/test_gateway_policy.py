@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -432,6 +433,54 @@ async def test_two_workers_share_the_port_and_report_through_one_scrape(tmp_path
                 10,
             )
             assert metric(text, "tether_gateway_workers_reporting") == 2
+            running.process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(running.process.wait(), 30) == 0
+
+
+def worker_pids(supervisor_pid: int) -> set[int]:
+    """The gateway workers a supervisor started (multiprocessing's spawned children; not its
+    resource tracker)."""
+    pids = set()
+    for child in psutil.Process(supervisor_pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except psutil.Error:  # exited meanwhile, or a zombie not yet reaped
+            pass
+    return pids
+
+
+async def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
+    """SIGKILL one of two workers (a crash, the OOM killer): the supervisor starts another in
+    its place, /readyz is 200 again with two workers reporting, and requests are answered."""
+    async with scripted(200) as up:
+        body = "services:\n" + service("user", (up, "zone-a"))
+        async with gateway(tmp_path, body, workers=2) as running:
+            before = await wait_until(
+                lambda: asyncio.sleep(0, worker_pids(running.process.pid)),
+                lambda pids: len(pids) == 2,
+                10,
+            )
+            killed = min(before)
+            os.kill(killed, signal.SIGKILL)
+            after = await wait_until(
+                lambda: asyncio.sleep(0, worker_pids(running.process.pid)),
+                lambda pids: len(pids) == 2 and killed not in pids,
+                15,
+            )
+            assert after - before  # a new worker, not the old one come back
+
+            async def scrape() -> tuple[int, str]:
+                ready, _ = await admin_get(running, "/readyz")
+                return ready, (await admin_get(running, "/metrics"))[1]
+
+            await wait_until(
+                scrape,
+                lambda r: r[0] == 200 and metric(r[1], "tether_gateway_workers_reporting") == 2,
+                15,
+            )
+            for _ in range(20):  # a new connection each: both workers answer
+                assert (await call(running, "/api/user/v1/x"))[0] == 200
             running.process.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(running.process.wait(), 30) == 0
 

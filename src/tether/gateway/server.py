@@ -8,6 +8,7 @@
   private folder every second, and the supervisor sums them (metrics.py).
 - SIGTERM or SIGINT: `/readyz` turns 503, stop accepting, close idle keep-alive connections,
   let requests in flight finish for up to `DRAIN_SECONDS`, then exit.
+- A worker that exits before that is replaced by the supervisor (`_supervise`).
 """
 
 from __future__ import annotations
@@ -176,13 +177,14 @@ def run(config: Config, workers: int = 1) -> int:
     folder = Path(tempfile.mkdtemp(prefix="tether-gateway-"))
     try:
         context = multiprocessing.get_context("spawn")
-        children = [
-            context.Process(target=_run_worker, args=(config, str(folder)), daemon=False)
-            for _ in range(workers)
-        ]
-        for child in children:
+
+        def start_worker() -> BaseProcess:
+            child = context.Process(target=_run_worker, args=(config, str(folder)), daemon=False)
             child.start()
-        _run_loop(_supervise(config, children, folder))
+            return child
+
+        children = [start_worker() for _ in range(workers)]
+        _run_loop(_supervise(config, children, folder, start_worker))
         return max((child.exitcode or 0) for child in children)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -217,8 +219,27 @@ class _WorkersView:
         return merge(read_snapshots(self.folder, self._pids()))
 
 
-async def _supervise(config: Config, children: Sequence[BaseProcess], folder: Path) -> None:
-    """Serve the admin listener and pass signals on until every worker has exited."""
+# How often the supervisor looks for workers that have exited, and the least time between two
+# starts of the same worker slot (a worker that dies at once is not restarted in a tight loop).
+WATCH_WORKERS_SECONDS = 0.2
+RESTART_EVERY_SECONDS = 1.0
+
+
+async def _supervise(
+    config: Config,
+    children: list[BaseProcess],
+    folder: Path,
+    start_worker: Callable[[], BaseProcess],
+) -> None:
+    """Serve the admin listener, restart workers that exit before a stop is asked for, and
+    pass signals on until every worker has exited.
+
+    Rule: until SIGTERM/SIGINT, the supervisor keeps `len(children)` workers running: a worker
+    that exits (a crash, the kernel's OOM killer) is replaced, at most once per
+    `RESTART_EVERY_SECONDS` per slot; `/readyz` is 503 until the replacement reports ready.
+    `children` is updated in place, so the admin view and the signal handler see the current
+    workers.
+    """
     loop = asyncio.get_running_loop()
     view = _WorkersView(config, children, folder)
     admin_server = await start_admin(view)
@@ -232,6 +253,19 @@ async def _supervise(config: Config, children: Sequence[BaseProcess], folder: Pa
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, forward, signum)
+    started = [loop.time()] * len(children)
+    while not view.draining:
+        await asyncio.sleep(WATCH_WORKERS_SECONDS)
+        for slot, child in enumerate(children):
+            if view.draining or child.is_alive():
+                continue
+            if loop.time() - started[slot] < RESTART_EVERY_SECONDS:
+                continue
+            log.error(
+                "worker %s exited with %s; starting another in its place", child.pid, child.exitcode
+            )
+            children[slot] = start_worker()
+            started[slot] = loop.time()
     await asyncio.gather(*(loop.run_in_executor(None, child.join) for child in children))
     admin_server.close()
     log.info("all %d workers exited: %s", len(children), json.dumps([c.exitcode for c in children]))
