@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import uvicorn
 
 App = Callable[[Any, Any, Any], Awaitable[None]]
@@ -136,6 +137,22 @@ async def raw_exchange(port: int, data: bytes, *, wait: float = 2.0) -> tuple[by
         pass
     writer.close()
     return received, closed
+
+
+async def wait_until(probe: Callable[[], Any], done: Callable[[Any], bool], seconds: float) -> Any:
+    """Await `probe()` every 50 ms until `done(result)`; return that result. An aiohttp error
+    counts as not done yet (a server still starting); after `seconds`, AssertionError."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            result = await probe()
+            if done(result):
+                return result
+        except aiohttp.ClientError:
+            result = None
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {seconds} s: last {result!r}")
+        await asyncio.sleep(0.05)
 
 
 def read_access_log(log_path: Path) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import yaml
 from tether.gateway.config import parse
 from tether.gateway.server import DRAIN_SECONDS
 
-from .servers import free_port
+from .servers import free_port, spawn_gateway, wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,33 +150,19 @@ async def test_the_kubernetes_example_answers_its_probes_and_drains(tmp_path: Pa
         text = text.replace(f"{address.host}:{address.port}", f"127.0.0.1:{loopback}")
     config_path = tmp_path / "gateway.yaml"
     config_path.write_text(text)
-    args = pod["containers"][0]["args"]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tether.cli",
-        "gateway",
-        str(config_path),
-        *args[3:],
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    container = pod["containers"][0]
+    proc = await spawn_gateway(config_path, tmp_path / "access.log", *container["args"][3:])
     try:
         async with aiohttp.ClientSession() as client:
-            for _ in range(400):
-                try:
-                    async with client.get(f"http://127.0.0.1:{admin}/readyz") as answer:
-                        if answer.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("/readyz never answered 200")
-            async with client.get(f"http://127.0.0.1:{admin}/healthz") as answer:
-                assert answer.status == 200
+
+            async def probe(path: str) -> int:
+                async with client.get(f"http://127.0.0.1:{admin}{path}") as answer:
+                    return answer.status
+
+            await wait_until(lambda: probe("/readyz"), lambda status: status == 200, 20)
+            assert await probe("/healthz") == 200
         proc.send_signal(signal.SIGTERM)
-        sleep_seconds = float(pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
+        sleep_seconds = float(container["lifecycle"]["preStop"]["exec"]["command"][1])
         left = pod["terminationGracePeriodSeconds"] - sleep_seconds
         assert await asyncio.wait_for(proc.wait(), left) == 0
     finally:

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,14 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .servers import free_port, raw_exchange, read_access_log, read_request, spawn_gateway
+from .servers import (
+    free_port,
+    raw_exchange,
+    read_access_log,
+    read_request,
+    spawn_gateway,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -109,20 +116,6 @@ async def gateway(
         if process.returncode is None:
             process.terminate()
             await asyncio.wait_for(process.wait(), 30)
-
-
-async def wait_until(probe: Callable[[], Any], done: Callable[[Any], bool], seconds: float) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            result = await probe()
-            if done(result):
-                return result
-        except aiohttp.ClientError:
-            result = None
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {seconds} s: last {result!r}")
-        await asyncio.sleep(0.05)
 
 
 async def admin_get(running: Running, path: str, method: str = "GET") -> tuple[int, str]:
