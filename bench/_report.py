@@ -1,14 +1,16 @@
-"""Shared by the benchmarks: timing loops, machine facts, and writing docs/benchmarks.md."""
+"""Shared by the benchmarks: timing loops, wrk, machine facts, and writing docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import os
 import platform
 import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -55,3 +57,37 @@ def write_section(name: str, body: str) -> None:
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
     BENCHMARKS_MD.write_text(text)
+
+
+def run_wrk(url: str, seconds: int, headers: Mapping[str, str] | None = None) -> str:
+    """wrk's report for `url`: one thread and 50 keep-alive connections for `seconds`, on core 1
+    (the load side; servers run on core 0), with latency percentiles."""
+    taskset = ["taskset", "-c", "1"] if shutil.which("taskset") else []
+    header_args = [
+        arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")
+    ]
+    command = [*taskset, "wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", *header_args, url]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def wrk_rate(report: str) -> float:
+    """Requests per second, from a wrk report."""
+    return float(_wrk_field(r"Requests/sec:\s+([\d.]+)", report).group(1))
+
+
+def wrk_requests(report: str) -> int:
+    """Requests completed, from a wrk report."""
+    return int(_wrk_field(r"(\d+) requests in", report).group(1))
+
+
+def wrk_latency_ms(report: str, percentile: str) -> float:
+    """A latency percentile (`"99%"`) in milliseconds, from a wrk report made with --latency."""
+    found = _wrk_field(rf"{re.escape(percentile)}\s+([\d.]+)(us|ms|s)\b", report)
+    return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
+
+
+def _wrk_field(pattern: str, report: str) -> re.Match[str]:
+    found = re.search(pattern, report)
+    if found is None:
+        raise RuntimeError(f"no {pattern!r} in wrk's report: {report}")
+    return found

@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import os
 import random
-import re
 import resource
 import shutil
 import socket
@@ -29,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from _report import machine, write_section
+from _report import machine, run_wrk, write_section, wrk_latency_ms, wrk_rate, wrk_requests
 
 HEADERS = {
     "X-Request-ID": "5b0c6a52-3d2e-4c4e-9a53-8d8f3cd1a1f0",
@@ -195,43 +194,13 @@ def failing_conf(folder: Path, port: int) -> Path:
 
 def wrk(port: int, seconds: int, path: str) -> tuple[float, float, float]:
     """Requests per second, p50 and p99 latency in ms."""
-    out = _wrk(port, seconds, path)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return rps, _latency(out, "50%"), _latency(out, "99%")
+    report = run_wrk(f"http://127.0.0.1:{port}{path}", seconds, HEADERS)
+    return wrk_rate(report), wrk_latency_ms(report, "50%"), wrk_latency_ms(report, "99%")
 
 
 def wrk_total(port: int, seconds: int, path: str) -> int:
     """How many requests wrk completed."""
-    out = _wrk(port, seconds, path)
-    return int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-
-
-def _wrk(port: int, seconds: int, path: str) -> str:
-    headers = [arg for name, value in HEADERS.items() for arg in ("-H", f"{name}: {value}")]
-    out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            "1",
-            "wrk",
-            "-t1",
-            "-c50",
-            f"-d{seconds}s",
-            "--latency",
-            *headers,
-            f"http://127.0.0.1:{port}{path}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return out
-
-
-def _latency(out: str, label: str) -> float:
-    match = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out)
-    assert match is not None, out
-    return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+    return wrk_requests(run_wrk(f"http://127.0.0.1:{port}{path}", seconds, HEADERS))
 
 
 def rss_kib(pid: int) -> int:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -39,7 +38,7 @@ import grpc.aio
 
 import tether
 import tether.grpc
-from _report import machine, write_section
+from _report import machine, run_wrk, write_section, wrk_latency_ms, wrk_rate
 from apps import CALLER_BUDGET
 from apps.client_calls import plain_get
 from tether.http import Client
@@ -101,18 +100,8 @@ def uvicorn(app: str, port: int) -> list[str]:
 
 def wrk(port: int, seconds: int) -> tuple[float, float]:
     """Requests per second and p99 latency (ms) of wrk with 50 connections on core 1."""
-    taskset = ["taskset", "-c", "1"] if shutil.which("taskset") else []
-    out = subprocess.run(
-        [*taskset, "wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    assert p99 is not None
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
-    return rps, float(p99.group(1)) * scale
+    report = run_wrk(f"http://127.0.0.1:{port}/", seconds)
+    return wrk_rate(report), wrk_latency_ms(report, "99%")
 
 
 def middleware_runs(seconds: int, rounds: int) -> dict[str, list[tuple[float, float]]]:

@@ -39,7 +39,7 @@ from pathlib import Path
 import aiohttp
 
 import tether
-from _report import machine, write_section
+from _report import machine, run_wrk, write_section, wrk_requests
 from apps import CALLER_BUDGET
 from apps.client_calls import plain_get
 from bench_toolkit import call_loop, free_port, process_cpu, server, uvicorn
@@ -90,16 +90,7 @@ Run = tuple[float, float]
 
 def wrk(port: int, seconds: int) -> int:
     """Requests wrk completed in `seconds` with 50 connections on core 1."""
-    out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    found = re.search(r"(\d+) requests in", out)
-    if found is None:
-        raise RuntimeError(f"unexpected wrk output: {out}")
-    return int(found.group(1))
+    return wrk_requests(run_wrk(f"http://127.0.0.1:{port}/", seconds))
 
 
 def middleware_run(app: str, seconds: int) -> Run:
