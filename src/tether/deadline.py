@@ -302,8 +302,10 @@ class DeadlineScope:
         requested = self._requested
         if requested is None:
             self._asked = None
-            if parent is None:  # no deadline asked for and none inherited: the block does nothing
+            if parent is None:  # no deadline asked for and none inherited
                 self._state = _DONE
+                if self._new_request:  # a request without a budget: none from the context
+                    self._token = _current.set(None)
                 return self
             when = self._inherit(parent)
         else:
@@ -353,6 +355,9 @@ class DeadlineScope:
         if token is None:  # never armed: inherited within the task, or no deadline
             return
         self._token = None
+        if self._state == _DONE:  # a new request without a budget: only the context to undo
+            _current.reset(token)
+            return
         alarm = self._alarm
         if alarm is not None:
             self._alarms.cancel(alarm)
@@ -510,8 +515,9 @@ def deadline_at(
     per-request task). It saves `asyncio.current_task()`, which on CPython 3.11 costs a
     getpid() system call; passing any other task than the current one is a bug.
     `new_request=True`: the block starts the handling of a request that arrived from outside,
-    whose budget is `deadline` alone. A deadline that the running context happens to carry
-    (the server's task was created from a client's task in the same process) is ignored.
+    whose budget is `deadline` alone (None: the request has no deadline). A deadline that the
+    running context happens to carry (the server's task was created from a client's task in
+    the same process) is ignored.
     `armed=False`: the block makes its deadline ambient but sets no timer of its own, for a
     caller that knows something else cancels the task at that very instant (grpc.aio cancels a
     call's handler at the deadline its client sent). Expiry then arrives as that cancellation,

@@ -91,6 +91,33 @@ def test_a_new_request_block_ignores_the_deadline_its_context_carries(
     assert seen == [5, 3, 0]
 
 
+def test_a_new_request_without_a_deadline_has_none_whatever_its_context_carries(
+    clock: VirtualClock,
+) -> None:
+    """`deadline_at(None, new_request=True)`: a request that has no budget runs without a
+    deadline, not under one its task's context happened to carry; blocks inside it set their
+    own; when it ends, the context's deadline is back."""
+    seen: list[float | None] = []
+
+    async def serve() -> None:
+        with deadline_at(None, new_request=True) as request:
+            seen.append(time_remaining())
+            assert request.deadline is None
+            await asyncio.sleep(2)  # past the deadline the task was created under: not cancelled
+            async with deadline_after(3):
+                seen.append(time_remaining())
+            seen.append(time_remaining())
+        seen.append(time_remaining())
+
+    async def main() -> None:
+        async with deadline_after(1):
+            serving = asyncio.create_task(serve())  # its context carries the 1 s deadline
+        await serving
+
+    clock.run(main())
+    assert seen == [None, 3, None, 0]
+
+
 def test_expiry_cancels_the_block_and_raises_outside_it(clock: VirtualClock) -> None:
     """At the deadline the work is cancelled and DeadlineExceeded leaves the block."""
     reached_end = False
