@@ -26,11 +26,11 @@ async def grpc_server(
     *,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     tls: tuple[bytes, bytes] | None = None,
-    **budget: float,
+    **settings: Any,
 ) -> AsyncIterator[str]:
     """A tether-wrapped grpc.aio server with `handlers` under `SERVICE`; yields its target.
     `tls`: (private key, certificate), PEM, to serve TLS instead of plaintext."""
-    server = tether.grpc.server(interceptors=interceptors, **budget)
+    server = tether.grpc.server(interceptors=interceptors, **settings)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
     if tls is None:
         port = server.add_insecure_port("127.0.0.1:0")

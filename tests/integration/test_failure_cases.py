@@ -22,12 +22,13 @@ import grpc
 import grpc.aio
 import pytest
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import tether.grpc
-from tether import TaskGroup, chain, deadline_after, time_remaining
+from tether import TaskGroup, chain, current_deadline, deadline_after, detached, time_remaining
 from tether.http import TetherMiddleware
 
 from .grpc_services import grpc_server, method
@@ -36,10 +37,10 @@ from .servers import uvicorn_serving
 pytestmark = pytest.mark.integration
 
 
-def app_with(*routes: Route, **budgets: float) -> Starlette:
+def app_with(*routes: Route, **settings: Any) -> Starlette:
     """A Starlette app set up as the docs say: TetherMiddleware added with add_middleware."""
     app = Starlette(routes=list(routes))
-    app.add_middleware(TetherMiddleware, **budgets)
+    app.add_middleware(TetherMiddleware, **settings)
     return app
 
 
@@ -301,3 +302,94 @@ async def test_client_disconnect_cancels_the_handler_under_granian(tmp_path: Any
         await asyncio.wait_for(server.wait(), 10)
     assert "cancelled" in events, f"handler not cancelled; events: {events}"
     assert float(events["cancelled"]) - closed_at <= 0.05
+
+
+async def test_a_stream_on_an_unbounded_path_runs_until_its_client_leaves() -> None:
+    """Server-sent events under uvicorn: on an unbounded path the stream outlives the default
+    budget, without a deadline, and ends within 50 ms of its client leaving; the same stream
+    on another path is cut at the default budget."""
+    ended: dict[str, float] = {}
+    deadlines: list[object] = []
+
+    async def events(request: Request) -> StreamingResponse:
+        deadlines.append(current_deadline())
+
+        async def ticks() -> Any:
+            try:
+                for n in range(1000):
+                    yield f"data: {n}\n\n"
+                    await asyncio.sleep(0.05)
+            finally:
+                ended[request.url.path] = time.perf_counter()
+
+        return StreamingResponse(ticks(), media_type="text/event-stream")
+
+    app = app_with(
+        Route("/events", events),
+        Route("/ticks", events),
+        default_budget=0.3,
+        max_budget=1.0,
+        unbounded_paths=["/events"],
+    )
+    async with uvicorn_serving(app, http="httptools") as (url, _server):
+        async with aiohttp.ClientSession() as session:
+            started = time.perf_counter()
+            async with session.get(f"{url}/ticks") as cut:
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await cut.read()
+            assert 0.3 <= time.perf_counter() - started < 0.5
+            async with session.get(f"{url}/events") as stream:
+                assert stream.headers["server-timing"].startswith("app;dur=")
+                assert "budget" not in stream.headers["server-timing"]
+                seen = 0
+                while time.perf_counter() - started < 1.5:  # past both budgets
+                    seen += (await stream.content.readline()).startswith(b"data:")
+                assert seen >= 15
+                left_at = time.perf_counter()
+                stream.connection.transport.abort()  # type: ignore[union-attr]
+        for _ in range(100):
+            if "/events" in ended:
+                break
+            await asyncio.sleep(0.005)
+    assert deadlines[0] is not None  # /ticks
+    assert deadlines[1] is None  # /events
+    assert ended["/events"] - left_at <= 0.05
+
+
+async def test_background_tasks_run_under_the_request_budget_unless_detached() -> None:
+    """Starlette's background tasks run after the answer, inside the request: its deadline
+    still holds them (the work is cancelled at it), and `detached()` inside the task lets it
+    run to its end. Either way the client has its answer at once."""
+    outcome: dict[str, str] = {}
+
+    async def work(name: str) -> None:
+        try:
+            await asyncio.sleep(0.5)
+            outcome[name] = "done"
+        except asyncio.CancelledError:
+            outcome[name] = "cancelled"
+            raise
+
+    async def detached_work(name: str) -> None:
+        async with detached():
+            await work(name)
+
+    async def bounded(request: Request) -> Response:
+        return Response(b"ok", background=BackgroundTask(work, "bounded"))
+
+    async def freed(request: Request) -> Response:
+        return Response(b"ok", background=BackgroundTask(detached_work, "detached"))
+
+    app = app_with(Route("/bounded", bounded), Route("/detached", freed), default_budget=0.2)
+    async with uvicorn_serving(app, http="httptools") as (url, _server):
+        async with aiohttp.ClientSession() as session:
+            for path in ("/bounded", "/detached"):
+                started = time.perf_counter()
+                async with session.get(f"{url}{path}") as answer:
+                    assert (answer.status, await answer.read()) == (200, b"ok")
+                assert time.perf_counter() - started < 0.1
+        for _ in range(200):
+            if len(outcome) == 2:
+                break
+            await asyncio.sleep(0.01)
+    assert outcome == {"bounded": "cancelled", "detached": "done"}

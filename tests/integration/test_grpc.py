@@ -402,6 +402,75 @@ async def test_one_log_line_per_call(caplog: pytest.LogCaptureFixture) -> None:
     assert "/test.Echo/Budget" in lines[0].getMessage()
 
 
+async def test_unbounded_methods_stream_until_their_client_cancels(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A method in `unbounded_methods` gets no budget from the server: a server stream whose
+    client set no deadline runs past `default_budget` and `max_budget`, without a deadline,
+    until the client cancels; a client's deadline applies unclamped. The same handler under
+    another name is cut at the default budget."""
+    seen: list[tuple[str, float | None]] = []
+    ended: dict[str, float] = {}
+
+    async def ticks(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        name = request.decode()
+        seen.append((name, time_remaining()))
+        try:
+            while True:
+                yield b"tick"
+                await asyncio.sleep(0.05)
+        finally:
+            ended[name] = time.monotonic()
+
+    handler = grpc.unary_stream_rpc_method_handler(ticks)
+    settings: dict[str, Any] = {"default_budget": 0.2, "max_budget": 0.5}
+    unbounded = [method("Watch")]
+    async with grpc_server(
+        {"Watch": handler, "Ticks": handler}, **settings, unbounded_methods=unbounded
+    ) as target:
+        async with grpc.aio.insecure_channel(target) as channel:
+            with caplog.at_level(logging.INFO, logger="tether.grpc"):
+                started = time.monotonic()
+                stream = channel.unary_stream(method("Watch"))(b"no-deadline")
+                count = 0
+                async for _ in stream:
+                    count += 1
+                    if time.monotonic() - started > 1.0:  # past both budgets
+                        break
+                stream.cancel()
+                cancelled_at = time.monotonic()
+                lines = await call_lines(caplog, 1, "Watch")
+                longer = channel.unary_stream(method("Watch"))(b"client-deadline", timeout=1.0)
+                with pytest.raises(grpc.aio.AioRpcError) as client_deadline:
+                    async for _ in longer:
+                        pass
+                cut = channel.unary_stream(method("Ticks"))(b"default")
+                with pytest.raises(grpc.aio.AioRpcError) as default:
+                    async for _ in cut:
+                        pass
+    assert count >= 15
+    assert ended["no-deadline"] - cancelled_at < 0.1
+    assert lines[0].grpc_code == "CANCELLED"  # type: ignore[attr-defined]
+    assert "budget=none" in lines[0].getMessage()
+    budgets = dict(seen)
+    assert budgets["no-deadline"] is None
+    # above max_budget: not clamped (grpc's own channel rounds what it sends up, to 1.01 s)
+    assert 0.9 < (budgets["client-deadline"] or 0) <= 1.02
+    assert client_deadline.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert budgets["default"] == pytest.approx(0.2, abs=0.01)
+    assert default.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.parametrize(
+    "methods", ["/test.Echo/Watch", None, 5, ["test.Echo/Watch"], ["/a b"], [None]]
+)
+def test_bad_unbounded_methods_are_refused(methods: Any) -> None:
+    """`unbounded_methods` is a list of `/package.Service/Method` or `/package.Service`
+    names; anything else (one string alone too) raises ValueError naming the setting."""
+    with pytest.raises(ValueError, match="unbounded_methods"):
+        tether.grpc.server(unbounded_methods=methods)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

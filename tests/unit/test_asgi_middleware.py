@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import tether
 from tether import current_deadline, current_request_id, time_remaining
 from tether.http import TetherMiddleware
 from tether.http.asgi import WATCH_AFTER
@@ -31,7 +32,9 @@ class Exchange:
         self.sent_at: list[float] = []
         self.disconnect = asyncio.Event()
 
-    async def run(self, app: App, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
+    async def run(
+        self, app: App, headers: list[tuple[bytes, bytes]], body: bytes = b"", path: str = "/"
+    ) -> None:
         messages = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def receive() -> Message:
@@ -44,7 +47,7 @@ class Exchange:
             self.sent.append(message)
             self.sent_at.append(self.clock.monotonic())
 
-        scope = {"type": "http", "method": "GET", "path": "/", "headers": headers}
+        scope = {"type": "http", "method": "GET", "path": path, "headers": headers}
         await app(scope, receive, send)
 
     @property
@@ -218,6 +221,70 @@ def test_deadline_after_response_started_closes_the_connection(clock: VirtualClo
 
     with pytest.raises(DeadlineExceeded):
         run(clock, TetherMiddleware(app), [(b"x-request-timeout", b"100")])
+
+
+def test_unbounded_paths_run_without_a_deadline_until_their_client_leaves(
+    clock: VirtualClock,
+) -> None:
+    """On `unbounded_paths` (and below them) the server sets no budget: a stream runs past
+    `default_budget` without a deadline, even one its task's context carries, the answer has
+    no budget entry, and the client leaving still cancels it. Other paths keep the default."""
+    middleware = TetherMiddleware(
+        ok_app(), default_budget=1.0, max_budget=2.0, unbounded_paths=["/events", "/feed/"]
+    )
+    seen: list[object] = []
+
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(current_deadline())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": b"tick", "more_body": True})
+                await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            seen.append(clock.monotonic())
+            raise
+
+    middleware.app = stream
+
+    async def one(path: str, leave_after: float) -> Exchange:
+        exchange = Exchange(clock)
+        async with tether.deadline_after(0.5):  # the context the server's task is made in
+            task = asyncio.create_task(exchange.run(middleware, [], path=path))
+        await asyncio.sleep(leave_after)
+        exchange.disconnect.set()
+        await task
+        return exchange
+
+    started = clock.monotonic()
+    for path in ("/events", "/events/orders", "/feed"):
+        exchange = clock.run(one(path, 10.5))
+        assert exchange.headers[b"server-timing"] == b"app;dur=0.0"
+        assert len(exchange.sent) == 1 + 11  # a tick a second until the client left
+    assert seen[::2] == [None, None, None]
+    assert [round(at - started, 6) for at in seen[1::2]] == [10.5, 21, 31.5]
+    with pytest.raises(tether.DeadlineExceeded):
+        clock.run(one("/eventsource", 10.5))  # not below /events: cut at the default budget
+
+
+def test_on_unbounded_paths_the_requests_own_deadline_applies_unclamped(
+    clock: VirtualClock,
+) -> None:
+    """A deadline the request brings still applies on an unbounded path, above `max_budget`
+    too (the server sets no budget of its own there); one already passed is refused."""
+    cancelled: list[float] = []
+    middleware = TetherMiddleware(
+        sleeping_app(600, cancelled, clock), max_budget=60.0, unbounded_paths=["/events"]
+    )
+    exchange = Exchange(clock)
+    started = clock.monotonic()
+    clock.run(exchange.run(middleware, [(b"x-request-timeout", b"120000")], path="/events"))
+    assert exchange.status == 504
+    assert exchange.headers[b"server-timing"] == b"app;dur=120000.0, budget;dur=120000.0"
+    assert cancelled == [pytest.approx(started + 120)]
+    expired = Exchange(clock)
+    clock.run(expired.run(middleware, [(b"x-request-timeout", b"0")], path="/events"))
+    assert expired.body["type"].endswith("deadline-expired-on-arrival")
 
 
 def test_client_disconnect_cancels_the_handler_at_once(clock: VirtualClock) -> None:
@@ -523,3 +590,27 @@ def test_bad_configuration_is_refused(kwargs: dict[str, Any]) -> None:
     """Non-positive, infinite, NaN or non-numeric budgets, or default > max: ValueError."""
     with pytest.raises(ValueError, match="budget"):
         TetherMiddleware(ok_app(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        "/events",
+        b"/events",
+        3,
+        None,
+        ["events"],
+        [""],
+        ["/a b"],
+        ["/a?b"],
+        ["/a#b"],
+        ["/a\x00"],
+        [7],
+    ],
+)
+def test_bad_unbounded_paths_are_refused(paths: Any) -> None:
+    """`unbounded_paths` is a list of paths starting with `/`, without spaces, control
+    characters, `?` or `#`; one string alone (a common slip) is refused too: ValueError
+    naming the setting."""
+    with pytest.raises(ValueError, match="unbounded_paths"):
+        TetherMiddleware(ok_app(), unbounded_paths=paths)

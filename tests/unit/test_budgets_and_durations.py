@@ -1,11 +1,12 @@
-"""Named budgets and the duration syntax shared by config and command line."""
+"""Named budgets, the duration syntax shared by config and command line, and the path
+prefixes of the servers' unbounded paths and methods."""
 
 from __future__ import annotations
 
 import pytest
 
 from tether import Budgets, deadline_after, time_remaining
-from tether._settings import parse_duration
+from tether._settings import PathPrefixes, parse_duration
 from tether.testing import VirtualClock
 
 
@@ -96,3 +97,23 @@ def test_bad_durations(bad: object) -> None:
     """No unit, signs, spaces, unknown units, exponents, non-strings: ValueError."""
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("entries", "covered", "not_covered"),
+    [
+        (["/events"], ["/events", "/events/", "/events/orders/1"], ["/eventsource", "/", "/e"]),
+        (["/feed/"], ["/feed", "/feed/x"], ["/feedback"]),  # the trailing / is ignored
+        (["/pkg.Feed"], ["/pkg.Feed/Watch"], ["/pkg.FeedAdmin/Watch", "/pkg.Other/Watch"]),
+        (["/pkg.Feed/Watch"], ["/pkg.Feed/Watch"], ["/pkg.Feed/Get", "/pkg.Feed/WatchAll"]),
+        (["/"], ["/", "/anything/at/all"], []),
+        ([], [], ["/", "/events"]),
+    ],
+)
+def test_path_prefixes_cover_a_path_and_what_is_below_it(
+    entries: list[str], covered: list[str], not_covered: list[str]
+) -> None:
+    prefixes = PathPrefixes("paths", entries)
+    assert [path in prefixes for path in covered] == [True] * len(covered)
+    assert [path in prefixes for path in not_covered] == [False] * len(not_covered)
+    assert bool(prefixes) == bool(entries)

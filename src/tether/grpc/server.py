@@ -18,6 +18,9 @@ For every call, of all four shapes, in this order (outermost first):
    a deadline in the context grpc created the call's task from is ignored. When the deadline
    in force is the client's own, grpc cancels the handler at it, and the block sets no timer
    of its own (one less per call); a default, clamped or metadata deadline gets tether's.
+   Methods in `unbounded_methods` get no budget from the server: the client's deadline (or
+   tether's metadata) applies unclamped, and a call without one runs without a deadline
+   (long-lived streams that end when their client cancels).
 4. One log line per call on `tether.grpc`: method, status, duration, budget, request id.
 """
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any, NoReturn
 
@@ -34,8 +37,8 @@ import grpc
 import grpc.aio
 
 from tether import _clock
-from tether._settings import server_budgets
-from tether.deadline import deadline_for_request
+from tether._settings import PathPrefixes, server_budgets
+from tether.deadline import DeadlineScope, deadline_at, deadline_for_request
 from tether.errors import DeadlineExceeded, UpstreamUnavailable
 from tether.request_id import (
     REQUEST_ID_HEADER,
@@ -70,8 +73,16 @@ _OK = grpc.StatusCode.OK
 class TetherServerInterceptor(grpc.aio.ServerInterceptor):
     """Safety net, request id, deadline and a log line for every call; put it first."""
 
-    def __init__(self, *, default_budget: float = 10.0, max_budget: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        default_budget: float = 10.0,
+        max_budget: float = 60.0,
+        unbounded_methods: Iterable[str] = (),
+    ) -> None:
         self.default_budget, self.max_budget = server_budgets(default_budget, max_budget)
+        # `/package.Service/Method`, or `/package.Service` for all of a service's methods.
+        self.unbounded_methods = PathPrefixes("unbounded_methods", unbounded_methods)
         # Wrapped handlers, built once per method: the wrapper reads everything per call
         # from the call's context.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
@@ -108,15 +119,16 @@ def _wrap(
     policy: TetherServerInterceptor,
     method: str,
 ) -> grpc.RpcMethodHandler[Any, Any]:
+    unbounded = method in policy.unbounded_methods
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _unary(handler.unary_unary, policy, method),
+            _unary(handler.unary_unary, policy, method, unbounded),
             handler.request_deserializer,
             handler.response_serializer,
         )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
-            _unary(handler.stream_unary, policy, method),
+            _unary(handler.stream_unary, policy, method, unbounded),
             handler.request_deserializer,
             handler.response_serializer,
         )
@@ -128,7 +140,7 @@ def _wrap(
         else grpc.stream_stream_rpc_method_handler
     )
     return make(
-        _streaming(behavior, policy, method),
+        _streaming(behavior, policy, method, unbounded),
         handler.request_deserializer,
         handler.response_serializer,
     )
@@ -148,7 +160,8 @@ class _Call:
         "started",
         "when",
     )
-    when: float  # the call's deadline, on tether's clock
+    when: float | None  # the call's deadline, on tether's clock; None: it has none
+    budget: float | None  # the seconds it had when it arrived; None: no deadline
     grpc_enforces: bool  # grpc itself cancels the handler at `when` (the client's deadline)
 
     def __init__(
@@ -156,6 +169,7 @@ class _Call:
         policy: TetherServerInterceptor,
         method: str,
         context: grpc.aio.ServicerContext[Any, Any],
+        unbounded: bool,
     ) -> None:
         metadata = _metadata_of(method, context)
         request_id = traceparent = None
@@ -173,19 +187,23 @@ class _Call:
         self.method = method
         self.code = _OK  # what the call ended with, for the log line
         remaining = context.time_remaining()
+        budget: float | None
         if remaining is None:
-            budget = policy.default_budget
+            budget = None if unbounded else policy.default_budget
             self.grpc_enforces = False
+        elif unbounded:
+            budget = remaining
+            self.grpc_enforces = True
         else:
             budget = min(remaining, policy.max_budget)
             # grpc cancels the handler at the client's deadline by itself: when that deadline
             # is the call's, tether's block needs no timer of its own (armed=False below).
             self.grpc_enforces = remaining <= policy.max_budget
         now = _clock.monotonic()
-        when = now + budget  # budget: checked, finite
+        when = None if budget is None else now + budget  # budget: checked, finite
         if carries_deadline:  # tether's deadline headers, read as HTTP's; the earlier one wins
             asked = deadline_from_headers(metadata, received_at=now)  # InvalidDeadlineHeader
-            if asked is not None and asked.when < when:
+            if asked is not None and (when is None or asked.when < when):
                 when = asked.when
                 budget = max(when - now, 0.0)
                 self.grpc_enforces = False
@@ -197,6 +215,14 @@ class _Call:
             traceparent if isinstance(traceparent, str) else None
         )
 
+    def block(self, task: asyncio.Task[Any]) -> DeadlineScope:
+        """The handler's deadline block, in `task`: a plain `with` (no coroutines to enter).
+        The budget is the call's own, whatever the task grpc created the call's task from
+        was under."""
+        if self.when is None:
+            return deadline_at(None, task=task, new_request=True)
+        return deadline_for_request(self.when, task, armed=not self.grpc_enforces)
+
     def end(self) -> None:
         """Undo what `__init__` made ambient and write the call's log line."""
         code = self.code
@@ -205,12 +231,13 @@ class _Call:
         if not log.isEnabledFor(logging.INFO):
             return
         elapsed = (_clock.monotonic() - self.started) * 1000
+        budget = "none" if self.budget is None else f"{self.budget * 1000:.1f}ms"
         log.info(
-            "grpc %s %s %.1fms budget=%.1fms request_id=%s",
+            "grpc %s %s %.1fms budget=%s request_id=%s",
             self.method,
             code.name,
             elapsed,
-            self.budget * 1000,
+            budget,
             self.request_id,
             extra={
                 "request_id": self.request_id,
@@ -243,18 +270,17 @@ def _unary(
     behavior: Callable[..., Any],
     policy: TetherServerInterceptor,
     method: str,
+    unbounded: bool,
 ) -> Callable[..., Awaitable[Any]]:
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            call = _Call(policy, method, context)
+            call = _Call(policy, method, context, unbounded)
         except InvalidDeadlineHeader as exc:
             await _refuse(exc, method, context)
         try:
-            # a plain `with`: no coroutines to enter; the budget is the call's own, whatever the
-            # task that grpc created this call's task from was under
             task = _current_task()
             assert task is not None  # grpc.aio runs each call in its own task
-            with deadline_for_request(call.when, task, armed=not call.grpc_enforces):
+            with call.block(task):
                 return await behavior(request, context)
         except BaseException as exc:
             await _failed(exc, call, context)
@@ -269,18 +295,19 @@ def _streaming(
     behavior: Callable[..., Any],
     policy: TetherServerInterceptor,
     method: str,
+    unbounded: bool,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def guarded(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
-            call = _Call(policy, method, context)
+            call = _Call(policy, method, context, unbounded)
         except InvalidDeadlineHeader as exc:
             await _refuse(exc, method, context)
         try:
             task = _current_task()
             assert task is not None  # grpc.aio runs each call in its own task
-            with deadline_for_request(call.when, task, armed=not call.grpc_enforces):
+            with call.block(task):
                 produced = behavior(request, context)
                 if inspect.isasyncgen(produced):
                     async for response in produced:
@@ -316,7 +343,7 @@ async def _failed(
     if isinstance(exc, grpc.aio.AbortError):
         call.code = _code_of(context)
     elif isinstance(exc, asyncio.CancelledError):  # grpc's deadline, or the client cancelled
-        expired = _clock.monotonic() >= call.when
+        expired = call.when is not None and _clock.monotonic() >= call.when
         call.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
     elif not isinstance(exc, Exception):
         call.code = grpc.StatusCode.UNKNOWN
@@ -366,8 +393,13 @@ def server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     default_budget: float = 10.0,
     max_budget: float = 60.0,
+    unbounded_methods: Iterable[str] = (),
     **kwargs: Any,
 ) -> grpc.aio.Server:
     """A grpc.aio server with tether's interceptor first, then yours (it guards them too)."""
-    tether = TetherServerInterceptor(default_budget=default_budget, max_budget=max_budget)
+    tether = TetherServerInterceptor(
+        default_budget=default_budget,
+        max_budget=max_budget,
+        unbounded_methods=unbounded_methods,
+    )
     return grpc.aio.server(interceptors=[tether, *interceptors], **kwargs)

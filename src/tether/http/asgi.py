@@ -10,7 +10,9 @@ context variables). For each HTTP request, in this order:
 2. The deadline comes from `X-Request-Timeout` / `X-Request-Deadline` / `grpc-timeout` (the
    earliest wins), clamped to `max_budget`; without one, `default_budget` applies. Malformed:
    400 `invalid-deadline-header`. Already expired: 504 `deadline-expired-on-arrival`, and the
-   app is not called. The clock starts when the middleware sees the request.
+   app is not called. The clock starts when the middleware sees the request. On
+   `unbounded_paths` the server sets no budget of its own: a deadline the request brings
+   applies unclamped, and a request without one runs without a deadline (long streams).
 3. The app runs inside the request's deadline block. At the deadline it is cancelled; the
    client gets 504 `deadline-exceeded`, or, if the response had already started, the
    connection is closed. tether's other errors escaping the app map to their problems
@@ -20,7 +22,8 @@ context variables). For each HTTP request, in this order:
    from 5 ms into the request on; faster requests are never watched, which keeps them cheap).
 5. Safety net: any other exception becomes 500 `internal-error` without its text; the traceback
    is logged with the request id; the server keeps serving.
-6. The response carries `Server-Timing: app;dur=<ms in this hop>, budget;dur=<ms received>`.
+6. The response carries `Server-Timing: app;dur=<ms in this hop>, budget;dur=<ms received>`
+   (without the budget entry when the request has no deadline).
 
 Rule: the cancellation this middleware causes on disconnect is consumed here (nobody is left
 to answer); every other cancellation propagates.
@@ -39,13 +42,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from tether import _clock
 from tether._loop_state import PerLoop
-from tether._settings import server_budgets
-from tether.deadline import deadline_for_request
+from tether._settings import PathPrefixes, server_budgets
+from tether.deadline import deadline_at, deadline_for_request
 from tether.errors import InvalidDeadlineHeader, TetherError
 from tether.problems import (
     EXPIRED_ON_ARRIVAL,
@@ -90,9 +93,12 @@ class TetherMiddleware:
         *,
         default_budget: float = 10.0,
         max_budget: float = 60.0,
+        unbounded_paths: Iterable[str] = (),
     ) -> None:
         self.app = app
         self.default_budget, self.max_budget = server_budgets(default_budget, max_budget)
+        self.unbounded_paths = PathPrefixes("unbounded_paths", unbounded_paths)
+        self._any_unbounded = bool(self.unbounded_paths)  # a plain bool: read per request
         self._default_budget_timing = _budget_timing(self.default_budget)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -121,6 +127,8 @@ class TetherMiddleware:
             detail = "X-Request-ID must be 1-128 characters of letters, digits and . _ : / + = -"
             await exchange.answer(VALIDATION_FAILED.problem(detail, header="X-Request-ID"))
             return
+        # The request's deadline, on tether's clock; None: it has none (an unbounded path).
+        when: float | None
         if asks_deadline:
             try:
                 asked = deadline_from_headers(headers, received_at=started)
@@ -128,14 +136,19 @@ class TetherMiddleware:
                 problem = INVALID_DEADLINE_HEADER.problem(str(exc), header=exc.header)
                 await exchange.answer(problem)
                 return
-            when = started + self.default_budget
+            unbounded = self._any_unbounded and scope["path"] in self.unbounded_paths
             if asked is not None:
-                when = min(asked.when, started + self.max_budget)
-            exchange.budget_timing = _budget_timing(when - started)
-            if when <= started:
-                detail = "the request's deadline had passed before it arrived; nothing was done"
-                await exchange.answer(EXPIRED_ON_ARRIVAL.problem(detail))
-                return
+                when = asked.when if unbounded else min(asked.when, started + self.max_budget)
+            else:
+                when = None if unbounded else started + self.default_budget
+            if when is not None:
+                exchange.budget_timing = _budget_timing(when - started)
+                if when <= started:
+                    detail = "the request's deadline had passed before it arrived; nothing was done"
+                    await exchange.answer(EXPIRED_ON_ARRIVAL.problem(detail))
+                    return
+        elif self._any_unbounded and scope["path"] in self.unbounded_paths:
+            when = None
         else:
             when = started + self.default_budget
             exchange.budget_timing = self._default_budget_timing
@@ -150,7 +163,11 @@ class TetherMiddleware:
         )
         try:
             # `with`: no coroutines to enter. The budget is the request's alone.
-            with deadline_for_request(when, task):
+            with (
+                deadline_for_request(when, task)
+                if when is not None
+                else deadline_at(None, task=task, new_request=True)
+            ):
                 watchlist = exchange.watch(task)
                 await self.app(scope, exchange.receive, exchange.send)
         except asyncio.CancelledError:
