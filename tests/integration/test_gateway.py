@@ -103,6 +103,11 @@ services:
     versions: [v1]
     endpoints:
       - address: 127.0.0.1:{dead}
+  events:  # long-lived streams: a budget of its own
+    versions: [v1]
+    deadline: {{default: 20s, max: 60m}}
+    endpoints:
+      - address: 127.0.0.1:{upstream}
 """
 
 
@@ -214,6 +219,24 @@ async def test_budgets_are_clamped_and_defaulted(gateway: Gateway, upstream: Ups
     _, _, default = await get(gateway, "/api/user/v1/a", GOOD)
     assert 29_900 <= int(clamped["headers"]["x-request-timeout"]) <= 29_995
     assert 2_900 <= int(default["headers"]["x-request-timeout"]) <= 2_995
+
+
+async def test_a_service_with_its_own_deadline_settings(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    """A service's own `deadline` (here default 20s, max 60m) replaces the gateway's for the
+    requests routed to it: an hour asked for passes unclamped, none gives 20 s. The access
+    log's `budget_ms` is the budget the request got."""
+    hour = {**GOOD, "X-Request-Timeout": "3600000"}
+    _, _, long = await get(gateway, "/api/events/v1/a", hour)
+    _, _, default = await get(gateway, "/api/events/v1/a", GOOD)
+    _, _, above = await get(gateway, "/api/events/v1/a", {**GOOD, "X-Request-Timeout": "7200000"})
+    assert 3_599_900 <= int(long["headers"]["x-request-timeout"]) <= 3_599_995
+    assert 19_900 <= int(default["headers"]["x-request-timeout"]) <= 19_995
+    assert 3_599_900 <= int(above["headers"]["x-request-timeout"]) <= 3_599_995  # its own max
+    await asyncio.sleep(0.2)  # access log lines are written in batches every 100 ms
+    budgets = [line["budget_ms"] for line in gateway.access_log() if line["service"] == "events"]
+    assert [round(budget / 1000) for budget in budgets] == [3600, 20, 3600]
 
 
 @pytest.mark.parametrize(

@@ -42,12 +42,20 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadlineSettings:
+    default: float = 3.0
+    max: float = 30.0
+    margin: float = 0.005
+
+
+@dataclass(frozen=True, slots=True)
 class Service:
     name: str
     versions: tuple[str, ...]
     endpoints: tuple[Endpoint, ...]
     strip_prefix: bool = True
     retry_with_idempotency_key: bool = False
+    deadline: DeadlineSettings | None = None  # None: the gateway's own `deadline` settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +63,6 @@ class Policy:
     connect: float
     read: float
     retries: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeadlineSettings:
-    default: float = 3.0
-    max: float = 30.0
-    margin: float = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +302,7 @@ class _Reader:
         conventions = self.conventions(top.get("conventions"))
         limits = self.limits(top.get("limits"))
         same_zone, cross_zone = self.policies(top.get("policies"))
-        services = self.services(self.required(top, "services", "", root), zone or "")
+        services = self.services(self.required(top, "services", "", root), zone or "", deadline)
         auth = self.auth(top.get("auth"))
         retry = self.retry(top.get("retry"))
         observability = self.section(top, "observability", {"access_log", "metrics"})
@@ -331,27 +332,43 @@ class _Reader:
     ) -> dict[str, yaml.Node]:
         return self.mapping(top.get(key), key, allowed) or {}
 
-    def deadline(self, node: yaml.Node | None) -> DeadlineSettings:
-        items = self.mapping(node, "deadline", {"default", "max", "margin"}) or {}
-        base = DeadlineSettings()
-        default = self.duration(items.get("default"), "deadline.default") or base.default
-        maximum = self.duration(items.get("max"), "deadline.max") or base.max
+    def deadline(
+        self,
+        node: yaml.Node | None,
+        path: str = "deadline",
+        gateway: DeadlineSettings | None = None,
+    ) -> DeadlineSettings:
+        """The gateway's `deadline` settings; or, given the `gateway`'s, a service's own
+        (`default` and `max` only, each falling back to the gateway's; the margin is one)."""
+        allowed = {"default", "max"} if gateway else {"default", "max", "margin"}
+        items = self.mapping(node, path, allowed) or {}
+        base = gateway or DeadlineSettings()
+        default = self.duration(items.get("default"), f"{path}.default") or base.default
+        maximum = self.duration(items.get("max"), f"{path}.max") or base.max
         margin = base.margin
         if "margin" in items:
             found = self.duration(items["margin"], "deadline.margin", positive=False)
             margin = found if found is not None else margin
         if default > maximum:
+            max_path = f"{path}.max" if "max" in items else "deadline.max"  # which max applies
             self.fail(
-                "deadline.default",
+                f"{path}.default",
                 items.get("default") or node,
-                f"({default:g} s) cannot be longer than deadline.max ({maximum:g} s)",
+                f"({default:g} s) cannot be longer than {max_path} ({maximum:g} s)",
             )
         if margin >= default:
-            self.fail(
-                "deadline.margin",
-                items.get("margin") or node,
-                "must be shorter than deadline.default",
-            )
+            if gateway:
+                self.fail(
+                    f"{path}.default",
+                    items.get("default") or node,
+                    f"must be longer than deadline.margin ({margin * 1000:g} ms)",
+                )
+            else:
+                self.fail(
+                    "deadline.margin",
+                    items.get("margin") or node,
+                    "must be shorter than deadline.default",
+                )
         return DeadlineSettings(default=default, max=maximum, margin=margin)
 
     def conventions(self, node: yaml.Node | None) -> Conventions:
@@ -481,7 +498,9 @@ class _Reader:
             retries = found if found is not None else retries
         return Policy(connect=connect, read=read, retries=retries)
 
-    def services(self, node: yaml.Node | None, zone: str) -> dict[str, Service]:
+    def services(
+        self, node: yaml.Node | None, zone: str, deadline: DeadlineSettings
+    ) -> dict[str, Service]:
         items = self.mapping(node, "services", set())
         if items is None:
             return {}
@@ -495,13 +514,21 @@ class _Reader:
                     path, service_node, "a service name must be lowercase letters, digits and '-'"
                 )
                 continue
-            service = self.service(service_node, path, name, zone)
+            service = self.service(service_node, path, name, zone, deadline)
             if service is not None:
                 services[name] = service
         return services
 
-    def service(self, node: yaml.Node, path: str, name: str, zone: str) -> Service | None:
-        allowed = {"versions", "endpoints", "strip_prefix", "retry_with_idempotency_key"}
+    def service(
+        self, node: yaml.Node, path: str, name: str, zone: str, deadline: DeadlineSettings
+    ) -> Service | None:
+        allowed = {
+            "versions",
+            "endpoints",
+            "strip_prefix",
+            "retry_with_idempotency_key",
+            "deadline",
+        }
         items = self.mapping(node, path, allowed)
         if items is None:
             return None
@@ -535,12 +562,16 @@ class _Reader:
         idempotent = self.boolean(
             items.get("retry_with_idempotency_key"), f"{path}.retry_with_idempotency_key"
         )
+        own_deadline = None
+        if "deadline" in items:
+            own_deadline = self.deadline(items["deadline"], f"{path}.deadline", deadline)
         return Service(
             name=name,
             versions=tuple(versions),
             endpoints=tuple(endpoints),
             strip_prefix=True if strip is None else strip,
             retry_with_idempotency_key=bool(idempotent),
+            deadline=own_deadline,
         )
 
     def endpoint(self, node: yaml.Node, path: str, zone: str) -> Endpoint | None:

@@ -6,7 +6,8 @@ A request, in order:
    ambiguous framing (both Content-Length and Transfer-Encoding, differing Content-Lengths, bad
    chunk sizes, obsolete line folding): 400 and the connection is closed.
 2. The budget starts at the request's first byte: `X-Request-Timeout`/`grpc-timeout` count from
-   then, clamped to `deadline.max`, or `deadline.default`. Invalid: 400. Already spent: 504.
+   then, clamped to `deadline.max`, or `deadline.default` (a service's own `deadline` settings,
+   once the request is routed to it). Invalid: 400. Already spent: 504.
 3. Calling conventions, then routing (see conventions.py and routing.py): problems if broken.
 4. One upstream attempt (retries come with the upstream policy): connect within
    min(zone connect, remaining), first response byte within min(zone read, remaining - margin);
@@ -38,7 +39,7 @@ import httptools
 from tether.deadline import Deadline
 from tether.errors import DeadlineExceeded, InvalidDeadlineHeader
 from tether.gateway.balancing import connected, pick, refused
-from tether.gateway.config import Config, Policy
+from tether.gateway.config import Config, DeadlineSettings, Policy
 from tether.gateway.conventions import REQUEST_ID_FORM, Caller, check
 from tether.gateway.metrics import Metrics
 from tether.gateway.retries import RETRIED_STATUSES, RetryBudget, backoff, fits, method_may_retry
@@ -483,7 +484,7 @@ class Exchange:
         given = _first(headers, b"x-request-id")
         if given is not None and REQUEST_ID_FORM.fullmatch(given):  # echoed even on early refusals
             self.request_id = given.decode("ascii")
-        deadline = self._deadline()
+        deadline = self._deadline(self.config.deadline)
         if isinstance(deadline, Problem):
             return await self.answer_problem(deadline)
         gateway = self.gateway
@@ -507,6 +508,9 @@ class Exchange:
         if isinstance(found, Problem):
             return await self.answer_problem(found)
         self.route = found
+        if found.service.deadline is not None:  # the service's own default and maximum
+            deadline = self._deadline(found.service.deadline)
+            assert not isinstance(deadline, Problem)  # the same headers were read above
         length = _first(headers, b"content-length")
         if (
             length is not None
@@ -562,14 +566,14 @@ class Exchange:
             "upstream answered"
         )
 
-    def _deadline(self) -> Deadline | Problem:
-        """The budget from the first byte: the earliest deadline header, clamped, or default."""
+    def _deadline(self, settings: DeadlineSettings) -> Deadline | Problem:
+        """The budget from the first byte: the earliest deadline header, clamped to
+        `settings.max`, or `settings.default`."""
         first_byte = self.request.first_byte
         try:
             asked = deadline_from_headers(self.request.headers, received_at=first_byte)
         except InvalidDeadlineHeader as exc:
             return INVALID_DEADLINE_HEADER.problem(str(exc), header=exc.header)
-        settings = self.config.deadline
         when = (
             first_byte + settings.default
             if asked is None

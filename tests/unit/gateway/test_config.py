@@ -123,6 +123,12 @@ surprise: yes
         ("auth:\n  jwt: {algorithm: HS256}\n", "auth.jwt.secret_env"),
         ("auth:\n  jwt: {algorithm: RS256}\n", "auth.jwt"),
         ("auth:\n  jwt: {algorithm: none, secret_env: X}\n", "auth.jwt.algorithm"),
+        ("    deadline: {default: 10m}\n", "services.s.deadline.default"),  # > the gateway's max
+        ("    deadline: {default: 2s, max: 1s}\n", "services.s.deadline.default"),
+        ("    deadline: {default: 1ms}\n", "services.s.deadline.default"),  # <= the margin
+        ("    deadline: {max: forever}\n", "services.s.deadline.max"),
+        ("    deadline: {margin: 1ms}\n", "services.s.deadline.margin"),  # the gateway's alone
+        ("    deadline: 60m\n", "services.s.deadline"),
     ],
 )
 def test_bad_values(change: str, path: str) -> None:
@@ -149,6 +155,26 @@ def test_broken_files(text: str, message: str) -> None:
     """Empty files, invalid YAML, a list at the top, missing required keys."""
     with pytest.raises(ConfigError, match=message):
         parse(text)
+
+
+def test_a_service_may_have_its_own_deadline_settings() -> None:
+    """`services.NAME.deadline` takes `default` and `max`, each falling back to the gateway's;
+    a service without it has None (the gateway's settings apply)."""
+    config = parse(
+        "listen: 127.0.0.1:8080\nzone: a\ndeadline: {default: 2s, max: 20s, margin: 10ms}\n"
+        "services:\n"
+        "  events:\n    versions: [v1]\n    deadline: {default: 5m, max: 60m}\n"
+        "    endpoints: [{address: 127.0.0.1:9000}]\n"
+        "  slow:\n    versions: [v1]\n    deadline: {max: 25s}\n"
+        "    endpoints: [{address: 127.0.0.1:9001}]\n"
+        "  plain:\n    versions: [v1]\n    endpoints: [{address: 127.0.0.1:9002}]\n"
+    )
+    events, slow = config.services["events"].deadline, config.services["slow"].deadline
+    assert events is not None
+    assert (events.default, events.max, events.margin) == (300, 3600, 0.01)
+    assert slow is not None
+    assert (slow.default, slow.max, slow.margin) == (2, 25, 0.01)
+    assert config.services["plain"].deadline is None
 
 
 def test_ipv6_and_service_options() -> None:
