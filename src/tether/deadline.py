@@ -303,9 +303,10 @@ class DeadlineScope:
         if requested is None:
             self._asked = None
             if parent is None:  # no deadline asked for and none inherited
-                self._state = _DONE
                 if self._new_request:  # a request without a budget: none from the context
-                    self._token = _current.set(None)
+                    self._token = _current.set(None)  # undone on exit, as an entered block's
+                else:
+                    self._state = _DONE
                 return self
             when = self._inherit(parent)
         else:
@@ -355,9 +356,6 @@ class DeadlineScope:
         if token is None:  # never armed: inherited within the task, or no deadline
             return
         self._token = None
-        if self._state == _DONE:  # a new request without a budget: only the context to undo
-            _current.reset(token)
-            return
         alarm = self._alarm
         if alarm is not None:
             self._alarms.cancel(alarm)
