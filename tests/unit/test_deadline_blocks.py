@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -65,6 +66,20 @@ def test_nested_block_asking_for_less_narrows(clock: VirtualClock) -> None:
     clock.run(main())
 
 
+def serve_in_a_task_made_under_a_1s_deadline(
+    clock: VirtualClock, serve: Callable[[], Awaitable[None]]
+) -> None:
+    """Run `serve` in a task created inside a 1 s deadline block, as a server's task is when an
+    in-process client's task makes it: the task's context carries that deadline."""
+
+    async def main() -> None:
+        async with deadline_after(1):
+            serving = asyncio.create_task(serve())
+        await serving
+
+    clock.run(main())
+
+
 def test_a_new_request_block_ignores_the_deadline_its_context_carries(
     clock: VirtualClock,
 ) -> None:
@@ -82,12 +97,7 @@ def test_a_new_request_block_ignores_the_deadline_its_context_carries(
             seen.append(time_remaining())
         seen.append(time_remaining())
 
-    async def main() -> None:
-        async with deadline_after(1):
-            serving = asyncio.create_task(serve())  # its context carries the 1 s deadline
-        await serving
-
-    clock.run(main())
+    serve_in_a_task_made_under_a_1s_deadline(clock, serve)
     assert seen == [5, 3, 0]
 
 
@@ -109,12 +119,7 @@ def test_a_new_request_without_a_deadline_has_none_whatever_its_context_carries(
             seen.append(time_remaining())
         seen.append(time_remaining())
 
-    async def main() -> None:
-        async with deadline_after(1):
-            serving = asyncio.create_task(serve())  # its context carries the 1 s deadline
-        await serving
-
-    clock.run(main())
+    serve_in_a_task_made_under_a_1s_deadline(clock, serve)
     assert seen == [None, 3, None, 0]
 
 
