@@ -484,9 +484,12 @@ class Exchange:
         given = _first(headers, b"x-request-id")
         if given is not None and REQUEST_ID_FORM.fullmatch(given):  # echoed even on early refusals
             self.request_id = given.decode("ascii")
-        deadline = self._deadline(self.config.deadline)
-        if isinstance(deadline, Problem):
-            return await self.answer_problem(deadline)
+        try:
+            asked = deadline_from_headers(request.headers, received_at=request.first_byte)
+        except InvalidDeadlineHeader as exc:
+            problem = INVALID_DEADLINE_HEADER.problem(str(exc), header=exc.header)
+            return await self.answer_problem(problem)
+        deadline = self._deadline(asked, self.config.deadline)
         gateway = self.gateway
         caller = check(
             headers,
@@ -509,8 +512,7 @@ class Exchange:
             return await self.answer_problem(found)
         self.route = found
         if found.service.deadline is not None:  # the service's own default and maximum
-            deadline = self._deadline(found.service.deadline)
-            assert not isinstance(deadline, Problem)  # the same headers were read above
+            deadline = self._deadline(asked, found.service.deadline)
         length = _first(headers, b"content-length")
         if (
             length is not None
@@ -566,14 +568,10 @@ class Exchange:
             "upstream answered"
         )
 
-    def _deadline(self, settings: DeadlineSettings) -> Deadline | Problem:
-        """The budget from the first byte: the earliest deadline header, clamped to
+    def _deadline(self, asked: Deadline | None, settings: DeadlineSettings) -> Deadline:
+        """The budget from the first byte: the deadline the headers `asked` for, clamped to
         `settings.max`, or `settings.default`."""
         first_byte = self.request.first_byte
-        try:
-            asked = deadline_from_headers(self.request.headers, received_at=first_byte)
-        except InvalidDeadlineHeader as exc:
-            return INVALID_DEADLINE_HEADER.problem(str(exc), header=exc.header)
         when = (
             first_byte + settings.default
             if asked is None

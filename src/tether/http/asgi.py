@@ -129,6 +129,7 @@ class TetherMiddleware:
             return
         # The request's deadline, on tether's clock; None: it has none (an unbounded path).
         when: float | None
+        unbounded = self._any_unbounded and scope["path"] in self.unbounded_paths
         if asks_deadline:
             try:
                 asked = deadline_from_headers(headers, received_at=started)
@@ -136,7 +137,6 @@ class TetherMiddleware:
                 problem = INVALID_DEADLINE_HEADER.problem(str(exc), header=exc.header)
                 await exchange.answer(problem)
                 return
-            unbounded = self._any_unbounded and scope["path"] in self.unbounded_paths
             if asked is not None:
                 when = asked.when if unbounded else min(asked.when, started + self.max_budget)
             else:
@@ -147,7 +147,7 @@ class TetherMiddleware:
                     detail = "the request's deadline had passed before it arrived; nothing was done"
                     await exchange.answer(EXPIRED_ON_ARRIVAL.problem(detail))
                     return
-        elif self._any_unbounded and scope["path"] in self.unbounded_paths:
+        elif unbounded:
             when = None
         else:
             when = started + self.default_budget
