@@ -38,11 +38,13 @@ __all__ = [
     "Deadline",
     "DeadlineScope",
     "TaskGroup",
+    "check_deadline",
     "current_deadline",
     "deadline_after",
     "deadline_at",
     "deadline_for_call",
     "deadline_for_request",
+    "deadline_for_thread",
     "detached",
     "earliest",
     "time_remaining",
@@ -170,16 +172,35 @@ def time_remaining() -> float | None:
     return left if left > 0.0 else 0.0
 
 
+def check_deadline() -> None:
+    """Raise `DeadlineExceeded` when the ambient budget has run out; otherwise do nothing.
+
+    The checkpoint for work that the deadline cannot cancel. Synchronous code in a worker
+    thread (a FastAPI or Starlette `def` endpoint, `asyncio.to_thread`) runs in a copy of the
+    request's context, so it knows the deadline, but no cancellation reaches a thread: at the
+    deadline the client is answered and the thread runs on, unseen, until it returns. Call this
+    between steps of such work (each loop round, each file, each batch) so that it stops too.
+    Also useful in a long CPU-bound stretch between awaits. Costs a context-variable read and a
+    clock read.
+    """
+    scope = _current.get()
+    if scope is not None and _clock.monotonic() >= scope._in_force:
+        raise scope._exceeded()
+
+
 def deadline_enforced_here() -> bool:
     """True when the ambient deadline will cancel the running task by itself: it was set by a
     deadline block of this very task, whose timer is armed. (A task that only inherited a
     deadline from the task that created it knows the deadline but is not cancelled at it.)"""
     scope = _current.get()
-    if scope is None:  # a block in force is an armed one: it has its task
+    if scope is None:
+        return False
+    task = scope._task
+    if task is None:  # a thread's block: nothing enforces it
         return False
     # current_task(loop), not current_task(): on CPython 3.11 looking up the running loop is a
     # getpid() system call, and this runs once per database statement.
-    return scope._task is _current_task(scope._task.get_loop())
+    return task is _current_task(task.get_loop())
 
 
 _current_task = asyncio.current_task
@@ -226,7 +247,7 @@ class DeadlineScope:
     _deadline: Deadline | None  # the same instant as a Deadline; None until first asked for
     _asked: float | None  # the seconds the block asked for, for the error message
     # Set only when the block arms its timer (then it is in `_current` until it exits):
-    _task: asyncio.Task[Any]
+    _task: asyncio.Task[Any] | None  # None: a thread's block (deadline_for_thread)
     _alarms: _Alarms
     _cancelling: int
     _loop_when: float  # the deadline on the running loop's clock
@@ -291,7 +312,9 @@ class DeadlineScope:
                 raise self._exceeded()
             self._state = _ENTERED
             if self._armed:
-                self._arm_timer(self._task, when, now)
+                task = self._task
+                assert task is not None  # only a thread's block has none, and it is unarmed
+                self._arm_timer(task, when, now)
             self._token = _current.set(self)
             return self
         if self._state != _CREATED:
@@ -365,8 +388,10 @@ class DeadlineScope:
             self._state = _DONE
             return
         self._state = _EXPIRED
+        task = self._task
+        assert task is not None  # it expired: its timer was armed, in its task
         # Like asyncio.Timeout: convert only the cancellation this block caused.
-        if self._task.uncancel() <= self._cancelling and isinstance(exc, asyncio.CancelledError):
+        if task.uncancel() <= self._cancelling and isinstance(exc, asyncio.CancelledError):
             raise self._exceeded() from exc
 
     def _inherit(self, parent: DeadlineScope) -> float:
@@ -380,6 +405,7 @@ class DeadlineScope:
     def _on_timeout(self) -> None:
         self._state = _EXPIRING
         self._alarm = None
+        assert self._task is not None  # an armed block has its task
         self._task.cancel()
 
     def _exceeded(self) -> DeadlineExceeded:
@@ -564,6 +590,16 @@ def deadline_for_request(
     scope._token = None
     scope.inherited = False
     return scope
+
+
+def deadline_for_thread(when: float) -> DeadlineScope:
+    """The block of a request handled by synchronous code in a worker thread (a grpc.aio
+    service's `def` handler): a plain `with`, entered and left in that thread. Inside it the
+    instant `when` (on tether's clock, finite) is ambient, so `time_remaining()`,
+    `check_deadline()` and tether's synchronous clients see it, but nothing enforces it: no
+    cancellation reaches a thread. Entering it after `when` raises `DeadlineExceeded`."""
+    # The one block made without a task: it is unarmed, so no timer ever needs one.
+    return deadline_for_request(when, None, armed=False)  # type: ignore[arg-type]
 
 
 @final

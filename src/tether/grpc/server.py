@@ -22,14 +22,30 @@ For every call, of all four shapes, in this order (outermost first):
    tether's metadata) applies unclamped, and a call without one runs without a deadline
    (long-lived streams that end when their client cancels).
 4. One log line per call on `tether.grpc`: method, status, duration, budget, request id.
+
+Synchronous (`def`) handlers, which grpc.aio runs in its `migration_thread_pool`, get the same
+safety net, request id, log line and ambient deadline, set up in the worker thread. No
+cancellation reaches a thread, though: a client's own deadline still ends the call for the
+client (grpc does that), but the handler runs on until it returns, and a server-side budget
+(`default_budget`, `max_budget`, metadata) is known to the handler, not enforced. Such handlers
+call `tether.check_deadline()` between steps and bound their I/O by the budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from contextvars import ContextVar
 from typing import Any, NoReturn
 
@@ -38,7 +54,12 @@ import grpc.aio
 
 from tether import _clock
 from tether._settings import PathPrefixes, server_budgets
-from tether.deadline import DeadlineScope, deadline_at, deadline_for_request
+from tether.deadline import (
+    DeadlineScope,
+    deadline_at,
+    deadline_for_request,
+    deadline_for_thread,
+)
 from tether.errors import DeadlineExceeded, UpstreamUnavailable
 from tether.request_id import (
     REQUEST_ID_HEADER,
@@ -120,29 +141,33 @@ def _wrap(
     method: str,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     unbounded = method in policy.unbounded_methods
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _unary(handler.unary_unary, policy, method, unbounded),
-            handler.request_deserializer,
-            handler.response_serializer,
+    if handler.unary_unary is not None or handler.stream_unary is not None:
+        behavior = handler.unary_unary or handler.stream_unary
+        make = (
+            grpc.unary_unary_rpc_method_handler
+            if handler.unary_unary is not None
+            else grpc.stream_unary_rpc_method_handler
         )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            _unary(handler.stream_unary, policy, method, unbounded),
-            handler.request_deserializer,
-            handler.response_serializer,
+        guard = _unary if _is_async(behavior) else _sync_unary
+    else:
+        behavior = handler.unary_stream or handler.stream_stream
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream is not None
+            else grpc.stream_stream_rpc_method_handler
         )
-    behavior = handler.unary_stream or handler.stream_stream
+        guard = _streaming if _is_async(behavior) else _sync_streaming
     assert behavior is not None  # a handler has exactly one behaviour
-    make = (
-        grpc.unary_stream_rpc_method_handler
-        if handler.unary_stream is not None
-        else grpc.stream_stream_rpc_method_handler
-    )
-    return make(
-        _streaming(behavior, policy, method, unbounded),
-        handler.request_deserializer,
-        handler.response_serializer,
+    guarded = guard(behavior, policy, method, unbounded)
+    return make(guarded, handler.request_deserializer, handler.response_serializer)
+
+
+def _is_async(behavior: Any) -> bool:
+    """grpc.aio's own test: anything else it runs in its `migration_thread_pool`."""
+    return (
+        inspect.isawaitable(behavior)
+        or inspect.iscoroutinefunction(behavior)
+        or inspect.isasyncgenfunction(behavior)
     )
 
 
@@ -222,6 +247,13 @@ class _Call:
         if self.when is None:
             return deadline_at(None, task=task, new_request=True)
         return deadline_for_request(self.when, task, armed=not self.grpc_enforces)
+
+    def thread_block(self) -> DeadlineScope:
+        """The block of a synchronous handler, in its worker thread: the deadline is ambient
+        there, and nothing enforces it."""
+        if self.when is None:
+            return deadline_at(None)  # the context is the call's own: nothing to narrow
+        return deadline_for_thread(self.when)
 
     def end(self) -> None:
         """Undo what `__init__` made ambient and write the call's log line."""
@@ -323,14 +355,150 @@ def _streaming(
     return guarded
 
 
+def _sync_unary(
+    behavior: Callable[..., Any],
+    policy: TetherServerInterceptor,
+    method: str,
+    unbounded: bool,
+) -> Callable[..., Any]:
+    """`_unary` for a synchronous handler: grpc runs the returned function in its worker
+    thread, and the call is set up there, in a context of its own."""
+
+    def guarded(request: Any, context: Any) -> Any:
+        return contextvars.copy_context().run(
+            _run_in_thread, behavior, request, _ThreadContext(context), policy, method, unbounded
+        )
+
+    return guarded
+
+
+def _run_in_thread(
+    behavior: Callable[..., Any],
+    request: Any,
+    context: _ThreadContext,
+    policy: TetherServerInterceptor,
+    method: str,
+    unbounded: bool,
+) -> Any:
+    call = _call_in_thread(policy, method, context, unbounded)
+    try:
+        with call.thread_block():
+            return behavior(request, context)
+    except BaseException as exc:
+        _failed_in_thread(exc, call, context)
+        raise
+    finally:
+        call.end()
+
+
+def _sync_streaming(
+    behavior: Callable[..., Any],
+    policy: TetherServerInterceptor,
+    method: str,
+    unbounded: bool,
+) -> Callable[..., Iterator[Any]]:
+    """`_streaming` for a synchronous handler (a generator, or a function returning an
+    iterable). grpc takes each response in a worker thread, not always the same one: every
+    step runs in the call's own context."""
+
+    def guarded(request: Any, context: Any) -> Iterator[Any]:
+        own = contextvars.copy_context()
+        thread_context = _ThreadContext(context)
+        steps = _stream_in_thread(behavior, request, thread_context, policy, method, unbounded)
+        try:
+            while True:
+                try:
+                    response = own.run(next, steps)
+                except StopIteration:
+                    return
+                yield response
+        finally:  # closed before its end (grpc closes a cancelled call's at process exit)
+            thread_context.closing = True
+            own.run(steps.close)
+
+    return guarded
+
+
+def _stream_in_thread(
+    behavior: Callable[..., Any],
+    request: Any,
+    context: _ThreadContext,
+    policy: TetherServerInterceptor,
+    method: str,
+    unbounded: bool,
+) -> Generator[Any, None, None]:
+    call = _call_in_thread(policy, method, context, unbounded)
+    try:
+        with call.thread_block():
+            yield from behavior(request, context)
+    except GeneratorExit:
+        call.code = grpc.StatusCode.CANCELLED
+        raise
+    except BaseException as exc:
+        _failed_in_thread(exc, call, context)
+        raise
+    finally:
+        call.end()
+
+
+class _ThreadContext:
+    """grpc's context for a synchronous handler, noting the status an abort ends the call with
+    (grpc's context for threads cannot tell it afterwards). Everything else is grpc's."""
+
+    __slots__ = ("_context", "aborted_with", "closing")
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self.aborted_with: grpc.StatusCode | None = None
+        self.closing = False  # the call is over: its generator is being closed
+
+    def abort(self, code: grpc.StatusCode, *args: Any, **kwargs: Any) -> NoReturn:
+        self.aborted_with = code
+        self._context.abort(code, *args, **kwargs)
+        raise AssertionError("context.abort returns only by raising")  # pragma: no cover
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def _call_in_thread(
+    policy: TetherServerInterceptor, method: str, context: _ThreadContext, unbounded: bool
+) -> _Call:
+    """The call's bookkeeping, set up in the worker thread; bad deadline metadata aborts the
+    call with INVALID_ARGUMENT."""
+    try:
+        return _Call(policy, method, context, unbounded)  # type: ignore[arg-type]
+    except InvalidDeadlineHeader as exc:
+        _refuse_in_thread(exc, method, context)
+
+
+def _refuse_in_thread(exc: InvalidDeadlineHeader, method: str, context: _ThreadContext) -> NoReturn:
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refusal(exc, method))
+
+
+def _failed_in_thread(exc: BaseException, call: _Call, context: _ThreadContext) -> None:
+    """`_failed`, in a synchronous handler's thread."""
+    if isinstance(exc, grpc.aio.AbortError):
+        call.code = context.aborted_with or grpc.StatusCode.UNKNOWN
+        return
+    code = _note_failure(exc, call)
+    if code is not None and not context.closing:  # nobody to answer once the call is over
+        context.abort(code, _details_for(code))
+
+
 async def _refuse(
     exc: InvalidDeadlineHeader, method: str, context: grpc.aio.ServicerContext[Any, Any]
 ) -> NoReturn:
     """A call whose deadline metadata the codec refuses: INVALID_ARGUMENT naming the metadata
     and its value (the caller's own input), before the handler runs."""
-    log.warning("grpc %s refused: %s", method, exc)
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refusal(exc, method))
     raise AssertionError("context.abort returns only by raising")  # pragma: no cover
+
+
+def _refusal(exc: InvalidDeadlineHeader, method: str) -> str:
+    """Log a refused call; the details it is aborted with."""
+    log.warning("grpc %s refused: %s", method, exc)
+    return str(exc)
 
 
 async def _failed(
@@ -342,14 +510,24 @@ async def _failed(
     their own status. (The code is noted first: the abort does not return.)"""
     if isinstance(exc, grpc.aio.AbortError):
         call.code = _code_of(context)
-    elif isinstance(exc, asyncio.CancelledError):  # grpc's deadline, or the client cancelled
+        return
+    code = _note_failure(exc, call)
+    if code is not None:
+        await context.abort(code, _details_for(code))
+
+
+def _note_failure(exc: BaseException, call: _Call) -> grpc.StatusCode | None:
+    """`_failed` for anything but an abort: notes the status in `call.code`, and returns it
+    when the call must be aborted with it (a plain exception, for the safety net)."""
+    if isinstance(exc, asyncio.CancelledError):  # grpc's deadline, or the client cancelled
         expired = call.when is not None and _clock.monotonic() >= call.when
         call.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-    elif not isinstance(exc, Exception):
+        return None
+    if not isinstance(exc, Exception):
         call.code = grpc.StatusCode.UNKNOWN
-    else:
-        code = call.code = _status_for(exc, call)
-        await context.abort(code, _details_for(code))
+        return None
+    code = call.code = _status_for(exc, call)
+    return code
 
 
 def _status_for(exc: Exception, call: _Call) -> grpc.StatusCode:
