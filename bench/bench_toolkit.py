@@ -335,7 +335,7 @@ slowed this VM during the run, and the less its ratios say.
 What these figures say. None of the three targets is met. The same code timed on two VMs of
 this kind: on an AMD EPYC one (earlier runs) the middleware 0.70, gRPC 0.89 (six runs between
 0.88 and 0.905), the client 0.82-0.85; on the Intel Xeon one of the table above,
-0.60, 0.87 and 0.81. Counted in CPU instructions, exact for the same code whatever else the
+0.60, 0.86 and 0.80. Counted in CPU instructions, exact for the same code whatever else the
 machine does (next section), tether adds 26% to a hello-world request (0.792), 9% to a gRPC
 echo on the server (0.912) and 11% to an aiohttp call (0.904). Timed, each added instruction
 costs more than an average one, for the two reasons measured below.

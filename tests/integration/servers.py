@@ -4,6 +4,7 @@ gateway as a process, and the raw request reader its small test upstreams share.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import socket
@@ -140,12 +141,15 @@ async def raw_exchange(port: int, data: bytes, *, wait: float = 2.0) -> tuple[by
 
 
 async def wait_until(probe: Callable[[], Any], done: Callable[[Any], bool], seconds: float) -> Any:
-    """Await `probe()` every 50 ms until `done(result)`; return that result. An aiohttp error
-    counts as not done yet (a server still starting); after `seconds`, AssertionError."""
+    """Call `probe()` (awaiting what it returns, if awaitable) every 50 ms until
+    `done(result)`; return that result. An aiohttp error counts as not done yet (a server
+    still starting); after `seconds`, AssertionError."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            result = await probe()
+            result = probe()
+            if inspect.isawaitable(result):
+                result = await result
             if done(result):
                 return result
         except aiohttp.ClientError:

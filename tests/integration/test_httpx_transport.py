@@ -1,4 +1,5 @@
-"""tether.http.httpx_transport.TetherTransport against real loopback servers."""
+"""tether.http.httpx_transport: TetherTransport and TetherSyncTransport against real loopback
+servers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from tether import DeadlineExceeded, deadline_after
-from tether.http.httpx_transport import TetherTransport
+from tether.http.httpx_transport import TetherSyncTransport, TetherTransport
 from tether.request_id import request_id_scope
 
 from .servers import echo_headers_app, uvicorn_server
@@ -103,6 +104,49 @@ async def test_pool_survives_cancellation_churn() -> None:
 
 
 def test_bad_margin_is_refused() -> None:
-    """A negative margin raises ValueError."""
-    with pytest.raises(ValueError, match="margin"):
-        TetherTransport(margin=-1)
+    """A negative or non-numeric margin raises ValueError, for both transports."""
+    for transport in (TetherTransport, TetherSyncTransport):
+        with pytest.raises(ValueError, match="margin"):
+            transport(margin=-1)
+        with pytest.raises((ValueError, TypeError), match="margin"):
+            transport(margin="soon")  # type: ignore[arg-type]
+
+
+async def test_the_sync_transport_passes_the_budget_on_in_a_worker_thread() -> None:
+    """`httpx.Client` in a thread that carries the caller's context (`asyncio.to_thread`):
+    the budget and request id are passed on; nothing is sent without budget; a slow upstream
+    ends the call at the budget minus the margin (`DeadlineExceeded`); a configured httpx
+    timeout shorter than the budget stays httpx's own error; without a deadline, nothing is
+    added."""
+    hits: list[int] = []
+    async with (
+        uvicorn_server(echo_headers_app()) as fast,
+        uvicorn_server(echo_headers_app(hits, delay=2)) as slow,
+    ):
+        client = httpx.Client(transport=TetherSyncTransport(margin=0.05))
+        try:
+            with request_id_scope("req-s"):
+                async with deadline_after(0.5):
+                    seen = (await asyncio.to_thread(client.get, fast + "/")).json()
+            assert 400 <= int(seen["x-request-timeout"]) <= 450
+            assert seen["x-request-id"] == "req-s"
+            bare = (await asyncio.to_thread(client.get, fast + "/")).json()
+            assert "x-request-timeout" not in bare
+            assert "x-request-id" not in bare
+
+            async with deadline_after(0.06):
+                await asyncio.sleep(0.02)
+                with pytest.raises(DeadlineExceeded):
+                    await asyncio.to_thread(client.get, slow + "/")
+            assert hits == []
+
+            start = time.perf_counter()
+            async with deadline_after(0.3):
+                with pytest.raises(DeadlineExceeded, match="within the budget"):
+                    await asyncio.to_thread(client.get, slow + "/")
+                assert 0.24 <= time.perf_counter() - start < 0.3
+            async with deadline_after(1):
+                with pytest.raises(httpx.ReadTimeout):
+                    await asyncio.to_thread(client.get, slow + "/", timeout=0.05)
+        finally:
+            await asyncio.to_thread(client.close)

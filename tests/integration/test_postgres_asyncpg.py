@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -20,13 +19,6 @@ from tether.request_id import request_id_scope
 from .pg_helpers import active_backends, all_backends, app_name, idle_after, wait_active
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def monitor(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(pg_dsn)
-    yield conn
-    await conn.close()
 
 
 async def pool_for(pg_dsn: str, prefix: str, size: int = 5) -> tether.postgres.Pool:

@@ -116,13 +116,6 @@ async def driver(request: pytest.FixtureRequest, pg_dsn: str) -> AsyncIterator[D
     await chosen.close()
 
 
-@pytest.fixture
-async def monitor(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(pg_dsn)
-    yield conn
-    await conn.close()
-
-
 @pytest.mark.parametrize("mode", ["bare", "transaction", "pool"])
 async def test_sleep_under_200ms_budget_stops_on_the_server(
     driver: Driver, monitor: asyncpg.Connection, mode: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -10,11 +11,14 @@ import pytest
 from tether import (
     Deadline,
     DeadlineExceeded,
+    _clock,
+    check_deadline,
     current_deadline,
     deadline_after,
     deadline_at,
     time_remaining,
 )
+from tether.deadline import deadline_enforced_here, deadline_for_thread
 from tether.testing import VirtualClock
 
 
@@ -532,3 +536,69 @@ def test_a_call_block_narrows_or_inherits_like_deadline_at(clock: VirtualClock) 
         return seen
 
     assert clock.run(main()) == [False, 1.0, 1.0, True, True, 3.0, True, None, None]
+
+
+def test_check_deadline_raises_once_the_ambient_budget_is_spent(clock: VirtualClock) -> None:
+    """The checkpoint for code no cancellation reaches: silent while budget is left (and
+    without a deadline), `DeadlineExceeded` naming the budget from the deadline on."""
+
+    async def main() -> None:
+        check_deadline()  # no deadline: nothing to check
+        async with deadline_after(1):
+            check_deadline()
+            clock.advance(0.999)  # the clock moves, no await: the block's timer cannot ring
+            check_deadline()
+            clock.advance(0.001)
+            with pytest.raises(DeadlineExceeded, match="this block's budget of 1 s ran out"):
+                check_deadline()
+        async with deadline_after(2), deadline_after(5):  # inherits the caller's 2 s
+            clock.advance(2)
+            with pytest.raises(DeadlineExceeded, match="budget of 2 s ran out") as raised:
+                check_deadline()
+            assert raised.value.budget == 2
+
+    clock.run(main())
+
+
+def test_check_deadline_in_a_request_without_a_deadline_passes(clock: VirtualClock) -> None:
+    """A request that has no deadline (an unbounded path) is never out of budget, whatever
+    the context it was started from carried."""
+
+    async def main() -> None:
+        async with deadline_after(1):
+            task = asyncio.current_task()
+            assert task is not None
+            with deadline_at(None, task=task, new_request=True):
+                clock.advance(5)
+                check_deadline()
+            with pytest.raises(DeadlineExceeded):
+                check_deadline()
+
+    clock.run(main())
+
+
+def test_a_threads_block_makes_the_deadline_known_and_enforces_nothing(
+    clock: VirtualClock,
+) -> None:
+    """`deadline_for_thread` in a worker thread (no event loop there): the deadline is
+    ambient, `check_deadline()` raises once it has passed, nothing claims to enforce it, and
+    a block entered after its instant refuses to start."""
+    seen: list[object] = []
+
+    def in_thread() -> None:
+        start = _clock.monotonic()
+        with deadline_for_thread(start + 1.0) as block:
+            seen.append(time_remaining())
+            seen.append(deadline_enforced_here())
+            clock.advance(1.0)
+            with pytest.raises(DeadlineExceeded, match="budget of 1 s ran out"):
+                check_deadline()
+            seen.append(block.budget)
+        seen.append(current_deadline())
+        with pytest.raises(DeadlineExceeded), deadline_for_thread(start):
+            pass
+
+    worker = threading.Thread(target=in_thread)
+    worker.start()
+    worker.join()
+    assert seen == [1.0, False, 1.0, None]

@@ -1,6 +1,7 @@
-"""`TetherTransport`: the budget on httpx calls, for teams already on httpx (the `httpx` extra).
+"""The budget on httpx calls, for teams already on httpx (the `httpx` extra).
 
     client = httpx.AsyncClient(transport=TetherTransport())
+    client = httpx.Client(transport=TetherSyncTransport())   # synchronous code, worker threads
 
 Every request through it:
 - gets each httpx timeout phase (connect, read, write, pool) capped at `remaining - margin`, so
@@ -9,6 +10,10 @@ Every request through it:
 - is not sent at all when less than the margin + 1 ms is left (`DeadlineExceeded`);
 - raises `DeadlineExceeded` instead of `httpx.TimeoutException` when it was the budget, not a
   configured httpx timeout, that ran out.
+
+In synchronous code (a `def` endpoint's worker thread) no cancellation can stop a call: the
+capped timeouts are what end it. Each phase is capped at what is left when the call starts, so
+a call ends by the deadline unless the server answers in pieces, each within the time left.
 
 httpcore's pool and cancellation (encode/httpcore#1093, also #658 and #830): a request that is
 cancelled after the pool gave it a new connection, but before that connection was established,
@@ -40,7 +45,7 @@ from tether.wire import DEFAULT_MARGIN, REQUEST_TIMEOUT, call_timeout
 
 log = logging.getLogger("tether.http.httpx")
 
-__all__ = ["TetherTransport"]
+__all__ = ["TetherSyncTransport", "TetherTransport"]
 
 _PHASES = ("connect", "read", "write", "pool")
 
@@ -56,24 +61,13 @@ class TetherTransport(httpx.AsyncBaseTransport):
         self._closing: set[asyncio.Task[None]] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        left = call_timeout(margin=self._margin)  # raises when nothing is left
-        budget_bound = False
-        if left is not None:
-            budget_bound = self._cap_timeouts(request, left)
-            request.headers[REQUEST_TIMEOUT] = str(max(1, int(left * 1000)))
-        request_id = current_request_id()
-        if request_id is not None and REQUEST_ID_HEADER not in request.headers:
-            request.headers[REQUEST_ID_HEADER] = request_id
-        for name, value in outgoing_trace_headers():
-            request.headers.setdefault(name, value)
+        budget_bound = _pass_budget_on(request, self._margin)
         try:
             response = await self._wrapped.handle_async_request(request)
         except httpx.TimeoutException as exc:
             self.reclaim_orphaned_connections()
             if budget_bound:
-                raise DeadlineExceeded(
-                    f"deadline exceeded: no answer from {request.url} within the budget"
-                ) from exc
+                raise _budget_ran_out(request) from exc
             raise
         except BaseException:  # cancellation included: clean up the pool, then re-raise
             self.reclaim_orphaned_connections()
@@ -81,22 +75,6 @@ class TetherTransport(httpx.AsyncBaseTransport):
         if isinstance(response.stream, httpx.AsyncByteStream):
             response.stream = _CloseShielded(response.stream, self._closing)
         return response
-
-    @staticmethod
-    def _cap_timeouts(request: httpx.Request, left: float) -> bool:
-        """Cap every timeout phase at `left`; True when the budget is what binds."""
-        configured = request.extensions.get("timeout") or {}
-        capped: dict[str, float] = {}
-        budget_bound = False
-        for phase in _PHASES:
-            value = configured.get(phase)
-            if value is None or value > left:
-                capped[phase] = left
-                budget_bound = True
-            else:
-                capped[phase] = value
-        request.extensions["timeout"] = capped
-        return budget_bound
 
     def reclaim_orphaned_connections(self) -> int:
         """Remove connections that no request owns and that are neither idle nor closed.
@@ -139,6 +117,75 @@ class TetherTransport(httpx.AsyncBaseTransport):
         tb: TracebackType | None = None,
     ) -> None:
         await self.aclose()
+
+
+class TetherSyncTransport(httpx.BaseTransport):
+    """`TetherTransport` for `httpx.Client`; wraps `httpx.HTTPTransport`.
+
+    For synchronous code that runs under a request's budget: a FastAPI or Starlette `def`
+    endpoint (its worker thread carries the request's context), `asyncio.to_thread`. Without a
+    deadline in the context, calls pass through unchanged.
+    """
+
+    def __init__(
+        self, wrapped: httpx.BaseTransport | None = None, *, margin: float = DEFAULT_MARGIN
+    ) -> None:
+        self._wrapped = wrapped if wrapped is not None else httpx.HTTPTransport()
+        self._margin = margin_seconds(margin)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        budget_bound = _pass_budget_on(request, self._margin)
+        try:
+            return self._wrapped.handle_request(request)
+        except httpx.TimeoutException as exc:
+            if budget_bound:
+                raise _budget_ran_out(request) from exc
+            raise
+
+    def close(self) -> None:
+        self._wrapped.close()
+
+    def __enter__(self) -> TetherSyncTransport:
+        self._wrapped.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: TracebackType | None = None,
+    ) -> None:
+        self.close()
+
+
+def _pass_budget_on(request: httpx.Request, margin: float) -> bool:
+    """Cap `request`'s timeouts at the budget and add tether's headers (see the module
+    docstring); True when the budget, not a configured timeout, binds. Raises
+    `DeadlineExceeded` when less than the margin is left."""
+    left = call_timeout(margin=margin)
+    budget_bound = False
+    if left is not None:
+        configured = request.extensions.get("timeout") or {}
+        capped: dict[str, float] = {}
+        for phase in _PHASES:
+            value = configured.get(phase)
+            if value is None or value > left:
+                capped[phase] = left
+                budget_bound = True
+            else:
+                capped[phase] = value
+        request.extensions["timeout"] = capped
+        request.headers[REQUEST_TIMEOUT] = str(max(1, int(left * 1000)))
+    request_id = current_request_id()
+    if request_id is not None and REQUEST_ID_HEADER not in request.headers:
+        request.headers[REQUEST_ID_HEADER] = request_id
+    for name, value in outgoing_trace_headers():
+        request.headers.setdefault(name, value)
+    return budget_bound
+
+
+def _budget_ran_out(request: httpx.Request) -> DeadlineExceeded:
+    return DeadlineExceeded(f"deadline exceeded: no answer from {request.url} within the budget")
 
 
 class _CloseShielded(httpx.AsyncByteStream):

@@ -14,6 +14,12 @@
 - At the deadline, tether's cancellation reaches asyncpg, which cancels the statement on the
   server. SQLAlchemy then discards that connection and opens a new one on the next checkout (one
   new backend, a few ms on loopback): the pool stays healthy, it does not reuse the connection.
+
+A synchronous `Engine` (psycopg, psycopg2) can be instrumented too, for code in worker threads
+(a FastAPI `def` endpoint runs in a copy of its request's context): no cancellation reaches a
+thread, so the backstop is what ends a statement at the budget; the server cancels it and the
+driver raises its query-canceled error in the thread (`connect()` and `session()` are for async
+engines only).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import asyncio
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError
@@ -44,18 +50,25 @@ __all__ = ["connect", "instrument", "session"]
 _margins: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
 
 
+_AnyEngine = TypeVar("_AnyEngine", AsyncEngine, Engine)
+
+
 def instrument(
-    engine: AsyncEngine, *, margin: float = DEFAULT_MARGIN, application_name: str | None = "tether"
-) -> AsyncEngine:
-    """Install tether's per-transaction backstop and request tag on `engine`; returns it."""
-    _margins[engine.sync_engine] = margin_seconds(margin)
+    engine: _AnyEngine, *, margin: float = DEFAULT_MARGIN, application_name: str | None = "tether"
+) -> _AnyEngine:
+    """Install tether's per-transaction backstop and request tag on `engine` (async or
+    synchronous); returns it."""
+    if not isinstance(engine, AsyncEngine | Engine):
+        raise TypeError(f"instrument() takes a SQLAlchemy Engine or AsyncEngine, got {engine!r}")
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    _margins[sync_engine] = margin_seconds(margin)
 
     def on_begin(connection: Any) -> None:
         sql = backstop_sql(application_name)
         if sql is not None:
             connection.exec_driver_sql(sql)
 
-    event.listen(engine.sync_engine, "begin", on_begin)
+    event.listen(sync_engine, "begin", on_begin)
     return engine
 
 
