@@ -305,18 +305,19 @@ async def test_concurrent_calls_each_see_their_own_request_id_and_budget() -> No
 
         async def one(number: int) -> tuple[int, float, str]:
             with request_id_scope(f"req-{number}"):
-                async with deadline_after(1.0 + number / 10):
+                async with deadline_after(1.0 + number / 2):
                     left, request_id = (await call(str(number).encode())).decode().split()
             return number, float(left), request_id
 
         answers = await asyncio.gather(*(one(number) for number in range(50)))
     for number, left, request_id in answers:
         assert request_id == f"req-{number}"
-        # Budgets 100 ms apart. What grpc sends lies between what tether gave it and the
+        # Budgets 500 ms apart. What grpc sends lies between what tether gave it and the
         # caller's budget (its header compression may re-send an earlier, longer one); a call
-        # that inherited another (earlier) call's deadline would be ~100 ms short.
-        budget = 0.995 + number / 10
-        assert timeout_for_grpc(budget) - 0.04 < left <= budget, (number, left, budget)
+        # that inherited another (earlier) call's deadline would be 500 ms short or more. The
+        # 250 ms allowed below is for the call's trip on a loaded 2-core machine (110 ms seen).
+        budget = 0.995 + number / 2
+        assert timeout_for_grpc(budget) - 0.25 < left <= budget, (number, left, budget)
 
 
 async def test_all_four_shapes_carry_the_budget_and_request_id() -> None:
