@@ -18,7 +18,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .servers import free_port, raw_exchange, read_access_log, read_request, spawn_gateway
+from .servers import (
+    free_port,
+    raw_exchange,
+    read_access_log,
+    read_request,
+    spawn_gateway,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -477,12 +484,15 @@ async def test_graceful_drain(gateway: Gateway, upstream: Upstream) -> None:
     """SIGTERM with requests in flight: they all complete, then the gateway exits 0."""
 
     async def one() -> int:
-        status, _, _ = await get(gateway, "/api/user/v1/slow", {**GOOD, "X-Request-Timeout": "300"})
+        status, _, _ = await get(
+            gateway, "/api/user/v1/slow", {**GOOD, "X-Request-Timeout": "1000"}
+        )
         return status
 
-    # 504s here are the budget, not the drain: each request ends by itself at 300 ms.
+    # 504s here are the budget, not the drain: each request ends by itself at 1 s. The signal
+    # comes once all five are at the upstream (a request still connecting would be refused).
     tasks = [asyncio.create_task(one()) for _ in range(5)]
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: upstream.requests, lambda seen: len(seen) == 5, 0.9)
     os.kill(gateway.process.pid, signal.SIGTERM)
     statuses = await asyncio.gather(*tasks)
     code = await asyncio.wait_for(gateway.process.wait(), 10)
