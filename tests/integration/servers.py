@@ -140,6 +140,13 @@ async def raw_exchange(port: int, data: bytes, *, wait: float = 2.0) -> tuple[by
     return received, closed
 
 
+# What a loaded CI machine may add to a deadline before a thread, the event loop or a client
+# notices it, in tests of work that would otherwise run on for seconds: it still tells "stopped
+# at the deadline" from "ran to the end". (The issue's tight figures for async handlers are
+# asserted as they are, in test_failure_cases.py.)
+LATE = 0.1
+
+
 async def wait_until(probe: Callable[[], Any], done: Callable[[Any], bool], seconds: float) -> Any:
     """Call `probe()` (awaiting what it returns, if awaitable) every 50 ms until
     `done(result)`; return that result. An aiohttp error counts as not done yet (a server

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -485,6 +486,16 @@ def test_bad_server_settings_are_refused(kwargs: dict[str, float]) -> None:
     """Non-positive or NaN budgets, or default > max, raise ValueError."""
     with pytest.raises(ValueError, match="budget"):
         tether.grpc.TetherServerInterceptor(**kwargs)
+
+
+@pytest.mark.parametrize("pool", [4, "threads", ThreadPoolExecutor])
+def test_a_thread_pool_that_is_not_an_executor_is_refused(pool: Any) -> None:
+    """`thread_pool` (and the `migration_thread_pool` that `server()` passes on to it) must be
+    a concurrent.futures.Executor; anything else raises TypeError naming the setting."""
+    with pytest.raises(TypeError, match=r"thread_pool must be a concurrent\.futures\.Executor"):
+        tether.grpc.TetherServerInterceptor(thread_pool=pool)
+    with pytest.raises(TypeError, match="thread_pool"):
+        tether.grpc.server(migration_thread_pool=pool)
 
 
 def test_bad_client_margin_is_refused() -> None:

@@ -23,12 +23,16 @@ For every call, of all four shapes, in this order (outermost first):
    (long-lived streams that end when their client cancels).
 4. One log line per call on `tether.grpc`: method, status, duration, budget, request id.
 
-Synchronous (`def`) handlers, which grpc.aio runs in its `migration_thread_pool`, get the same
-safety net, request id, log line and ambient deadline, set up in the worker thread. No
-cancellation reaches a thread, though: a client's own deadline still ends the call for the
-client (grpc does that), but the handler runs on until it returns, and a server-side budget
-(`default_budget`, `max_budget`, metadata) is known to the handler, not enforced. Such handlers
-call `tether.check_deadline()` between steps and bound their I/O by the budget.
+Synchronous (`def`) handlers get the same safety net, request id, log line and ambient
+deadline. A unary-response one runs as grpc.aio runs it, in its `migration_thread_pool`, and
+is set up in the worker thread. No cancellation reaches a thread: a client's own deadline ends
+the call for the client (grpc does that), but the handler runs on until it returns, and a
+server-side budget (`default_budget`, `max_budget`, metadata) is known to it, not enforced.
+Such handlers call `tether.check_deadline()` between steps and bound their I/O by the budget.
+A streaming-response one (a `def` generator) is stepped by tether instead, one response per
+worker-thread step, from the call's task (see `_sync_streams`): its call ends at the deadline
+like an async handler's, and the generator is closed after the step in progress, where
+grpc.aio would keep a thread for good.
 """
 
 from __future__ import annotations
@@ -41,11 +45,10 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Generator,
     Iterable,
-    Iterator,
     Sequence,
 )
+from concurrent.futures import Executor
 from contextvars import ContextVar
 from typing import Any, NoReturn
 
@@ -61,6 +64,7 @@ from tether.deadline import (
     deadline_for_thread,
 )
 from tether.errors import DeadlineExceeded, UpstreamUnavailable
+from tether.grpc._sync_streams import run_in_threads
 from tether.request_id import (
     REQUEST_ID_HEADER,
     new_request_id,
@@ -100,8 +104,15 @@ class TetherServerInterceptor(grpc.aio.ServerInterceptor):
         default_budget: float = 10.0,
         max_budget: float = 60.0,
         unbounded_methods: Iterable[str] = (),
+        thread_pool: Executor | None = None,
     ) -> None:
         self.default_budget, self.max_budget = server_budgets(default_budget, max_budget)
+        if thread_pool is not None and not isinstance(thread_pool, Executor):
+            raise TypeError(
+                f"thread_pool must be a concurrent.futures.Executor, got {thread_pool!r}"
+            )
+        # Where synchronous streaming handlers run (None: the event loop's default executor).
+        self.thread_pool = thread_pool
         # `/package.Service/Method`, or `/package.Service` for all of a service's methods.
         self.unbounded_methods = PathPrefixes("unbounded_methods", unbounded_methods)
         # Wrapped handlers, built once per method: the wrapper reads everything per call
@@ -156,7 +167,13 @@ def _wrap(
             if handler.unary_stream is not None
             else grpc.stream_stream_rpc_method_handler
         )
-        guard = _streaming if _is_async(behavior) else _sync_streaming
+        if behavior is not None and not _is_async(behavior):  # stepped by tether, not grpc
+            behavior = run_in_threads(
+                behavior,
+                request_streaming=handler.stream_stream is not None,
+                thread_pool=policy.thread_pool,
+            )
+        guard = _streaming
     assert behavior is not None  # a handler has exactly one behaviour
     guarded = guard(behavior, policy, method, unbounded)
     return make(guarded, handler.request_deserializer, handler.response_serializer)
@@ -391,66 +408,15 @@ def _run_in_thread(
         call.end()
 
 
-def _sync_streaming(
-    behavior: Callable[..., Any],
-    policy: TetherServerInterceptor,
-    method: str,
-    unbounded: bool,
-) -> Callable[..., Iterator[Any]]:
-    """`_streaming` for a synchronous handler (a generator, or a function returning an
-    iterable). grpc takes each response in a worker thread, not always the same one: every
-    step runs in the call's own context."""
-
-    def guarded(request: Any, context: Any) -> Iterator[Any]:
-        own = contextvars.copy_context()
-        thread_context = _ThreadContext(context)
-        steps = _stream_in_thread(behavior, request, thread_context, policy, method, unbounded)
-        try:
-            while True:
-                try:
-                    response = own.run(next, steps)
-                except StopIteration:
-                    return
-                yield response
-        finally:  # closed before its end (grpc closes a cancelled call's at process exit)
-            thread_context.closing = True
-            own.run(steps.close)
-
-    return guarded
-
-
-def _stream_in_thread(
-    behavior: Callable[..., Any],
-    request: Any,
-    context: _ThreadContext,
-    policy: TetherServerInterceptor,
-    method: str,
-    unbounded: bool,
-) -> Generator[Any, None, None]:
-    call = _call_in_thread(policy, method, context, unbounded)
-    try:
-        with call.thread_block():
-            yield from behavior(request, context)
-    except GeneratorExit:
-        call.code = grpc.StatusCode.CANCELLED
-        raise
-    except BaseException as exc:
-        _failed_in_thread(exc, call, context)
-        raise
-    finally:
-        call.end()
-
-
 class _ThreadContext:
     """grpc's context for a synchronous handler, noting the status an abort ends the call with
     (grpc's context for threads cannot tell it afterwards). Everything else is grpc's."""
 
-    __slots__ = ("_context", "aborted_with", "closing")
+    __slots__ = ("_context", "aborted_with")
 
     def __init__(self, context: Any) -> None:
         self._context = context
         self.aborted_with: grpc.StatusCode | None = None
-        self.closing = False  # the call is over: its generator is being closed
 
     def abort(self, code: grpc.StatusCode, *args: Any, **kwargs: Any) -> NoReturn:
         self.aborted_with = code
@@ -482,7 +448,7 @@ def _failed_in_thread(exc: BaseException, call: _Call, context: _ThreadContext) 
         call.code = context.aborted_with or grpc.StatusCode.UNKNOWN
         return
     code = _note_failure(exc, call)
-    if code is not None and not context.closing:  # nobody to answer once the call is over
+    if code is not None:
         context.abort(code, _details_for(code))
 
 
@@ -574,10 +540,12 @@ def server(
     unbounded_methods: Iterable[str] = (),
     **kwargs: Any,
 ) -> grpc.aio.Server:
-    """A grpc.aio server with tether's interceptor first, then yours (it guards them too)."""
+    """A grpc.aio server with tether's interceptor first, then yours (it guards them too).
+    Synchronous handlers, streaming ones too, run in `migration_thread_pool` when given."""
     tether = TetherServerInterceptor(
         default_budget=default_budget,
         max_budget=max_budget,
         unbounded_methods=unbounded_methods,
+        thread_pool=kwargs.get("migration_thread_pool"),
     )
     return grpc.aio.server(interceptors=[tether, *interceptors], **kwargs)
