@@ -160,13 +160,18 @@ class Endless:
     def __init__(self) -> None:
         self.closed: list[tuple[float, str]] = []
 
-    def __call__(self, request: Any, context: Any) -> Iterator[bytes]:
+    def __call__(self, request: bytes, context: Any) -> Iterator[bytes]:
         try:
-            if not isinstance(request, bytes):  # a request stream: take the first one only
-                request = next(request)
             while True:
                 time.sleep(0.02)
                 yield request
+        finally:
+            self.closed.append((time.perf_counter(), threading.current_thread().name))
+
+    def each(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        """Echo each request as it comes: between them, the thread waits for the next."""
+        try:
+            yield from requests
         finally:
             self.closed.append((time.perf_counter(), threading.current_thread().name))
 
@@ -174,7 +179,7 @@ class Endless:
 def endless_server(endless: Endless, **settings: Any) -> Any:
     handlers = {
         "Endless": grpc.unary_stream_rpc_method_handler(endless),
-        "EndlessBoth": grpc.stream_stream_rpc_method_handler(endless),
+        "EchoEach": grpc.stream_stream_rpc_method_handler(endless.each),
         "UnaryUnary": grpc.unary_unary_rpc_method_handler(unary_unary),
         "UnaryStream": grpc.unary_stream_rpc_method_handler(unary_stream),
     }
@@ -235,12 +240,13 @@ async def test_a_synchronous_stream_waiting_for_requests_ends_with_its_call() ->
 
     async def one_then_wait() -> AsyncIterator[bytes]:
         yield b"first"
-        await asyncio.sleep(30)  # the handler only ever asks for one; the call is cancelled
+        await asyncio.sleep(30)  # the handler waits for a second one; the call is cancelled
 
     async with endless_server(endless) as target, grpc.aio.insecure_channel(target) as channel:
         for number in range(3):
-            call = channel.stream_stream(method("EndlessBoth"))(one_then_wait())
+            call = channel.stream_stream(method("EchoEach"))(one_then_wait())
             assert await call.read() == b"first"
+            await asyncio.sleep(0.05)  # the handler's thread now waits for the next request
             call.cancel()
             await wait_until(lambda: endless.closed, lambda closed, n=number: len(closed) > n, 2)
         answer = await channel.unary_unary(method("UnaryUnary"))(b"x", timeout=2)

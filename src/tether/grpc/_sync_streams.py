@@ -12,7 +12,9 @@ tether's interceptor runs these handlers itself, as an async generator (what grp
 of an async handler) that asks a worker thread for one response at a time. Rules:
 - At most one step of the generator runs at a time, in a worker thread, in the call's own
   context: the request id, the trace context and the deadline are ambient there (the deadline
-  known, not enforced: a step is never interrupted).
+  known, not enforced: a step is never interrupted). The next response is made while the
+  previous one is sent, so the generator runs at most one response ahead of the call (grpc's
+  own way runs up to two ahead).
 - When the call ends first, the generator is closed in a worker thread as soon as no step
   runs: at once if it waits at a `yield`, else right after the step in progress. Its
   `finally` blocks run; no thread is kept.
@@ -61,10 +63,12 @@ def run_in_threads(
         )
         steps = _Steps(responses, loop, thread_pool)
         try:
+            step = steps.start()
             while True:
-                response = await steps.next()
+                response = await asyncio.shield(step)  # see `_Steps.start`
                 if response is _END:
                     return
+                step = steps.start()  # the next response is made while this one is sent
                 yield response
         finally:
             steps.stop()
@@ -99,14 +103,15 @@ class _Steps:
         self._running = False  # a step is in a worker thread (or waits for one)
         self._over = False  # the call has ended: no more steps; close the generator
 
-    async def next(self) -> Any:
-        """The next response, or `_END`. Cancelling the caller leaves the step running: it
-        cannot be interrupted, and it closes the generator when it ends (see `stop`)."""
+    def start(self) -> asyncio.Future[Any]:
+        """Start making the next response (or `_END`). Await the step shielded: once started,
+        a step is never cancelled, not even while it waits for a free thread, because it is
+        what closes the generator if the call ends meanwhile (see `stop`)."""
         with self._lock:
             self._running = True
         step = self._loop.run_in_executor(self._pool, self._step)
         step.add_done_callback(self._after_the_call)
-        return await asyncio.shield(step)
+        return step
 
     def _step(self) -> Any:  # in a worker thread
         try:
