@@ -332,13 +332,14 @@ How steady the machine was, as the references' fastest round over their slowest:
 On a steady machine these stay close to 1; the further above it, the more something else
 slowed this VM during the run, and the less its ratios say.
 
-What these figures say. None of the three targets is met. The same code timed on two VMs of
-this kind: on an AMD EPYC one (earlier runs) the middleware 0.70, gRPC 0.89 (six runs between
-0.88 and 0.905), the client 0.82-0.85; on the Intel Xeon one of the table above,
-0.60, 0.86 and 0.80. Counted in CPU instructions, exact for the same code whatever else the
-machine does (next section), tether adds 26% to a hello-world request (0.792), 9% to a gRPC
-echo on the server (0.912) and 11% to an aiohttp call (0.904). Timed, each added instruction
-costs more than an average one, for the two reasons measured below.
+What these figures say. The middleware and client targets are not met; gRPC sits at its
+edge. The same code timed on VMs of this kind: on AMD EPYC ones the middleware 0.66-0.74,
+gRPC 0.88-0.91 (eight runs; 0.907 and 0.909 in the two latest, unsteady ones, rounds
+0.85-1.16), the client 0.81-0.85; on an Intel Xeon one 0.60, 0.86 and 0.80.
+Counted in CPU instructions, exact for the same code whatever else the machine does (next
+section), tether adds 26% to a hello-world request (0.792), 9% to a gRPC echo on the server
+(0.912) and 11% to an aiohttp call (0.904). Timed, each added instruction costs more than an
+average one, for the two reasons measured below.
 - Waking the load generator. wrk runs on the other core and sleeps whenever all its
   connections wait for answers; each answer the server writes must then wake it, and that
   work happens inside the server's own `write()` system call. On a VM, waking an idle core is
