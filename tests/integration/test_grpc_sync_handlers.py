@@ -328,3 +328,29 @@ async def test_what_a_synchronous_stream_raises_after_its_call_is_logged(
             async for _ in channel.unary_stream(method("Messy"))(b"x", timeout=0.1):
                 pass
         assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_a_stream_on_a_shut_down_pool_is_answered_internal() -> None:
+    """A pool that no longer takes work (shut down while the server runs) cannot step a
+    synchronous stream: the call is answered INTERNAL, nothing hangs, the server goes on."""
+    endless = Endless()
+    pool = threads(1)
+    handlers = {
+        "Endless": grpc.unary_stream_rpc_method_handler(endless),
+        "Async": grpc.unary_unary_rpc_method_handler(async_unary),
+    }
+    async with (
+        grpc_server(handlers, migration_thread_pool=pool) as target,
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        pool.shutdown()
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            async for _ in channel.unary_stream(method("Endless"))(b"x", timeout=2):
+                pass
+        assert raised.value.code() is grpc.StatusCode.INTERNAL
+        assert await channel.unary_unary(method("Async"))(b"x", timeout=2) == b"x"
+    assert endless.closed == []  # never started
+
+
+async def async_unary(request: bytes, context: Any) -> bytes:
+    return request

@@ -109,7 +109,12 @@ class _Steps:
         what closes the generator if the call ends meanwhile (see `stop`)."""
         with self._lock:
             self._running = True
-        step = self._loop.run_in_executor(self._pool, self._step)
+        try:
+            step = self._loop.run_in_executor(self._pool, self._step)
+        except BaseException:  # the executor is shut down: no step runs, `stop` closes
+            with self._lock:
+                self._running = False
+            raise
         step.add_done_callback(self._after_the_call)
         return step
 
