@@ -550,9 +550,9 @@ def test_the_trace_context_is_the_requests_own(clock: VirtualClock) -> None:
         assert outgoing_trace_headers() == [("traceparent", callers)]  # the caller's is back
 
 
-def test_non_http_scopes_pass_through(clock: VirtualClock) -> None:
-    """Lifespan and websocket scopes reach the app untouched: the server's own receive and
-    send, no deadline, no request id."""
+def test_lifespan_passes_through(clock: VirtualClock) -> None:
+    """Lifespan scopes reach the app untouched: the server's own receive and send, no
+    deadline, no request id."""
     seen: list[tuple[str, Any, Any, Any, Any]] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -564,15 +564,91 @@ def test_non_http_scopes_pass_through(clock: VirtualClock) -> None:
     async def send(message: Any) -> None:
         raise AssertionError("not called")
 
+    clock.run(TetherMiddleware(app)({"type": "lifespan"}, receive, send))
+    assert seen == [("lifespan", receive, send, None, None)]
+
+
+def websocket_scope(*headers: tuple[bytes, bytes], answers_http: bool = True) -> Any:
+    extensions = {"websocket.http.response": {}} if answers_http else {}
+    return {"type": "websocket", "path": "/ws", "headers": list(headers), "extensions": extensions}
+
+
+def test_a_websocket_gets_its_request_id_and_no_budget(clock: VirtualClock) -> None:
+    """A WebSocket connection: the caller's X-Request-ID (or a new one) is ambient for the
+    whole connection and echoed on the handshake's answer; no deadline, whatever it asks."""
+    seen: list[tuple[Any, Any]] = []
+    sent: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept", "headers": [(b"x-app", b"1")]})
+        await asyncio.sleep(120)  # longer than any budget (virtual time)
+        seen.append((current_request_id(), current_deadline()))
+        await send({"type": "websocket.close", "code": 1000})
+
+    async def receive() -> Any:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
     async def main() -> None:
-        middleware = TetherMiddleware(app)
-        for kind in ("lifespan", "websocket"):
-            await middleware(
-                {"type": kind, "headers": [(b"x-request-timeout", b"5")]}, receive, send
-            )
+        middleware = TetherMiddleware(app, default_budget=1, max_budget=5)
+        await middleware(
+            websocket_scope((b"x-request-id", b"ws-7"), (b"x-request-timeout", b"100")),
+            receive,
+            send,
+        )
+        await middleware(websocket_scope(), receive, send)
 
     clock.run(main())
-    assert seen == [(kind, receive, send, None, None) for kind in ("lifespan", "websocket")]
+    assert seen[0] == ("ws-7", None)
+    new_id, deadline = seen[1]
+    assert deadline is None
+    assert new_id
+    assert new_id != "ws-7"
+    accepts = [m["headers"] for m in sent if m["type"] == "websocket.accept"]
+    assert accepts == [
+        [(b"x-app", b"1"), (b"x-request-id", b"ws-7")],
+        [(b"x-app", b"1"), (b"x-request-id", new_id.encode())],
+    ]
+    assert current_request_id() is None  # reset after each connection
+
+
+@pytest.mark.parametrize("answers_http", [True, False])
+def test_a_websocket_with_a_malformed_request_id_is_refused(
+    clock: VirtualClock, answers_http: bool
+) -> None:
+    """A malformed X-Request-ID refuses the handshake without calling the app: a 400
+    validation problem where the server lets the app answer over HTTP, else a close (1008)
+    before accepting, which the server answers with 403."""
+    sent: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not called")
+
+    async def receive() -> Any:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = websocket_scope((b"x-request-id", b"bad id"), answers_http=answers_http)
+    clock.run(TetherMiddleware(app)(scope, receive, send))
+    if not answers_http:
+        (close,) = sent
+        assert (close["type"], close["code"]) == ("websocket.close", 1008)
+        assert "X-Request-ID" in close["reason"]
+        return
+    start, body = sent
+    assert start["type"] == "websocket.http.response.start"
+    assert start["status"] == 400
+    headers = dict(start["headers"])
+    assert headers[b"content-type"] == b"application/problem+json"
+    problem = json.loads(body["body"])
+    assert problem["type"].endswith("validation-failed")
+    assert problem["header"] == "X-Request-ID"
+    assert problem["request_id"] == headers[b"x-request-id"].decode()
 
 
 @pytest.mark.parametrize(

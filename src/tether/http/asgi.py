@@ -25,6 +25,10 @@ context variables). For each HTTP request, in this order:
 6. The response carries `Server-Timing: app;dur=<ms in this hop>, budget;dur=<ms received>`
    (without the budget entry when the request has no deadline).
 
+WebSocket connections get step 1 only (their request id, echoed on the handshake's answer; a
+malformed one refuses the handshake), for the connection's life, and no budget. Lifespan
+scopes pass through untouched.
+
 Rule: the cancellation this middleware causes on disconnect is consumed here (nobody is left
 to answer); every other cancellation propagates.
 
@@ -40,6 +44,7 @@ app).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -71,6 +76,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("tether.http")
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+_BAD_REQUEST_ID = "X-Request-ID must be 1-128 characters of letters, digits and . _ : / + = -"
 _DEADLINE_HEADERS = frozenset(
     name.encode() for name in (REQUEST_TIMEOUT, REQUEST_DEADLINE, GRPC_TIMEOUT)
 )
@@ -103,7 +109,10 @@ class TetherMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "websocket":
+                await _websocket(self.app, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         started = _clock.monotonic()
         request_id: bytes | None = None
@@ -124,8 +133,7 @@ class TetherMiddleware:
             exchange.request_id = request_id.decode("ascii")
         else:
             exchange.request_id = new_request_id()
-            detail = "X-Request-ID must be 1-128 characters of letters, digits and . _ : / + = -"
-            await exchange.answer(VALIDATION_FAILED.problem(detail, header="X-Request-ID"))
+            await exchange.answer(VALIDATION_FAILED.problem(_BAD_REQUEST_ID, header="X-Request-ID"))
             return
         # The request's deadline, on tether's clock; None: it has none (an unbounded path).
         when: float | None
@@ -198,6 +206,70 @@ class TetherMiddleware:
             if trace_token is not None:
                 reset_incoming_traceparent(trace_token)
             reset_request_id(id_token)
+
+
+def _problem_response(
+    problem: Problem, request_id: str
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of a response carrying `problem` (and the request id)."""
+    if problem.request_id is None and request_id:
+        problem = dataclasses.replace(problem, request_id=request_id)
+    body = problem.to_json()
+    headers = [
+        (b"content-type", MEDIA_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return problem.status, headers, body
+
+
+async def _websocket(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """A WebSocket connection: its request id (read and validated as HTTP's, or new) and trace
+    context are ambient for the whole connection, and the id is echoed on the handshake's
+    answer. It gets no budget: a connection lasts as long as its peers want."""
+    request_id: bytes | None = None
+    traceparent: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            request_id = value
+        elif name == b"traceparent":
+            traceparent = value
+    if request_id is not None and not _REQUEST_ID.fullmatch(request_id):
+        await _refuse_websocket(scope, receive, send, new_request_id())
+        return
+    own_id = new_request_id() if request_id is None else request_id.decode("ascii")
+    echoed = (b"x-request-id", own_id.encode())
+
+    def send_with_id(message: Message) -> Awaitable[None]:
+        if message["type"] in ("websocket.accept", "websocket.http.response.start"):
+            message["headers"] = [*message.get("headers", ()), echoed]
+        return send(message)
+
+    id_token = set_request_id(own_id)
+    trace_token = set_incoming_traceparent(
+        None if traceparent is None else traceparent.decode("latin-1")
+    )
+    try:
+        await app(scope, receive, send_with_id)
+    finally:
+        if trace_token is not None:
+            reset_incoming_traceparent(trace_token)
+        reset_request_id(id_token)
+
+
+async def _refuse_websocket(scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    """Refuse a handshake whose X-Request-ID is malformed: a 400 problem where the server
+    lets the app answer the handshake over HTTP (ASGI's `websocket.http.response`), else a
+    close before accepting (code 1008, policy violation; the server answers it with 403)."""
+    log.info("websocket refused: %s", _BAD_REQUEST_ID, extra={"request_id": request_id})
+    await receive()  # websocket.connect: the first message of every connection
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008, "reason": _BAD_REQUEST_ID})
+        return
+    problem = VALIDATION_FAILED.problem(_BAD_REQUEST_ID, header="X-Request-ID")
+    status, headers, body = _problem_response(problem, request_id)
+    headers.append((b"x-request-id", request_id.encode()))
+    await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 def _budget_timing(budget: float) -> bytes:
@@ -284,24 +356,8 @@ class _Exchange:
 
     async def answer(self, problem: Problem) -> None:
         """Send `problem` as the whole response."""
-        if problem.request_id is None:
-            problem = Problem(
-                type=problem.type,
-                title=problem.title,
-                status=problem.status,
-                detail=problem.detail,
-                instance=problem.instance,
-                request_id=self.request_id or None,
-                extensions=problem.extensions,
-            )
-        body = problem.to_json()
-        headers = [
-            (b"content-type", MEDIA_TYPE.encode()),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await self.send(
-            {"type": "http.response.start", "status": problem.status, "headers": headers}
-        )
+        status, headers, body = _problem_response(problem, self.request_id)
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
 
     # -- the request side --
