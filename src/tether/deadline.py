@@ -592,12 +592,15 @@ def deadline_for_request(
     return scope
 
 
-def deadline_for_thread(when: float) -> DeadlineScope:
+def deadline_for_thread(when: float | None) -> DeadlineScope:
     """The block of a request handled by synchronous code in a worker thread (a grpc.aio
     service's `def` handler): a plain `with`, entered and left in that thread. Inside it the
     instant `when` (on tether's clock, finite) is ambient, so `time_remaining()`,
     `check_deadline()` and tether's synchronous clients see it, but nothing enforces it: no
-    cancellation reaches a thread. Entering it after `when` raises `DeadlineExceeded`."""
+    cancellation reaches a thread. Entering it after `when` raises `DeadlineExceeded`.
+    None: the request has no deadline, and none from the thread's context applies."""
+    if when is None:  # needs no task: it only clears the ambient deadline
+        return deadline_at(None, new_request=True)
     # The one block made without a task: it is unarmed, so no timer ever needs one.
     return deadline_for_request(when, None, armed=False)  # type: ignore[arg-type]
 

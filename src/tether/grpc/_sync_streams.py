@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import Executor
 from typing import Any, NoReturn
 
 import grpc
 
-from tether.deadline import current_deadline, deadline_at, deadline_for_thread
+from tether.deadline import current_deadline, deadline_for_thread
 
 log = logging.getLogger("tether.grpc")
 
@@ -78,9 +79,9 @@ def run_in_threads(
 
 def _responses(
     behavior: Callable[..., Any], request: Any, context: SyncServicerContext, when: float | None
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """The handler's responses, under the call's deadline (entered in the first step's thread)."""
-    with deadline_at(None) if when is None else deadline_for_thread(when):
+    with deadline_for_thread(when):
         yield from behavior(request, context)
 
 
@@ -91,7 +92,7 @@ class _Steps:
 
     def __init__(
         self,
-        generator: Iterator[Any],
+        generator: Generator[Any, None, None],
         loop: asyncio.AbstractEventLoop,
         pool: Executor | None,
     ) -> None:
@@ -134,7 +135,7 @@ class _Steps:
             self._over = True
             if self._running:
                 return  # that step closes it
-        if getattr(self._generator, "gi_frame", True) is None:
+        if inspect.getgeneratorstate(self._generator) == inspect.GEN_CLOSED:
             return  # it has ended: nothing to close
         try:
             closing = self._loop.run_in_executor(self._pool, self._close)
@@ -144,7 +145,7 @@ class _Steps:
             closing.add_done_callback(self._after_the_call)
 
     def _close(self) -> None:
-        self._context.run(self._generator.close)  # type: ignore[attr-defined]
+        self._context.run(self._generator.close)
 
     def _after_the_call(self, done: asyncio.Future[Any]) -> None:
         """Log what a step or the closing raised once nobody waits for it (the call's own

@@ -265,13 +265,6 @@ class _Call:
             return deadline_at(None, task=task, new_request=True)
         return deadline_for_request(self.when, task, armed=not self.grpc_enforces)
 
-    def thread_block(self) -> DeadlineScope:
-        """The block of a synchronous handler, in its worker thread: the deadline is ambient
-        there, and nothing enforces it."""
-        if self.when is None:
-            return deadline_at(None)  # the context is the call's own: nothing to narrow
-        return deadline_for_thread(self.when)
-
     def end(self) -> None:
         """Undo what `__init__` made ambient and write the call's log line."""
         code = self.code
@@ -399,7 +392,7 @@ def _run_in_thread(
 ) -> Any:
     call = _call_in_thread(policy, method, context, unbounded)
     try:
-        with call.thread_block():
+        with deadline_for_thread(call.when):  # known in the thread, not enforced
             return behavior(request, context)
     except BaseException as exc:
         _failed_in_thread(exc, call, context)

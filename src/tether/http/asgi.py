@@ -251,8 +251,7 @@ async def _websocket(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -
     try:
         await app(scope, receive, send_with_id)
     finally:
-        if trace_token is not None:
-            reset_incoming_traceparent(trace_token)
+        reset_incoming_traceparent(trace_token)
         reset_request_id(id_token)
 
 
