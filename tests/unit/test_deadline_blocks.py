@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable
 
@@ -602,3 +603,27 @@ def test_a_threads_block_makes_the_deadline_known_and_enforces_nothing(
     worker.start()
     worker.join()
     assert seen == [1.0, False, 1.0, None]
+
+
+def test_a_threads_block_without_a_deadline_clears_the_one_its_context_carries(
+    clock: VirtualClock,
+) -> None:
+    """`deadline_for_thread(None)`: a request without a deadline, handled in a thread whose
+    context carries another one (copied from a task under a deadline): inside, no deadline
+    is ambient and `check_deadline()` passes; after it, the carried deadline is back."""
+    seen: list[object] = []
+
+    def in_thread() -> None:
+        with deadline_for_thread(None):
+            seen.append(current_deadline())
+            check_deadline()
+        seen.append(time_remaining())
+
+    async def main() -> None:
+        with deadline_for_thread(_clock.monotonic() + 2.0):
+            worker = threading.Thread(target=contextvars.copy_context().run, args=(in_thread,))
+            worker.start()
+            worker.join()
+
+    clock.run(main())
+    assert seen == [None, 2.0]
