@@ -729,6 +729,7 @@ async def test_other_statuses_stay_aiorpcerror_on_tethers_channel() -> None:
                 await channel.unary_unary(method("Missing"))(b"")
     assert caught.value.code() is Code.NOT_FOUND
     assert caught.value.details() == "no such order"
+    assert caught.value.__cause__ is None  # raised as it came, not chained to itself
 
 
 async def test_interceptor_form_maps_errors_like_the_channel() -> None:

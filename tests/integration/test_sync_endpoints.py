@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import grpc
 import httpx
 import pytest
 import sqlalchemy
@@ -23,10 +24,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+import tether.grpc
 import tether.postgres.sqlalchemy as tsqlalchemy
-from tether import DeadlineExceeded, check_deadline, current_request_id, deadline_after
+from tether import (
+    DeadlineExceeded,
+    check_deadline,
+    current_request_id,
+    deadline_after,
+    time_remaining,
+)
 from tether.http.httpx_transport import TetherSyncTransport
 
+from .grpc_services import grpc_server, method
 from .pg_helpers import app_name, idle_after, wait_active
 from .servers import LATE, echo_headers_app, uvicorn_server, wait_until
 from .test_failure_cases import app_with
@@ -116,6 +125,71 @@ async def test_a_def_endpoint_passes_its_budget_on_over_httpx() -> None:
         assert 0.24 <= took < 0.3 + LATE
         await wait_until(lambda: ended, lambda ended: len(ended) == 2, 3)
         assert ended[1] - started < 0.25 + LATE
+
+
+async def test_a_def_endpoint_passes_its_budget_on_over_grpc() -> None:
+    """A def endpoint calling a grpc.aio service through `tether.grpc.SyncChannel`: the service
+    sees the request's id and what is left of its budget. A handler that takes 5 s is
+    cancelled when the call's timeout (the budget less the margin and grpc's 3%) passes, when
+    the endpoint's thread gets DeadlineExceeded and ends; the client gets its 504 then, just
+    before the request's deadline."""
+    cancelled: list[float] = []
+    ended: list[float] = []
+    raised: list[BaseException] = []
+
+    async def report(request: bytes, context: Any) -> bytes:
+        return f"{time_remaining():.3f} {current_request_id()}".encode()
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append(time.perf_counter())
+            raise
+        return b""
+
+    handlers = {
+        "Report": grpc.unary_unary_rpc_method_handler(report),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+    }
+    async with grpc_server(handlers) as target:
+        channel = tether.grpc.sync_insecure_channel(target)
+
+        def call(request: Request) -> JSONResponse:
+            try:
+                answer = channel.unary_unary(method(request.path_params["name"]))(b"")
+                left, request_id = answer.decode().split()
+                return JSONResponse({"left": float(left), "request_id": request_id})
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+            finally:
+                ended.append(time.perf_counter())
+
+        app = app_with(Route("/{name}", call))
+        try:
+            async with uvicorn_server(app, http="httptools") as url:
+                status, body, took = await _get(
+                    f"{url}/Report", {**BUDGET, "X-Request-ID": "req-def-grpc"}
+                )
+                assert status == 200, body
+                assert body["request_id"] == "req-def-grpc"
+                # 97% (grpc's rounding) of 300 ms less the 5 ms margin and what passed before
+                # the call (less than `took`)
+                assert (0.295 - took) * 0.97 - 0.001 <= body["left"] <= 0.295 * 0.97
+
+                started = time.perf_counter()
+                status, problem, took = await _get(f"{url}/Slow", BUDGET)
+                assert status == 504, problem
+                assert problem["type"].endswith("deadline-exceeded")
+                assert 0.27 <= took < 0.3 + LATE
+                await wait_until(lambda: ended, lambda ended: len(ended) == 2, 3)
+        finally:
+            channel.close()
+    deadline = started + 0.3
+    assert cancelled[0] - deadline < LATE
+    assert ended[1] - deadline < LATE
+    assert isinstance(raised[0], DeadlineExceeded)
 
 
 async def test_a_def_endpoints_query_stops_on_the_server(

@@ -24,7 +24,7 @@ channels you build yourself.
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
@@ -62,23 +62,8 @@ class _Budgeted:
     ) -> tuple[float | None, Any]:
         """A call's timeout `min(explicit, remaining - margin)` (raises when nothing is left)
         and its metadata with the request id and trace context added."""
-        left = call_timeout(margin=self.margin)
-        if left is not None:
-            left = timeout_for_grpc(left)
-            if timeout is None or timeout > left:
-                timeout = left
-        added = []
-        request_id = current_request_id()
-        if request_id is not None:
-            added.append((REQUEST_ID_HEADER, request_id))
-        added.extend(outgoing_trace_headers())
-        if not added:
-            return timeout, metadata
-        existing = tuple(metadata or ())
-        names = {name for name, _ in existing}
-        return timeout, grpc.aio.Metadata(
-            *existing, *(pair for pair in added if pair[0] not in names)
-        )
+        timeout, merged = pass_budget_on(timeout, metadata, self.margin)
+        return timeout, metadata if merged is None else grpc.aio.Metadata(*merged)
 
     async def answer(self, continuation: Any, details: Any, request: Any) -> Any:
         """Run a unary-unary call, mapping its failure to tether's errors."""
@@ -87,7 +72,31 @@ class _Budgeted:
         try:
             return await call
         except grpc.aio.AioRpcError as exc:
-            raise _mapped(exc, details.method, budgeted.timeout, details.timeout) from exc
+            raise_mapped(exc, details.method, budgeted.timeout, details.timeout)
+
+
+def pass_budget_on(
+    timeout: float | None, metadata: Any, margin: float
+) -> tuple[float | None, tuple[tuple[str, str | bytes], ...] | None]:
+    """What a call sends, for both grpc.aio and grpc's synchronous channels: its timeout,
+    `min(explicit, remaining - margin)` made safe from grpc's rounding (raises
+    `DeadlineExceeded` when nothing is left), and its metadata with `x-request-id` and
+    `traceparent` added where the caller set none (None: nothing to add, send it as given)."""
+    left = call_timeout(margin=margin)
+    if left is not None:
+        left = timeout_for_grpc(left)
+        if timeout is None or timeout > left:
+            timeout = left
+    added = []
+    request_id = current_request_id()
+    if request_id is not None:
+        added.append((REQUEST_ID_HEADER, request_id))
+    added.extend(outgoing_trace_headers())
+    if not added:
+        return timeout, None
+    existing = tuple(metadata or ())
+    names = {name for name, _ in existing}
+    return timeout, (*existing, *(pair for pair in added if pair[0] not in names))
 
 
 def timeout_for_grpc(seconds: float) -> float:
@@ -114,20 +123,24 @@ def timeout_for_grpc(seconds: float) -> float:
     return ((millis // step) * step - 2.0) / 1000.0
 
 
-def _mapped(
-    exc: grpc.aio.AioRpcError, method: str, sent: float | None, explicit: float | None
-) -> Exception:
+def raise_mapped(
+    exc: grpc.RpcError, method: str, sent: float | None, explicit: float | None
+) -> NoReturn:
+    """Raise the failure of a call that ends with an answer (unary response) as tether's error:
+    DEADLINE_EXCEEDED is `DeadlineExceeded` when the budget set the timeout grpc was given
+    (`sent`), `UpstreamTimeout` when the caller's own, shorter `explicit` timeout did;
+    UNAVAILABLE is `UpstreamUnavailable`. Other statuses: `exc` itself."""
     code = exc.code()
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         if sent is not None and (explicit is None or sent < explicit):
-            return DeadlineExceeded(
+            raise DeadlineExceeded(
                 f"deadline exceeded: {method} did not answer within the "
                 f"{format_seconds(sent)} left of the budget"
-            )
-        return UpstreamTimeout(f"{method} reported DEADLINE_EXCEEDED: {exc.details()}")
+            ) from exc
+        raise UpstreamTimeout(f"{method} reported DEADLINE_EXCEEDED: {exc.details()}") from exc
     if code is grpc.StatusCode.UNAVAILABLE:
-        return UpstreamUnavailable(f"{method} is unavailable: {exc.details()}")
-    return exc
+        raise UpstreamUnavailable(f"{method} is unavailable: {exc.details()}") from exc
+    raise exc
 
 
 class _UnaryUnary(_Budgeted, grpc.aio.UnaryUnaryClientInterceptor):
@@ -236,7 +249,7 @@ class _MappedCall:
         try:
             return (yield from self._call.__await__())
         except grpc.aio.AioRpcError as exc:
-            raise _mapped(exc, self._method, self._sent, self._explicit) from exc
+            raise_mapped(exc, self._method, self._sent, self._explicit)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
