@@ -1,5 +1,5 @@
-"""Real servers on loopback for integration tests: uvicorn in the test's own event loop, the
-gateway as a process, and the raw request reader its small test upstreams share."""
+"""Real servers on loopback for integration tests: uvicorn and hypercorn in the test's own event
+loop, the gateway as a process, and the raw request reader its small test upstreams share."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import hypercorn.asyncio
+import hypercorn.config
 import uvicorn
 
 App = Callable[[Any, Any, Any], Awaitable[None]]
@@ -60,6 +62,35 @@ async def uvicorn_serving(
         yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@asynccontextmanager
+async def hypercorn_server(app: App) -> AsyncIterator[str]:
+    """Serve `app` with hypercorn on 127.0.0.1 in this loop; yields its base URL. It speaks
+    HTTP/1.1, and HTTP/2 to clients that open with it (h2c, prior knowledge)."""
+    port = free_port()
+    config = hypercorn.config.Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.loglevel = "WARNING"
+    config.graceful_timeout = 1
+    stop = asyncio.Event()
+    task = asyncio.create_task(hypercorn.asyncio.serve(app, config, shutdown_trigger=stop.wait))
+    for _ in range(1000):  # until it accepts connections (5 s at most)
+        if task.done():
+            task.result()
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.005)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        break
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop.set()
         await asyncio.wait_for(task, 10)
 
 
