@@ -50,7 +50,7 @@ from collections.abc import (
 )
 from concurrent.futures import Executor
 from contextvars import ContextVar
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import grpc.aio
@@ -188,6 +188,13 @@ def _is_async(behavior: Any) -> bool:
     )
 
 
+class Budgets(Protocol):
+    """What a call's bookkeeping reads from its server's interceptor (checked settings)."""
+
+    default_budget: float
+    max_budget: float
+
+
 class _Call:
     """One call's bookkeeping: its ids and budget made ambient, and the log line at its end."""
 
@@ -208,7 +215,7 @@ class _Call:
 
     def __init__(
         self,
-        policy: TetherServerInterceptor,
+        policy: Budgets,
         method: str,
         context: grpc.aio.ServicerContext[Any, Any],
         unbounded: bool,
@@ -386,7 +393,7 @@ def _run_in_thread(
     behavior: Callable[..., Any],
     request: Any,
     context: _ThreadContext,
-    policy: TetherServerInterceptor,
+    policy: Budgets,
     method: str,
     unbounded: bool,
 ) -> Any:
@@ -403,7 +410,8 @@ def _run_in_thread(
 
 class _ThreadContext:
     """grpc's context for a synchronous handler, noting the status an abort ends the call with
-    (grpc's context for threads cannot tell it afterwards). Everything else is grpc's."""
+    (grpc's context for threads cannot tell it afterwards; its abort raises a plain Exception
+    on grpc's synchronous server). Everything else is grpc's."""
 
     __slots__ = ("_context", "aborted_with")
 
@@ -421,7 +429,7 @@ class _ThreadContext:
 
 
 def _call_in_thread(
-    policy: TetherServerInterceptor, method: str, context: _ThreadContext, unbounded: bool
+    policy: Budgets, method: str, context: _ThreadContext, unbounded: bool
 ) -> _Call:
     """The call's bookkeeping, set up in the worker thread; bad deadline metadata aborts the
     call with INVALID_ARGUMENT."""
@@ -437,8 +445,8 @@ def _refuse_in_thread(exc: InvalidDeadlineHeader, method: str, context: _ThreadC
 
 def _failed_in_thread(exc: BaseException, call: _Call, context: _ThreadContext) -> None:
     """`_failed`, in a synchronous handler's thread."""
-    if isinstance(exc, grpc.aio.AbortError):
-        call.code = context.aborted_with or grpc.StatusCode.UNKNOWN
+    if context.aborted_with is not None:  # the handler aborted: what it raised is grpc's
+        call.code = context.aborted_with
         return
     code = _note_failure(exc, call)
     if code is not None:
@@ -496,7 +504,8 @@ def _status_for(exc: Exception, call: _Call) -> grpc.StatusCode:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     if isinstance(exc, UpstreamUnavailable):
         return grpc.StatusCode.UNAVAILABLE
-    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _PASSED_ON:
+    # A downstream call's failure (grpc.aio's, or the synchronous API's, which is a grpc.Call)
+    if isinstance(exc, grpc.aio.AioRpcError | grpc.Call) and exc.code() in _PASSED_ON:
         return exc.code()
     log.error(
         "grpc %s request_id=%s failed; answered INTERNAL",

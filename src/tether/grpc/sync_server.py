@@ -1,0 +1,224 @@
+"""The budget inside services on grpc's synchronous server (`grpc.server(ThreadPoolExecutor())`).
+
+The same interceptor rules as grpc.aio's (see `tether.grpc.server`), run in grpc's worker
+threads, for all four call shapes:
+
+1. Safety net: an exception from the handler, or from an interceptor after this one, becomes
+   `INTERNAL` with a generic message. grpc's synchronous server alone answers `UNKNOWN` with
+   the exception's text (`Exception calling application: <text>`): that text reaches every
+   caller. `TimeoutError` / `DeadlineExceeded` become `DEADLINE_EXCEEDED`,
+   `UpstreamUnavailable` becomes `UNAVAILABLE`; `context.abort(...)` passes through.
+2. Request id from `x-request-id` metadata (or a new one); `traceparent` passed on.
+3. Deadline: the client's (`context.time_remaining()`), clamped to `max_budget`, or
+   `default_budget` when it sent none; tether's deadline metadata as on grpc.aio, invalid
+   values answered `INVALID_ARGUMENT`. It is ambient in the handler's thread
+   (`time_remaining()`, `check_deadline()`, tether's synchronous clients), but nothing cancels
+   a thread: at the client's deadline grpc ends the call for the client, and the handler runs
+   on until it returns or its budget-bound work stops it.
+4. One log line per call on `tether.grpc`.
+
+Each call runs in a context of its own (request id, trace context, deadline), entered for each
+step of a streaming handler: a response generator that grpc drops when its call ends is closed
+in that context, and the line is logged with the status the call ended with.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, cast
+
+import grpc
+
+from tether import _clock
+from tether._settings import PathPrefixes, server_budgets
+from tether.deadline import deadline_for_thread
+from tether.grpc.server import (
+    _GENERIC,
+    _Call,
+    _call_in_thread,
+    _failed_in_thread,
+    _run_in_thread,
+    _ThreadContext,
+)
+
+__all__ = ["TetherSyncServerInterceptor", "sync_server"]
+
+log = logging.getLogger("tether.grpc")
+
+# grpc's synchronous server reports a call without a deadline as ~9.2e18 seconds left.
+_NO_DEADLINE_ABOVE = 1e9
+
+
+class TetherSyncServerInterceptor(grpc.ServerInterceptor):
+    """Safety net, request id, deadline and a log line for every call of a synchronous grpc
+    server; put it first (`sync_server()` does)."""
+
+    def __init__(
+        self,
+        *,
+        default_budget: float = 10.0,
+        max_budget: float = 60.0,
+        unbounded_methods: Iterable[str] = (),
+    ) -> None:
+        self.default_budget, self.max_budget = server_budgets(default_budget, max_budget)
+        self.unbounded_methods = PathPrefixes("unbounded_methods", unbounded_methods)
+        # Wrapped handlers, built once per method (calls come from many threads: a race
+        # builds the same wrapper twice, harmlessly).
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], Any]] = {}
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method
+        try:
+            handler = continuation(handler_call_details)
+        except Exception:  # an interceptor after this one failed (the seed's JWT panic)
+            log.exception("grpc %s: an interceptor raised; answered INTERNAL", method)
+            return grpc.stream_stream_rpc_method_handler(_abort_internal)
+        if handler is None:
+            return None
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            wrapped: grpc.RpcMethodHandler[Any, Any] = known[1]
+            return wrapped
+        wrapped = _wrap(handler, self, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+def _abort_internal(request_iterator: Any, context: grpc.ServicerContext) -> None:
+    context.abort(grpc.StatusCode.INTERNAL, _GENERIC)
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler[Any, Any], policy: TetherSyncServerInterceptor, method: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    unbounded = method in policy.unbounded_methods
+    if handler.unary_unary is not None:
+        guarded = _unary(handler.unary_unary, policy, method, unbounded)
+        make: Any = grpc.unary_unary_rpc_method_handler
+    elif handler.stream_unary is not None:
+        guarded = _unary(handler.stream_unary, policy, method, unbounded)
+        make = grpc.stream_unary_rpc_method_handler
+    elif handler.unary_stream is not None:
+        guarded = _streaming(handler.unary_stream, policy, method, unbounded)
+        make = grpc.unary_stream_rpc_method_handler
+    else:
+        assert handler.stream_stream is not None  # a handler has exactly one behaviour
+        guarded = _streaming(handler.stream_stream, policy, method, unbounded)
+        make = grpc.stream_stream_rpc_method_handler
+    wrapped: grpc.RpcMethodHandler[Any, Any] = make(
+        guarded, handler.request_deserializer, handler.response_serializer
+    )
+    return wrapped
+
+
+class _SyncServerContext(_ThreadContext):
+    """grpc's synchronous context, with `time_remaining()` None when the client set no
+    deadline (grpc reports ~292 billion years)."""
+
+    __slots__ = ()
+
+    def time_remaining(self) -> float | None:
+        left: float = self._context.time_remaining()
+        return None if left > _NO_DEADLINE_ABOVE else left
+
+
+def _unary(
+    behavior: Callable[..., Any],
+    policy: TetherSyncServerInterceptor,
+    method: str,
+    unbounded: bool,
+) -> Callable[..., Any]:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        return contextvars.copy_context().run(
+            _run_in_thread,
+            behavior,
+            request,
+            _SyncServerContext(context),
+            policy,
+            method,
+            unbounded,
+        )
+
+    return guarded
+
+
+def _streaming(
+    behavior: Callable[..., Iterator[Any]],
+    policy: TetherSyncServerInterceptor,
+    method: str,
+    unbounded: bool,
+) -> Callable[..., Iterator[Any]]:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        call_context = contextvars.copy_context()
+        thread_context = _SyncServerContext(context)
+        call = call_context.run(_call_in_thread, policy, method, thread_context, unbounded)
+        return _stepped(call_context, call, behavior, request, thread_context)
+
+    return guarded
+
+
+def _stepped(
+    call_context: contextvars.Context,
+    call: _Call,
+    behavior: Callable[..., Iterator[Any]],
+    request: Any,
+    context: _ThreadContext,
+) -> Iterator[Any]:
+    """The handler's responses, each made inside the call's context and deadline. Closed
+    early (grpc drops it when the call ends first), it closes the handler's generator in that
+    context too, and notes the call as expired or cancelled."""
+    run = call_context.run
+    block = deadline_for_thread(call.when)
+    responses: Iterator[Any] = iter(())
+    try:
+        run(block.__enter__)
+        responses = run(behavior, request, context)
+        while True:
+            try:
+                response = run(next, responses)
+            except StopIteration:
+                return
+            yield response
+    except GeneratorExit:
+        expired = call.when is not None and _clock.monotonic() >= call.when
+        call.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        close = getattr(responses, "close", None)
+        if close is not None:
+            run(close)
+        raise
+    except BaseException as exc:
+        run(_failed_in_thread, exc, call, context)
+        raise
+    finally:
+        run(block.__exit__, None, None, None)
+        run(call.end)
+
+
+def sync_server(
+    thread_pool: Executor,
+    *,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    default_budget: float = 10.0,
+    max_budget: float = 60.0,
+    unbounded_methods: Iterable[str] = (),
+    **kwargs: Any,
+) -> grpc.Server:
+    """`grpc.server(thread_pool, ...)` with tether's interceptor first, then yours (it guards
+    them too). `kwargs` go to `grpc.server` (`options`, `maximum_concurrent_rpcs`, ...)."""
+    if not isinstance(thread_pool, Executor):
+        raise TypeError(f"thread_pool must be a concurrent.futures.Executor, got {thread_pool!r}")
+    tether = TetherSyncServerInterceptor(
+        default_budget=default_budget,
+        max_budget=max_budget,
+        unbounded_methods=unbounded_methods,
+    )
+    # grpc's type stub asks for a ThreadPoolExecutor; grpc itself only calls submit().
+    pool = cast(ThreadPoolExecutor, thread_pool)
+    return grpc.server(pool, interceptors=[tether, *interceptors], **kwargs)
