@@ -141,12 +141,19 @@ def test_one_log_line_per_call(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_without_a_client_deadline_the_default_budget_applies() -> None:
     """grpc's synchronous server reports "no deadline" as billions of years; tether reads it
-    as none, so the default budget applies (and a new request id is made)."""
+    as none, so the default budget applies (and a new request id is made). The handler's own
+    `context.time_remaining()` stays what grpc reports."""
+
+    def grpcs_own(request: bytes, context: Any) -> bytes:
+        return repr(context.time_remaining()).encode()
+
+    handlers = {**REPORTERS, "Own": grpc.unary_unary_rpc_method_handler(grpcs_own)}
     with (
-        sync_grpc_server(REPORTERS, default_budget=3) as target,
+        sync_grpc_server(handlers, default_budget=3) as target,
         grpc.insecure_channel(target) as channel,
     ):
         answers = every_shape(channel)
+        assert float(channel.unary_unary(method("Own"))(b"")) > 1e18
     ids = set()
     for answer in answers:
         left, request_id = parsed(answer)

@@ -237,7 +237,7 @@ class _Call:
         self.code = _OK  # what the call ended with, for the log line
         remaining = context.time_remaining()
         budget: float | None
-        if remaining is None:
+        if remaining is None or remaining > _NO_DEADLINE_ABOVE:
             budget = None if unbounded else policy.default_budget
             self.grpc_enforces = False
         elif unbounded:
@@ -296,6 +296,9 @@ class _Call:
             },
         )
 
+
+# A call without a deadline: grpc.aio reports None, grpc's synchronous server ~9.2e18 seconds.
+_NO_DEADLINE_ABOVE = 1e9
 
 # tether's deadline headers as gRPC metadata (grpc keeps its own grpc-timeout to itself).
 _DEADLINE_METADATA = frozenset({REQUEST_TIMEOUT, REQUEST_DEADLINE})

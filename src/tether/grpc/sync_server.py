@@ -48,9 +48,6 @@ __all__ = ["TetherSyncServerInterceptor", "sync_server"]
 
 log = logging.getLogger("tether.grpc")
 
-# grpc's synchronous server reports a call without a deadline as ~9.2e18 seconds left.
-_NO_DEADLINE_ABOVE = 1e9
-
 
 class TetherSyncServerInterceptor(grpc.ServerInterceptor):
     """Safety net, request id, deadline and a log line for every call of a synchronous grpc
@@ -118,17 +115,6 @@ def _wrap(
     return wrapped
 
 
-class _SyncServerContext(_ThreadContext):
-    """grpc's synchronous context, with `time_remaining()` None when the client set no
-    deadline (grpc reports ~292 billion years)."""
-
-    __slots__ = ()
-
-    def time_remaining(self) -> float | None:
-        left: float = self._context.time_remaining()
-        return None if left > _NO_DEADLINE_ABOVE else left
-
-
 def _unary(
     behavior: Callable[..., Any],
     policy: TetherSyncServerInterceptor,
@@ -140,7 +126,7 @@ def _unary(
             _run_in_thread,
             behavior,
             request,
-            _SyncServerContext(context),
+            _ThreadContext(context),
             policy,
             method,
             unbounded,
@@ -157,7 +143,7 @@ def _streaming(
 ) -> Callable[..., Iterator[Any]]:
     def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         call_context = contextvars.copy_context()
-        thread_context = _SyncServerContext(context)
+        thread_context = _ThreadContext(context)
         call = call_context.run(_call_in_thread, policy, method, thread_context, unbounded)
         return _stepped(call_context, call, behavior, request, thread_context)
 
