@@ -19,7 +19,6 @@ from tether import (
     UpstreamTimeout,
     UpstreamUnavailable,
     _clock,
-    current_request_id,
     time_remaining,
 )
 from tether.deadline import deadline_for_thread
@@ -28,6 +27,7 @@ from tether.request_id import request_id_scope
 from .grpc_services import grpc_server, method
 from .servers import LATE, free_port, wait_until
 from .test_grpc import budget_reporter, counting_handler
+from .test_grpc_sync_handlers import report
 
 pytestmark = pytest.mark.integration
 
@@ -44,11 +44,6 @@ async def in_thread(budget: float | None, work: Callable[[], T], request_id: str
             return work()
 
     return await asyncio.to_thread(run)
-
-
-def report() -> bytes:
-    left = time_remaining()
-    return f"{'none' if left is None else f'{left:.3f}'} {current_request_id()}".encode()
 
 
 async def report_unary_stream(request: bytes, context: Any) -> Any:

@@ -23,6 +23,8 @@ from tether import (
     time_remaining,
 )
 
+from .test_grpc_sync_handlers import HANDLERS as REPORTERS
+
 pytestmark = pytest.mark.integration
 
 SERVICE = "test.Sync"
@@ -48,46 +50,14 @@ def sync_grpc_server(
         server.stop(grace=None).wait(5)
 
 
-def report() -> bytes:
-    left = time_remaining()
-    return f"{'none' if left is None else f'{left:.3f}'} {current_request_id()}".encode()
-
-
 def parsed(answer: bytes) -> tuple[float | None, str]:
     left, request_id = answer.decode().split()
     return (None if left == "none" else float(left)), request_id
 
 
-def report_unary(request: bytes, context: Any) -> bytes:
-    return report()
-
-
-def report_unary_stream(request: bytes, context: Any) -> Iterator[bytes]:
-    yield report()
-    yield report()
-
-
-def report_stream_unary(requests: Iterator[bytes], context: Any) -> bytes:
-    assert b"".join(requests) == b"ab"
-    return report()
-
-
-def report_stream_stream(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
-    for _ in requests:
-        yield report()
-
-
-REPORTERS = {
-    "Unary": grpc.unary_unary_rpc_method_handler(report_unary),
-    "UnaryStream": grpc.unary_stream_rpc_method_handler(report_unary_stream),
-    "StreamUnary": grpc.stream_unary_rpc_method_handler(report_stream_unary),
-    "StreamStream": grpc.stream_stream_rpc_method_handler(report_stream_stream),
-}
-
-
 def every_shape(channel: grpc.Channel, **kwargs: Any) -> list[bytes]:
     return [
-        channel.unary_unary(method("Unary"))(b"", **kwargs),
+        channel.unary_unary(method("UnaryUnary"))(b"", **kwargs),
         *channel.unary_stream(method("UnaryStream"))(b"", **kwargs),
         channel.stream_unary(method("StreamUnary"))(iter([b"a", b"b"]), **kwargs),
         *channel.stream_stream(method("StreamStream"))(iter([b"x", b"y"]), **kwargs),
@@ -170,7 +140,7 @@ def test_budgets_are_clamped_and_deadline_metadata_is_read() -> None:
         sync_grpc_server(REPORTERS, default_budget=3, max_budget=5) as target,
         grpc.insecure_channel(target) as channel,
     ):
-        clamped = parsed(channel.unary_unary(method("Unary"))(b"", timeout=30))[0]
+        clamped = parsed(channel.unary_unary(method("UnaryUnary"))(b"", timeout=30))[0]
         earlier = [
             parsed(answer)[0]
             for answer in every_shape(channel, timeout=4, metadata=[("x-request-timeout", "700")])
@@ -200,7 +170,7 @@ def test_unbounded_methods_get_no_budget_from_the_server() -> None:
         grpc.insecure_channel(target) as channel,
     ):
         streamed = [parsed(a)[0] for a in channel.unary_stream(method("UnaryStream"))(b"")]
-        unary = parsed(channel.unary_unary(method("Unary"))(b""))[0]
+        unary = parsed(channel.unary_unary(method("UnaryUnary"))(b""))[0]
     assert streamed == [None, None]
     assert unary is not None
     assert unary > 9
@@ -248,7 +218,7 @@ def test_exceptions_become_statuses_without_their_text(caplog: pytest.LogCapture
         assert next(stream) == b"first"
         streamed = failure(lambda: next(stream))
         aborted = failure(lambda: channel.unary_unary(method("Abort"))(b""))
-        still_serving = parsed(channel.unary_unary(method("Unary"))(b""))
+        still_serving = parsed(channel.unary_unary(method("UnaryUnary"))(b""))
         lines = log_lines(caplog, 7)
     assert statuses == {
         "Secret": (Code.INTERNAL, "internal error"),
@@ -285,7 +255,7 @@ def test_a_raising_auth_interceptor_1000_times_then_a_good_call() -> None:
         sync_grpc_server(REPORTERS, interceptors=[Auth()]) as target,
         grpc.insecure_channel(target) as channel,
     ):
-        call = channel.unary_unary(method("Unary"))
+        call = channel.unary_unary(method("UnaryUnary"))
         for _ in range(1000):
             error = failure(lambda: call(b"", metadata=[("authorization", "Bearer bad")]))
             assert (error.code(), error.details()) == (Code.INTERNAL, "internal error")
@@ -366,7 +336,7 @@ def test_a_handler_passes_what_is_left_to_the_next_service() -> None:
         def forward(request: bytes, context: Any) -> bytes:
             seen_by_a.append(time_remaining() or 0.0)
             time.sleep(0.1)
-            answer: bytes = downstream.unary_unary(method("Unary"))(b"")
+            answer: bytes = downstream.unary_unary(method("UnaryUnary"))(b"")
             return answer
 
         handlers = {"Forward": grpc.unary_unary_rpc_method_handler(forward)}

@@ -152,6 +152,7 @@ def _wrap(
     method: str,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     unbounded = method in policy.unbounded_methods
+    guard: Callable[[Callable[..., Any], TetherServerInterceptor, str, bool], Any]
     if handler.unary_unary is not None or handler.stream_unary is not None:
         behavior = handler.unary_unary or handler.stream_unary
         make = (
@@ -377,12 +378,13 @@ def _streaming(
 
 def _sync_unary(
     behavior: Callable[..., Any],
-    policy: TetherServerInterceptor,
+    policy: Budgets,
     method: str,
     unbounded: bool,
 ) -> Callable[..., Any]:
     """`_unary` for a synchronous handler: grpc runs the returned function in its worker
-    thread, and the call is set up there, in a context of its own."""
+    thread (grpc.aio's migration pool, or grpc's synchronous server), and the call is set up
+    there, in a context of its own."""
 
     def guarded(request: Any, context: Any) -> Any:
         return contextvars.copy_context().run(

@@ -40,7 +40,7 @@ from tether.grpc.server import (
     _Call,
     _call_in_thread,
     _failed_in_thread,
-    _run_in_thread,
+    _sync_unary,
     _ThreadContext,
 )
 
@@ -97,10 +97,10 @@ def _wrap(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     unbounded = method in policy.unbounded_methods
     if handler.unary_unary is not None:
-        guarded = _unary(handler.unary_unary, policy, method, unbounded)
+        guarded = _sync_unary(handler.unary_unary, policy, method, unbounded)
         make: Any = grpc.unary_unary_rpc_method_handler
     elif handler.stream_unary is not None:
-        guarded = _unary(handler.stream_unary, policy, method, unbounded)
+        guarded = _sync_unary(handler.stream_unary, policy, method, unbounded)
         make = grpc.stream_unary_rpc_method_handler
     elif handler.unary_stream is not None:
         guarded = _streaming(handler.unary_stream, policy, method, unbounded)
@@ -113,26 +113,6 @@ def _wrap(
         guarded, handler.request_deserializer, handler.response_serializer
     )
     return wrapped
-
-
-def _unary(
-    behavior: Callable[..., Any],
-    policy: TetherSyncServerInterceptor,
-    method: str,
-    unbounded: bool,
-) -> Callable[..., Any]:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-        return contextvars.copy_context().run(
-            _run_in_thread,
-            behavior,
-            request,
-            _ThreadContext(context),
-            policy,
-            method,
-            unbounded,
-        )
-
-    return guarded
 
 
 def _streaming(
