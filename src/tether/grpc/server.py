@@ -107,18 +107,13 @@ class TetherServerInterceptor(grpc.aio.ServerInterceptor):
         thread_pool: Executor | None = None,
     ) -> None:
         self.default_budget, self.max_budget = server_budgets(default_budget, max_budget)
-        if thread_pool is not None and not isinstance(thread_pool, Executor):
-            raise TypeError(
-                f"thread_pool must be a concurrent.futures.Executor, got {thread_pool!r}"
-            )
+        if thread_pool is not None:
+            check_thread_pool(thread_pool)
         # Where synchronous streaming handlers run (None: the event loop's default executor).
         self.thread_pool = thread_pool
         # `/package.Service/Method`, or `/package.Service` for all of a service's methods.
         self.unbounded_methods = PathPrefixes("unbounded_methods", unbounded_methods)
-        # Wrapped handlers, built once per method: the wrapper reads everything per call
-        # from the call's context.
-        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-        self._unwrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        self._wrapped: WrappedHandlers = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -132,12 +127,36 @@ class TetherServerInterceptor(grpc.aio.ServerInterceptor):
             return grpc.stream_stream_rpc_method_handler(_abort_internal)
         if handler is None:
             return None
-        method = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is None or self._unwrapped.get(method) is not handler:
-            wrapped = self._wrapped[method] = _wrap(handler, self, method)
-            self._unwrapped[method] = handler
-        return wrapped
+        return wrapped_once(self._wrapped, handler_call_details.method, handler, _wrap, self)
+
+
+# Per method: the handler grpc found and tether's wrapper of it.
+WrappedHandlers = dict[
+    str, tuple["grpc.RpcMethodHandler[Any, Any]", "grpc.RpcMethodHandler[Any, Any]"]
+]
+
+
+def wrapped_once(
+    wrapped: WrappedHandlers,
+    method: str,
+    handler: grpc.RpcMethodHandler[Any, Any],
+    wrap: Callable[[grpc.RpcMethodHandler[Any, Any], Any, str], grpc.RpcMethodHandler[Any, Any]],
+    policy: Any,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`wrap(handler, policy, method)`, made once per method and handler: the wrapper reads
+    everything per call from the call's context. (Threads of a synchronous server may race to
+    make it: both make the same wrapper, harmlessly.)"""
+    known = wrapped.get(method)
+    if known is not None and known[0] is handler:
+        return known[1]
+    made = wrap(handler, policy, method)
+    wrapped[method] = (handler, made)
+    return made
+
+
+def check_thread_pool(thread_pool: object) -> None:
+    if not isinstance(thread_pool, Executor):
+        raise TypeError(f"thread_pool must be a concurrent.futures.Executor, got {thread_pool!r}")
 
 
 async def _abort_internal(
@@ -152,32 +171,35 @@ def _wrap(
     method: str,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     unbounded = method in policy.unbounded_methods
+    behavior, make, streams_responses = shape_of(handler)
     guard: Callable[[Callable[..., Any], TetherServerInterceptor, str, bool], Any]
-    if handler.unary_unary is not None or handler.stream_unary is not None:
-        behavior = handler.unary_unary or handler.stream_unary
-        make = (
-            grpc.unary_unary_rpc_method_handler
-            if handler.unary_unary is not None
-            else grpc.stream_unary_rpc_method_handler
-        )
+    if not streams_responses:
         guard = _unary if _is_async(behavior) else _sync_unary
     else:
-        behavior = handler.unary_stream or handler.stream_stream
-        make = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream is not None
-            else grpc.stream_stream_rpc_method_handler
-        )
-        if behavior is not None and not _is_async(behavior):  # stepped by tether, not grpc
+        if not _is_async(behavior):  # stepped by tether, not grpc
             behavior = run_in_threads(
                 behavior,
                 request_streaming=handler.stream_stream is not None,
                 thread_pool=policy.thread_pool,
             )
         guard = _streaming
-    assert behavior is not None  # a handler has exactly one behaviour
     guarded = guard(behavior, policy, method, unbounded)
     return make(guarded, handler.request_deserializer, handler.response_serializer)
+
+
+def shape_of(
+    handler: grpc.RpcMethodHandler[Any, Any],
+) -> tuple[Callable[..., Any], Callable[..., grpc.RpcMethodHandler[Any, Any]], bool]:
+    """A handler's one behaviour, grpc's factory for a handler of its shape, and whether it
+    streams its responses."""
+    if handler.unary_unary is not None:
+        return handler.unary_unary, grpc.unary_unary_rpc_method_handler, False
+    if handler.stream_unary is not None:
+        return handler.stream_unary, grpc.stream_unary_rpc_method_handler, False
+    if handler.unary_stream is not None:
+        return handler.unary_stream, grpc.unary_stream_rpc_method_handler, True
+    assert handler.stream_stream is not None  # a handler has exactly one behaviour
+    return handler.stream_stream, grpc.stream_stream_rpc_method_handler, True
 
 
 def _is_async(behavior: Any) -> bool:
@@ -272,6 +294,12 @@ class _Call:
         if self.when is None:
             return deadline_at(None, task=task, new_request=True)
         return deadline_for_request(self.when, task, armed=not self.grpc_enforces)
+
+    def ended_early(self) -> None:
+        """Note how a call that grpc ended before its handler did ended: at its deadline, or
+        cancelled by its client."""
+        expired = self.when is not None and _clock.monotonic() >= self.when
+        self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
     def end(self) -> None:
         """Undo what `__init__` made ambient and write the call's log line."""
@@ -492,8 +520,7 @@ def _note_failure(exc: BaseException, call: _Call) -> grpc.StatusCode | None:
     """`_failed` for anything but an abort: notes the status in `call.code`, and returns it
     when the call must be aborted with it (a plain exception, for the safety net)."""
     if isinstance(exc, asyncio.CancelledError):  # grpc's deadline, or the client cancelled
-        expired = call.when is not None and _clock.monotonic() >= call.when
-        call.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        call.ended_early()
         return None
     if not isinstance(exc, Exception):
         call.code = grpc.StatusCode.UNKNOWN

@@ -26,6 +26,7 @@ thread), or the one of any task whose context the thread runs in (`asyncio.to_th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -54,9 +55,9 @@ class SyncChannel:
         self._channel = channel
         self._margin = margin_seconds(margin)
 
-    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _UnaryUnaryCallable:
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _Callable:
         inner = self._channel.unary_unary(method, *args, **kwargs)
-        return _UnaryUnaryCallable(inner, self._margin, method)
+        return _Callable(inner, self._margin, method)
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> _Callable:
         return _Callable(self._channel.unary_stream(method, *args, **kwargs), self._margin)
@@ -90,61 +91,47 @@ class _Callable:
     `future`), get the budget as timeout and tether's metadata. A form the call shape lacks
     (`with_call` on a stream) raises AttributeError as grpc's own does."""
 
-    __slots__ = ("_inner", "_margin")
+    __slots__ = ("_inner", "_margin", "_method")
 
-    def __init__(self, inner: Any, margin: float) -> None:
+    def __init__(self, inner: Any, margin: float, method: str | None = None) -> None:
         self._inner = inner
         self._margin = margin
-
-    def _budgeted(self, timeout: float | None, metadata: Any) -> tuple[float | None, Any]:
-        sent, merged = pass_budget_on(timeout, metadata, self._margin)
-        return sent, metadata if merged is None else merged
-
-    def __call__(
-        self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
-    ) -> Any:
-        sent, metadata = self._budgeted(timeout, metadata)
-        return self._inner(request, timeout=sent, metadata=metadata, **kwargs)
-
-    def with_call(
-        self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
-    ) -> Any:
-        sent, metadata = self._budgeted(timeout, metadata)
-        return self._inner.with_call(request, timeout=sent, metadata=metadata, **kwargs)
-
-    def future(
-        self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
-    ) -> Any:
-        sent, metadata = self._budgeted(timeout, metadata)
-        return self._inner.future(request, timeout=sent, metadata=metadata, **kwargs)
-
-
-class _UnaryUnaryCallable(_Callable):
-    """Unary-unary: the blocking forms raise tether's errors (see the module docstring)."""
-
-    __slots__ = ("_method",)
-
-    def __init__(self, inner: Any, margin: float, method: str) -> None:
-        super().__init__(inner, margin)
+        # Unary-unary only: its blocking forms raise tether's errors (see the module docstring).
         self._method = method
 
     def __call__(
         self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
     ) -> Any:
-        sent, metadata = self._budgeted(timeout, metadata)
-        try:
-            return self._inner(request, timeout=sent, metadata=metadata, **kwargs)
-        except grpc.RpcError as exc:
-            raise_mapped(exc, self._method, sent, timeout)
+        return self._send(self._inner, self._method, request, timeout, metadata, kwargs)
 
     def with_call(
         self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
     ) -> Any:
-        sent, metadata = self._budgeted(timeout, metadata)
+        return self._send(self._inner.with_call, self._method, request, timeout, metadata, kwargs)
+
+    def future(
+        self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
+    ) -> Any:
+        return self._send(self._inner.future, None, request, timeout, metadata, kwargs)
+
+    def _send(
+        self,
+        form: Callable[..., Any],
+        mapped_as: str | None,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        kwargs: dict[str, Any],
+    ) -> Any:
+        sent, merged = pass_budget_on(timeout, metadata, self._margin)
         try:
-            return self._inner.with_call(request, timeout=sent, metadata=metadata, **kwargs)
+            return form(
+                request, timeout=sent, metadata=metadata if merged is None else merged, **kwargs
+            )
         except grpc.RpcError as exc:
-            raise_mapped(exc, self._method, sent, timeout)
+            if mapped_as is None:
+                raise
+            raise_mapped(exc, mapped_as, sent, timeout)
 
 
 def sync_insecure_channel(

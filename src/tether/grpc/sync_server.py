@@ -32,16 +32,19 @@ from typing import Any, cast
 
 import grpc
 
-from tether import _clock
 from tether._settings import PathPrefixes, server_budgets
 from tether.deadline import deadline_for_thread
 from tether.grpc.server import (
     _GENERIC,
+    WrappedHandlers,
     _Call,
     _call_in_thread,
     _failed_in_thread,
     _sync_unary,
     _ThreadContext,
+    check_thread_pool,
+    shape_of,
+    wrapped_once,
 )
 
 __all__ = ["TetherSyncServerInterceptor", "sync_server"]
@@ -62,9 +65,7 @@ class TetherSyncServerInterceptor(grpc.ServerInterceptor):
     ) -> None:
         self.default_budget, self.max_budget = server_budgets(default_budget, max_budget)
         self.unbounded_methods = PathPrefixes("unbounded_methods", unbounded_methods)
-        # Wrapped handlers, built once per method (calls come from many threads: a race
-        # builds the same wrapper twice, harmlessly).
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], Any]] = {}
+        self._wrapped: WrappedHandlers = {}
 
     def intercept_service(
         self,
@@ -79,13 +80,7 @@ class TetherSyncServerInterceptor(grpc.ServerInterceptor):
             return grpc.stream_stream_rpc_method_handler(_abort_internal)
         if handler is None:
             return None
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            wrapped: grpc.RpcMethodHandler[Any, Any] = known[1]
-            return wrapped
-        wrapped = _wrap(handler, self, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return wrapped_once(self._wrapped, method, handler, _wrap, self)
 
 
 def _abort_internal(request_iterator: Any, context: grpc.ServicerContext) -> None:
@@ -95,24 +90,10 @@ def _abort_internal(request_iterator: Any, context: grpc.ServicerContext) -> Non
 def _wrap(
     handler: grpc.RpcMethodHandler[Any, Any], policy: TetherSyncServerInterceptor, method: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    unbounded = method in policy.unbounded_methods
-    if handler.unary_unary is not None:
-        guarded = _sync_unary(handler.unary_unary, policy, method, unbounded)
-        make: Any = grpc.unary_unary_rpc_method_handler
-    elif handler.stream_unary is not None:
-        guarded = _sync_unary(handler.stream_unary, policy, method, unbounded)
-        make = grpc.stream_unary_rpc_method_handler
-    elif handler.unary_stream is not None:
-        guarded = _streaming(handler.unary_stream, policy, method, unbounded)
-        make = grpc.unary_stream_rpc_method_handler
-    else:
-        assert handler.stream_stream is not None  # a handler has exactly one behaviour
-        guarded = _streaming(handler.stream_stream, policy, method, unbounded)
-        make = grpc.stream_stream_rpc_method_handler
-    wrapped: grpc.RpcMethodHandler[Any, Any] = make(
-        guarded, handler.request_deserializer, handler.response_serializer
-    )
-    return wrapped
+    behavior, make, streams_responses = shape_of(handler)
+    guard = _streaming if streams_responses else _sync_unary
+    guarded = guard(behavior, policy, method, method in policy.unbounded_methods)
+    return make(guarded, handler.request_deserializer, handler.response_serializer)
 
 
 def _streaming(
@@ -153,8 +134,7 @@ def _stepped(
                 return
             yield response
     except GeneratorExit:
-        expired = call.when is not None and _clock.monotonic() >= call.when
-        call.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        call.ended_early()
         close = getattr(responses, "close", None)
         if close is not None:
             run(close)
@@ -178,8 +158,7 @@ def sync_server(
 ) -> grpc.Server:
     """`grpc.server(thread_pool, ...)` with tether's interceptor first, then yours (it guards
     them too). `kwargs` go to `grpc.server` (`options`, `maximum_concurrent_rpcs`, ...)."""
-    if not isinstance(thread_pool, Executor):
-        raise TypeError(f"thread_pool must be a concurrent.futures.Executor, got {thread_pool!r}")
+    check_thread_pool(thread_pool)
     tether = TetherSyncServerInterceptor(
         default_budget=default_budget,
         max_budget=max_budget,
