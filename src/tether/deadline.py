@@ -567,7 +567,7 @@ _new_scope = object.__new__
 
 
 def deadline_for_request(
-    when: float, task: asyncio.Task[Any], *, armed: bool = True
+    when: float | None, task: asyncio.Task[Any], *, armed: bool = True
 ) -> DeadlineScope:
     """The block of a request that arrived from outside, for servers' per-request path: the
     same block as `deadline_at(Deadline(when), task=task, new_request=True, armed=armed)`,
@@ -575,9 +575,13 @@ def deadline_for_request(
     ~18,600 armed, ~7,500 instead of ~13,800 unarmed).
 
     `when` is an instant on tether's monotonic clock, finite (not checked here: the caller
-    computed it); `task` is the task that will run the block. The block's `Deadline` object is
-    made only if something asks for it (`current_deadline()`, the block's `deadline`).
+    computed it), or None for a request without a deadline (an unbounded path or method): the
+    block then only clears any deadline the running context carries. `task` is the task that
+    will run the block. The block's `Deadline` object is made only if something asks for it
+    (`current_deadline()`, the block's `deadline`).
     """
+    if when is None:
+        return deadline_at(None, task=task, new_request=True)
     scope: DeadlineScope = _new_scope(DeadlineScope)
     scope._state = _PRIMED
     scope._in_force = when
@@ -599,9 +603,8 @@ def deadline_for_thread(when: float | None) -> DeadlineScope:
     `check_deadline()` and tether's synchronous clients see it, but nothing enforces it: no
     cancellation reaches a thread. Entering it after `when` raises `DeadlineExceeded`.
     None: the request has no deadline, and none from the thread's context applies."""
-    if when is None:  # needs no task: it only clears the ambient deadline
-        return deadline_at(None, new_request=True)
-    # The one block made without a task: it is unarmed, so no timer ever needs one.
+    # The one block made without a task: it is unarmed, so no timer ever needs one (and a
+    # block without a deadline needs none either).
     return deadline_for_request(when, None, armed=False)  # type: ignore[arg-type]
 
 

@@ -627,3 +627,28 @@ def test_a_threads_block_without_a_deadline_clears_the_one_its_context_carries(
 
     clock.run(main())
     assert seen == [None, 2.0]
+
+
+def test_a_request_block_without_a_deadline_clears_the_one_its_context_carries(
+    clock: VirtualClock,
+) -> None:
+    """`deadline_for_request(None, task)` (a request on an unbounded path or method), in a task
+    whose context carries a deadline (created under one, as an in-process client's server
+    task is): inside, no deadline is ambient; after it, the carried one is back."""
+    from tether.deadline import deadline_for_request
+
+    seen: list[object] = []
+
+    async def handle() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        with deadline_for_request(None, task):
+            seen.append(current_deadline())
+        seen.append(time_remaining())
+
+    async def main() -> None:
+        async with deadline_after(2.0):
+            await asyncio.get_running_loop().create_task(handle())
+
+    clock.run(main())
+    assert seen == [None, 2.0]

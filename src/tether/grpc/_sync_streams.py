@@ -56,7 +56,7 @@ def run_in_threads(
         if request_streaming:
             request = _blocking_requests(request.__aiter__(), loop)
         deadline = current_deadline()
-        responses = _responses(
+        responses = responses_under_deadline(
             behavior,
             request,
             SyncServicerContext(context, loop),
@@ -77,10 +77,11 @@ def run_in_threads(
     return stepped
 
 
-def _responses(
-    behavior: Callable[..., Any], request: Any, context: SyncServicerContext, when: float | None
+def responses_under_deadline(
+    behavior: Callable[..., Any], request: Any, context: Any, when: float | None
 ) -> Generator[Any, None, None]:
-    """The handler's responses, under the call's deadline (entered in the first step's thread)."""
+    """A synchronous streaming handler's responses, under the call's deadline: entered in the
+    thread and context of the first step, left when the generator ends or is closed."""
     with deadline_for_thread(when):
         yield from behavior(request, context)
 

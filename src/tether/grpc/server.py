@@ -59,7 +59,6 @@ from tether import _clock
 from tether._settings import PathPrefixes, server_budgets
 from tether.deadline import (
     DeadlineScope,
-    deadline_at,
     deadline_for_request,
     deadline_for_thread,
 )
@@ -291,8 +290,6 @@ class _Call:
         """The handler's deadline block, in `task`: a plain `with` (no coroutines to enter).
         The budget is the call's own, whatever the task grpc created the call's task from
         was under."""
-        if self.when is None:
-            return deadline_at(None, task=task, new_request=True)
         return deadline_for_request(self.when, task, armed=not self.grpc_enforces)
 
     def ended_early(self) -> None:

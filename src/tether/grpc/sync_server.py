@@ -33,7 +33,7 @@ from typing import Any, cast
 import grpc
 
 from tether._settings import PathPrefixes, server_budgets
-from tether.deadline import deadline_for_thread
+from tether.grpc._sync_streams import responses_under_deadline
 from tether.grpc.server import (
     _GENERIC,
     WrappedHandlers,
@@ -122,11 +122,8 @@ def _stepped(
     early (grpc drops it when the call ends first), it closes the handler's generator in that
     context too, and notes the call as expired or cancelled."""
     run = call_context.run
-    block = deadline_for_thread(call.when)
-    responses: Iterator[Any] = iter(())
+    responses = responses_under_deadline(behavior, request, context, call.when)
     try:
-        run(block.__enter__)
-        responses = run(behavior, request, context)
         while True:
             try:
                 response = run(next, responses)
@@ -135,15 +132,12 @@ def _stepped(
             yield response
     except GeneratorExit:
         call.ended_early()
-        close = getattr(responses, "close", None)
-        if close is not None:
-            run(close)
+        run(responses.close)
         raise
     except BaseException as exc:
         run(_failed_in_thread, exc, call, context)
         raise
     finally:
-        run(block.__exit__, None, None, None)
         run(call.end)
 
 

@@ -53,7 +53,7 @@ from typing import Any
 from tether import _clock
 from tether._loop_state import PerLoop
 from tether._settings import PathPrefixes, server_budgets
-from tether.deadline import deadline_at, deadline_for_request
+from tether.deadline import deadline_for_request
 from tether.errors import InvalidDeadlineHeader, TetherError
 from tether.problems import (
     EXPIRED_ON_ARRIVAL,
@@ -171,11 +171,7 @@ class TetherMiddleware:
         )
         try:
             # `with`: no coroutines to enter. The budget is the request's alone.
-            with (
-                deadline_for_request(when, task)
-                if when is not None
-                else deadline_at(None, task=task, new_request=True)
-            ):
+            with deadline_for_request(when, task):
                 watchlist = exchange.watch(task)
                 await self.app(scope, exchange.receive, exchange.send)
         except asyncio.CancelledError:
