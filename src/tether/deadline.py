@@ -35,6 +35,7 @@ from tether._loop_state import PerLoop
 from tether.errors import DeadlineExceeded, format_seconds
 
 __all__ = [
+    "CallTimer",
     "Deadline",
     "DeadlineScope",
     "TaskGroup",
@@ -42,7 +43,6 @@ __all__ = [
     "current_deadline",
     "deadline_after",
     "deadline_at",
-    "deadline_for_call",
     "deadline_for_request",
     "deadline_for_thread",
     "detached",
@@ -438,8 +438,9 @@ class DeadlineScope:
         self._alarm = self._alarms.add(self._loop_when, self)
 
 
-# An armed block waiting for its instant: [instant on the loop's clock, sequence number, the
-# block, or None once the block no longer waits]. A list, so the heap compares in C.
+# An armed block (or a client's call timer) waiting for its instant: [instant on the loop's
+# clock, sequence number, the block or timer, or None once it no longer waits]. A list, so the
+# heap compares in C.
 _Alarm = list[Any]
 
 
@@ -469,7 +470,7 @@ class _Alarms:
         self._timer: asyncio.Handle | None = None
         self._armed_for = _INF
 
-    def add(self, when: float, scope: DeadlineScope) -> _Alarm:
+    def add(self, when: float, scope: DeadlineScope | CallTimer) -> _Alarm:
         self._next += 1
         alarm = [when, self._next, scope]
         heappush(self._heap, alarm)
@@ -553,14 +554,61 @@ def deadline_at(
     return DeadlineScope(deadline, None, task, new_request, armed)
 
 
-def deadline_for_call(when: float | None) -> DeadlineScope:
-    """The block around one outgoing call, for clients' per-call path: the same block as
-    `deadline_at(Deadline(when))` (the caller's deadline wins if earlier; None narrows
-    nothing), made with less work. `when` is a finite instant on tether's monotonic clock (not
-    checked here)."""
-    scope = DeadlineScope(None, None)
-    scope._requested = when
-    return scope
+@final
+class CallTimer:
+    """The timeout of one outgoing call, for clients' per-call path: `with CallTimer(loop,
+    seconds):` cancels the running task `seconds` after entry, and the block then raises
+    `TimeoutError`, as `asyncio.timeout(seconds)` does.
+
+    Rules:
+    - Not ambient: code inside the block still sees the caller's deadline. So it is only for a
+      client whose `seconds` already is `min(explicit, remaining - margin)` (`call_timeout()`),
+      never more than the caller has, around a library's call that reads no deadline.
+    - Its alarm is an entry in the loop's shared heap, as an armed block's: a call that ends in
+      time costs a heap push and a flag, no loop timer (measured on the outbound client: ~3 us
+      per call less than a deadline block around the call).
+    - Only the cancellation it caused becomes `TimeoutError`; any other passes through.
+    - `loop` is the running loop (the client's session's): the task is looked up on it, which
+      on CPython 3.11 saves the getpid() system call of finding the running loop.
+    """
+
+    __slots__ = ("_alarm", "_alarms", "_cancelling", "_loop", "_seconds", "_task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        self._loop = loop
+        self._seconds = seconds
+
+    def __enter__(self) -> CallTimer:
+        loop = self._loop
+        task = _current_task(loop)
+        if task is None:
+            raise RuntimeError("a call timer must run inside an asyncio task of its loop")
+        self._task = task
+        self._cancelling = task.cancelling()
+        alarms = _alarms_per_loop.last
+        if alarms._loop is not loop:
+            alarms = _alarms_per_loop.of(loop)
+        self._alarms = alarms
+        self._alarm: _Alarm | None = alarms.add(loop.time() + self._seconds, self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        alarm = self._alarm
+        if alarm is not None:  # left in time
+            self._alarm = None
+            self._alarms.cancel(alarm)
+            return
+        if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
+
+    def _on_timeout(self) -> None:
+        self._alarm = None
+        self._task.cancel()
 
 
 _new_scope = object.__new__

@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable
 
 from tether import _clock
-from tether.deadline import Deadline, current_deadline
+from tether.deadline import Deadline, current_deadline, time_remaining
 from tether.errors import DeadlineExceeded, InvalidDeadlineHeader, format_seconds
 
 __all__ = [
@@ -186,15 +186,15 @@ def call_timeout(explicit: float | None = None, *, margin: float = DEFAULT_MARGI
     `DeadlineExceeded` when the ambient budget leaves less than 1 ms after the margin: the call
     must not start.
     """
-    deadline = current_deadline()
-    if deadline is None:
+    remaining = time_remaining()  # per outgoing call: no Deadline object unless it fails
+    if remaining is None:
         return explicit
-    left = deadline.remaining() - margin
+    left = remaining - margin
     if left < 0.001:
         raise DeadlineExceeded(
-            f"deadline exceeded: {format_seconds(max(deadline.remaining(), 0.0))} left, "
+            f"deadline exceeded: {format_seconds(remaining)} left, "
             f"less than the {format_seconds(margin)} margin plus 1 ms; the call was not sent",
-            deadline=deadline,
+            deadline=current_deadline(),
         )
     return left if explicit is None or explicit > left else explicit
 

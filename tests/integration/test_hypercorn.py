@@ -177,9 +177,15 @@ async def test_httpx_over_http2_stops_the_upstream_at_the_budget_it_sent() -> No
         httpx.AsyncClient(transport=transport) as client,
     ):
         start = time.perf_counter()
-        with pytest.raises(DeadlineExceeded):
+        # Both ends run out of the same budget: usually httpx's capped read timeout fires
+        # first (DeadlineExceeded); on a busy machine the upstream's own 504 can arrive first.
+        # Either way the upstream is told by the budget, not by the abandoned stream.
+        try:
             async with deadline_after(0.3):
-                await client.get(url + "/slow/abandoned")
+                outcome: object = (await client.get(url + "/slow/abandoned")).status_code
+        except DeadlineExceeded:
+            outcome = "deadline exceeded"
+        assert outcome in ("deadline exceeded", 504)
         await wait_until(lambda: recorder.cancelled, bool, 2)
         answer = await client.get(url + "/wait/1")
     assert answer.http_version == "HTTP/2"

@@ -19,7 +19,7 @@ from tether import (
     deadline_at,
     time_remaining,
 )
-from tether.deadline import deadline_enforced_here, deadline_for_thread
+from tether.deadline import CallTimer, deadline_enforced_here, deadline_for_thread
 from tether.testing import VirtualClock
 
 
@@ -514,29 +514,94 @@ def test_an_unarmed_request_block_sets_no_timer(clock: VirtualClock) -> None:
     assert clock.run(main()) == [True, 1.0, False, 0.0]
 
 
-def test_a_call_block_narrows_or_inherits_like_deadline_at(clock: VirtualClock) -> None:
-    """`deadline_for_call(when)` (clients' per-call path) behaves as
-    `deadline_at(Deadline(when))`: earlier than the caller's deadline it narrows and fires
-    its own `DeadlineExceeded`; later, the caller's deadline stays; None narrows nothing."""
-    from tether.deadline import deadline_for_call
+def test_a_call_timer_cancels_at_its_time_and_raises_timeout_error(clock: VirtualClock) -> None:
+    """`CallTimer(loop, seconds)` (clients' per-call path) cancels the call at `seconds` and
+    raises `TimeoutError` there, like `asyncio.timeout`; inside, the ambient deadline stays the
+    caller's (the timer is not a block)."""
 
     async def main() -> list[object]:
+        loop = asyncio.get_running_loop()
         seen: list[object] = []
         async with deadline_after(3) as outer:
-            with deadline_for_call(clock.monotonic() + 1) as narrow:
-                seen += [narrow.inherited, time_remaining(), narrow.budget]
-            with deadline_for_call(clock.monotonic() + 10) as wide:
-                seen += [wide.inherited, wide.deadline == outer.deadline, wide.budget]
-            with deadline_for_call(None):
-                seen += [current_deadline() == outer.deadline]
-            with pytest.raises(DeadlineExceeded, match="budget of 500 ms"):
-                with deadline_for_call(clock.monotonic() + 0.5):
+            with pytest.raises(TimeoutError) as raised:
+                with CallTimer(loop, 0.5):
+                    seen += [current_deadline() == outer.deadline, time_remaining()]
                     await asyncio.sleep(1)
-        with deadline_for_call(None) as nothing:
-            seen += [nothing.deadline, current_deadline()]
+            seen += [type(raised.value) is TimeoutError, time_remaining()]
         return seen
 
-    assert clock.run(main()) == [False, 1.0, 1.0, True, True, 3.0, True, None, None]
+    assert clock.run(main()) == [True, 3.0, True, 2.5]
+
+
+def test_a_call_timer_left_in_time_never_rings(clock: VirtualClock) -> None:
+    """A call that ends before its timer leaves nothing behind: sleeping past the timer's
+    instant afterwards is not cancelled, and the loop's heap holds no live alarm."""
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        start = clock.monotonic()
+        with CallTimer(loop, 0.5):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)  # past the timer's instant
+        alarms = loop._tether_alarms  # type: ignore[attr-defined]
+        assert all(alarm[2] is None for alarm in alarms._heap)
+        return clock.monotonic() - start
+
+    assert clock.run(main()) == pytest.approx(1.1)
+
+
+def test_a_call_timer_passes_other_cancellations_through(clock: VirtualClock) -> None:
+    """A cancellation the timer did not cause stays a cancellation: from another task before
+    the timer rings, the enclosing block's own expiry (its `DeadlineExceeded`), and one that
+    arrives while the timer's own is being handled."""
+
+    async def call(loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        with CallTimer(loop, seconds):
+            await asyncio.sleep(10)
+
+    async def main() -> list[object]:
+        loop = asyncio.get_running_loop()
+        start = clock.monotonic()
+        task = asyncio.create_task(call(loop, 5))
+        await asyncio.sleep(1)
+        task.cancel()
+        seen: list[object] = []
+        try:
+            await task
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+        with pytest.raises(DeadlineExceeded, match="budget of 300 ms"):
+            async with deadline_after(0.3):
+                await call(loop, 5)  # a timer longer than the block: the block's expiry wins
+        seen.append(clock.monotonic() - start)
+        task = asyncio.create_task(cancelled_again_while_timing_out(loop))
+        try:
+            await task
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+        return seen
+
+    async def cancelled_again_while_timing_out(loop: asyncio.AbstractEventLoop) -> None:
+        with CallTimer(loop, 0.5):
+            try:
+                await asyncio.sleep(1)
+            finally:  # the timer rang; meanwhile someone else cancels the call too
+                this = asyncio.current_task()
+                assert this is not None
+                this.cancel()
+
+    assert clock.run(main()) == ["cancelled", pytest.approx(1.3), "cancelled"]
+
+
+def test_a_call_timer_needs_a_task_of_its_loop() -> None:
+    """Entered outside a task of the loop it was given: a clear error, not a silent no-op."""
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(RuntimeError, match="inside an asyncio task of its loop"):
+            with CallTimer(loop, 1.0):
+                pass  # pragma: no cover
+    finally:
+        loop.close()
 
 
 def test_check_deadline_raises_once_the_ambient_budget_is_spent(clock: VirtualClock) -> None:
