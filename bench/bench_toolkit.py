@@ -332,14 +332,15 @@ How steady the machine was, as the references' fastest round over their slowest:
 On a steady machine these stay close to 1; the further above it, the more something else
 slowed this VM during the run, and the less its ratios say.
 
-What these figures say. The middleware and client targets are not met; gRPC sits at its
-edge. The same code timed on VMs of this kind: on AMD EPYC ones the middleware 0.66-0.74,
-gRPC 0.88-0.91 (eight runs; 0.907 and 0.909 in the two latest, unsteady ones, rounds
-0.85-1.16), the client 0.81-0.85; on an Intel Xeon one 0.60, 0.86 and 0.80.
-Counted in CPU instructions, exact for the same code whatever else the machine does (next
-section), tether adds 26% to a hello-world request (0.792), 9% to a gRPC echo on the server
-(0.912) and 11% to an aiohttp call (0.904). Timed, each added instruction costs more than an
-average one, for the two reasons measured below.
+What these figures say. The outbound client meets its target in the median since its call
+timer (below): 0.890 and 0.919 in two runs on one AMD EPYC VM (0.81-0.88 on VMs of this kind
+before it). The middleware misses: 0.66-0.77 on AMD EPYC VMs, 0.60 on an Intel Xeon one. gRPC
+sits at its edge and below: 0.88-0.91 on earlier AMD EPYC VMs, 0.86 on an Intel Xeon one,
+0.85-0.87 on the fastest and steadiest VM yet (the run of 2026-11-25, ~7,300 calls/s against
+~3,800 before). Counted in CPU instructions, exact for the same code whatever else the machine
+does (next section), tether adds 25% to a hello-world request (0.797), 9% to a gRPC echo on
+the server (0.915) and 7% to an aiohttp call (0.933; 0.904 with the old block). Timed, each
+added instruction costs more than an average one, for the two reasons measured below.
 - Waking the load generator. wrk runs on the other core and sleeps whenever all its
   connections wait for answers; each answer the server writes must then wake it, and that
   work happens inside the server's own `write()` system call. On a VM, waking an idle core is
@@ -386,22 +387,32 @@ average one, for the two reasons measured below.
   a getpid() system call), a new request id ~3,500, setting and resetting a context variable
   ~1,700, making the block ~2,500. Registering tether's wrapped handler directly, without
   grpc.aio's interceptor path, saves ~1% (466,397 against 470,866 instructions per call): not
-  worth a second way of installing tether.
-- Outbound client: the budget arithmetic, the call's deadline block (which replaces aiohttp's
-  per-call timer and saved ~12,000 instructions per call), the `X-Request-Timeout` header,
-  the trace-context check and the per-phase timings. The calling process is CPU-bound (one
-  core, ~100%). Taken out one at a time (AMD VM, 6 alternating rounds): the armed block ~5.7
-  us, the per-call bookkeeping (timings, the call's context variable, the `Response`) ~3.5
-  us, tether's request and connector classes ~1.4 us, the budget arithmetic and its header
-  ~1-2 us, the trace-context check and the debug log call ~1 us; aiohttp's own per-call
-  timer, which the block replaces, ~6.4 us. The same step costs three to five times more
-  inside an aiohttp call than alone in a loop (entering the block: 3.8 us in place). Tried
-  and no better: a leaner block (no context variable), avoiding getpid(), aiohttp's own
-  per-call timeout instead of the block.
-- All three: the request's or call's deadline block is made from an instant
-  (`deadline_for_request`, `deadline_for_call`): no `Deadline` object unless something reads
-  it. Counted, it saved ~4,400 instructions per request in the middleware, ~5,000 per call in
-  the gRPC server and ~1,800 per client call.
+  worth a second way of installing tether. Timed on the VM of 2026-11-25, server variants in
+  5 alternating rounds against the plain server: grpc.aio's interceptor path with a wrapper
+  that only awaits the handler keeps 0.96 (a do-nothing interceptor alone 0.99); with the
+  call's bookkeeping 0.91; all of tether's 0.86. Each step costs several times what it costs
+  alone in a loop (a new request id and two context variables: ~0.35 us in a loop, ~4 us in
+  place, within these rounds' noise of a few %); a likely part of it, not measured: the
+  server's Python work holds the interpreter that grpc's own threads also need.
+- Outbound client: the budget arithmetic, the call's timer (which replaces aiohttp's per-call
+  timer), the `X-Request-Timeout` header, the trace-context check and the per-phase timings.
+  The calling process is CPU-bound (one core, ~100%). Timed in place, A/B against aiohttp in
+  alternating rounds (AMD VM, 2026-11-25): aiohttp's own per-call timer (a loop timer and a
+  `ClientTimeout` per call) ~4.7 us; the deadline block tether nested around each call until
+  then ~6.2 us (a context variable, the running-loop lookup with its getpid() on 3.11, the
+  block's checks; 1.7 us alone in a loop: the same step costs three to five times more
+  inside an aiohttp call); `tether.deadline.CallTimer`, which replaced it, ~3.3 us (an entry
+  in the loop's shared deadline heap, the loop known from the session, nothing made
+  ambient). That change took the ratio from 0.85-0.88 to 0.89-0.92. The rest, ~7 us over
+  aiohttp without a timer: tether's request and connector classes (the `send` override is
+  ~0.7 us), the per-call bookkeeping (timings, the call's context variable, the `Response`),
+  the budget arithmetic and its header, the trace-context check and the debug log call.
+  Tried and no better: aiohttp's own per-call timeout instead of tether's; noting
+  `request_sent` from a response class instead of the `send` override; the call's timer and
+  its bookkeeping as one object (~1%, not worth a timer that is also a client's record).
+- Middleware and gRPC server: the request's or call's deadline block is made from an instant
+  (`deadline_for_request`): no `Deadline` object unless something reads it. Counted, it saved
+  ~4,400 instructions per request in the middleware and ~5,000 per call in the gRPC server.
 - Python 3.13 against 3.11 (AMD VM, one full run each in one hour): middleware 0.686 against
   0.705, the two headers alone 0.924 against 0.894, gRPC 0.898 against 0.890, client 0.856
   against 0.815. No version changes the picture.

@@ -205,8 +205,9 @@ def read_access_log(log_path: Path) -> list[dict[str, Any]]:
 async def spawn_gateway(
     config: Path, log_path: Path, *args: str, env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
-    """`tether gateway CONFIG ARGS` as a real process, its access log (stdout) in `log_path`."""
-    with log_path.open("w") as log_file:
+    """`tether gateway CONFIG ARGS` as a real process, its access log (stdout) in `log_path`
+    and its stderr in `gateway_stderr(log_path)` (read when it fails to start)."""
+    with log_path.open("w") as log_file, gateway_stderr(log_path).open("w") as err_file:
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -215,6 +216,10 @@ async def spawn_gateway(
             str(config),
             *args,
             stdout=log_file,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=err_file,
             env={**os.environ, **(env or {})} if env else None,
         )
+
+
+def gateway_stderr(log_path: Path) -> Path:
+    return log_path.with_name(log_path.name + ".stderr")

@@ -20,6 +20,7 @@ import pytest
 
 from .servers import (
     free_port,
+    gateway_stderr,
     raw_exchange,
     read_access_log,
     read_request,
@@ -140,24 +141,42 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 @pytest.fixture
 async def gateway(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Gateway]:
-    port = free_port()
-    config = tmp_path / "gateway.yaml"
-    config.write_text(
-        CONFIG.format(port=port, admin=free_port(), upstream=upstream.port, dead=free_port())
-    )
-    log_path = tmp_path / "access.log"
-    process = await spawn_gateway(config, log_path)
-    for _ in range(400):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
+    # A port free_port() saw free can be taken before the gateway binds it (an outgoing
+    # connection's own port comes from the same range): a gateway that exits before listening
+    # is started again on new ports; one that never listens fails the test with its stderr.
+    for _ in range(3):
+        port, admin, dead = free_port(), free_port(), free_port()
+        config = tmp_path / "gateway.yaml"
+        config.write_text(CONFIG.format(port=port, admin=admin, upstream=upstream.port, dead=dead))
+        log_path = tmp_path / "access.log"
+        process = await spawn_gateway(config, log_path)
+        if await _listening(port, process):
             break
-        except OSError:
-            await asyncio.sleep(0.02)
+        if process.returncode is None:  # running, yet not listening after 10 s
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 30)
+            pytest.fail(f"the gateway did not listen: {gateway_stderr(log_path).read_text()}")
+    else:
+        pytest.fail(f"the gateway exited thrice: {gateway_stderr(log_path).read_text()}")
     yield Gateway(f"http://127.0.0.1:{port}", port, process, log_path)
     if process.returncode is None:
         process.terminate()
         await asyncio.wait_for(process.wait(), 30)
+
+
+async def _listening(port: int, process: asyncio.subprocess.Process) -> bool:
+    """Whether the gateway listens on `port`, waiting up to 10 s while it runs."""
+    for _ in range(500):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if process.returncode is not None:
+                return False
+            await asyncio.sleep(0.02)
+        else:
+            writer.close()
+            return True
+    return False
 
 
 async def get(

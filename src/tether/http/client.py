@@ -2,7 +2,7 @@
 
 Every call:
 - gets `timeout = min(explicit timeout, ambient remaining - margin)` as its total timeout
-  (connect, send, answer and body; enforced by a deadline block around the call);
+  (connect, send, answer and body; enforced by a `CallTimer` around the call);
 - fails fast with `DeadlineExceeded`, sending nothing, when less than the margin + 1 ms is left;
 - sends `X-Request-Timeout` (that same timeout, in ms), `X-Request-ID` and, when tracing is
   active, `traceparent`;
