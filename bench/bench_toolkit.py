@@ -332,15 +332,16 @@ How steady the machine was, as the references' fastest round over their slowest:
 On a steady machine these stay close to 1; the further above it, the more something else
 slowed this VM during the run, and the less its ratios say.
 
-What these figures say. The outbound client meets its target in the median since its call
-timer (below): 0.890 and 0.919 in two runs on one AMD EPYC VM (0.81-0.88 on VMs of this kind
-before it). The middleware misses: 0.66-0.77 on AMD EPYC VMs, 0.60 on an Intel Xeon one. gRPC
-sits at its edge and below: 0.88-0.91 on earlier AMD EPYC VMs, 0.86 on an Intel Xeon one,
-0.85-0.87 on the fastest and steadiest VM yet (the run of 2026-11-25, ~7,300 calls/s against
-~3,800 before). Counted in CPU instructions, exact for the same code whatever else the machine
-does (next section), tether adds 25% to a hello-world request (0.797), 9% to a gRPC echo on
-the server (0.915) and 7% to an aiohttp call (0.933; 0.904 with the old block). Timed, each
-added instruction costs more than an average one, for the two reasons measured below.
+What these figures say. Since its call timer (below) the outbound client reaches its target in
+two of three runs on one AMD EPYC VM: 0.890, 0.919 and 0.926, the last with every round above
+0.90 (0.81-0.88 on VMs of this kind before it). The middleware misses: 0.66-0.77 on AMD EPYC
+VMs, 0.60 on an Intel Xeon one. gRPC sits at its edge and below: 0.88-0.91 on earlier AMD EPYC
+VMs, 0.86 on an Intel Xeon one, 0.85-0.87 on the fastest and steadiest VM yet (the run of
+2026-11-25, ~7,300 calls/s against ~3,800 before). Counted in CPU instructions, exact for the
+same code whatever else the machine does (next section), tether adds 25% to a hello-world
+request (0.797), 9% to a gRPC echo on the server (0.915) and 7% to an aiohttp call (0.933;
+0.904 with the old block). Timed, each added instruction costs more than an average one, for
+the two reasons measured below.
 - Waking the load generator. wrk runs on the other core and sleeps whenever all its
   connections wait for answers; each answer the server writes must then wake it, and that
   work happens inside the server's own `write()` system call. On a VM, waking an idle core is
