@@ -204,8 +204,8 @@ class Client:
             # The call's total timeout is tether's call timer around all of it (connect, send,
             # answer, body), not aiohttp's per-call timer: the same cancellation at the same
             # instant, for one entry in the loop's shared deadline heap instead of a loop timer
-            # and a ClientTimeout per call (timed: ~4.7 us per call for aiohttp's, ~2 us for
-            # tether's).
+            # and a ClientTimeout per call (timed in place: ~4.7 us per call for aiohttp's,
+            # ~3.3 us for tether's). Inside, the ambient deadline stays the caller's.
             session = self._session_for_call()
             timer: AbstractContextManager[object]
             if limit is None:
