@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .servers import (
     free_port,
+    gateway_stderr,
     raw_exchange,
     read_access_log,
     read_request,
@@ -110,7 +111,10 @@ async def gateway(
     process = await spawn_gateway(config, log_path, "--workers", str(workers), env=env)
     running = Running(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", process, log_path)
     try:
-        await wait_until(lambda: admin_get(running, "/readyz"), lambda r: r[0] == 200, 15)
+        try:
+            await wait_until(lambda: admin_get(running, "/readyz"), lambda r: r[0] == 200, 15)
+        except AssertionError:
+            pytest.fail(f"the gateway did not get ready: {gateway_stderr(log_path).read_text()}")
         yield running
     finally:
         if process.returncode is None:
