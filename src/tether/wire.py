@@ -35,6 +35,7 @@ __all__ = [
     "REQUEST_DEADLINE",
     "REQUEST_TIMEOUT",
     "InvalidDeadlineHeader",
+    "budget_milliseconds",
     "call_timeout",
     "deadline_from_headers",
     "decode_grpc_timeout",
@@ -199,6 +200,13 @@ def call_timeout(explicit: float | None = None, *, margin: float = DEFAULT_MARGI
     return left if explicit is None or explicit > left else explicit
 
 
+def budget_milliseconds(seconds: float) -> int:
+    """A budget as `X-Request-Timeout` carries it: whole milliseconds, rounded down (a hop
+    never passes on more than it has), but not for float noise (0.19499999... s is 195 ms),
+    and at least 1."""
+    return max(1, int(seconds * 1000 + 1e-6))
+
+
 def outgoing_headers(*, margin: float = DEFAULT_MARGIN) -> list[tuple[str, str]]:
     """Headers that pass the ambient budget on: `[("x-request-timeout", "<ms>")]`, or [].
 
@@ -207,8 +215,7 @@ def outgoing_headers(*, margin: float = DEFAULT_MARGIN) -> list[tuple[str, str]]
     left = call_timeout(margin=margin)
     if left is None:
         return []
-    # Whole milliseconds, rounded down, but not for float noise (0.19499999... s is 195 ms).
-    return [(REQUEST_TIMEOUT, str(int(left * 1000 + 1e-6)))]
+    return [(REQUEST_TIMEOUT, str(budget_milliseconds(left)))]
 
 
 def _whole_number(header: str, value: str | bytes, max_digits: int) -> int:

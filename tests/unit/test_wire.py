@@ -14,6 +14,7 @@ from tether.testing import VirtualClock
 from tether.wire import (
     DEFAULT_MARGIN,
     InvalidDeadlineHeader,
+    budget_milliseconds,
     call_timeout,
     deadline_from_headers,
     decode_grpc_timeout,
@@ -267,6 +268,16 @@ def test_outgoing_headers_carry_whole_milliseconds(clock: VirtualClock) -> None:
     bare, inside = clock.run(main())
     assert bare == []
     assert inside == [("x-request-timeout", "195")]
+
+
+def test_budget_milliseconds_round_down_but_not_for_float_noise() -> None:
+    """One rule for every writer of X-Request-Timeout (clients, httpx transport, gateway):
+    never more than is left, float noise aside, and at least 1 ms."""
+    assert budget_milliseconds(0.3 - 0.1 - 0.005) == 195  # 0.19499999999999998
+    assert budget_milliseconds(0.1999) == 199
+    assert budget_milliseconds(2.0) == 2000
+    assert budget_milliseconds(0.0004) == 1
+    assert budget_milliseconds(0.0) == 1
 
 
 # -- properties --------------------------------------------------------------------------------

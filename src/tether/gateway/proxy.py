@@ -66,7 +66,7 @@ from tether.problems import (
     UPSTREAM_UNAVAILABLE,
     Problem,
 )
-from tether.wire import deadline_from_headers
+from tether.wire import budget_milliseconds, deadline_from_headers
 
 if TYPE_CHECKING:
     from tether.gateway.auth import TokenVerifier
@@ -799,7 +799,7 @@ class Exchange:
             ):
                 continue
             out.append(name + b": " + value + b"\r\n")
-        out.append(b"x-request-timeout: %d\r\n" % max(1, int(left * 1000)))
+        out.append(b"x-request-timeout: %d\r\n" % budget_milliseconds(left))
         out.append(b"x-tether-attempt: %d\r\n" % attempt)
         if caller.request_id_generated:
             out.append(b"x-request-id: " + caller.request_id.encode() + b"\r\n")

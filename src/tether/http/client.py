@@ -45,7 +45,7 @@ from tether.errors import (
 )
 from tether.request_id import REQUEST_ID_HEADER, current_request_id
 from tether.tracing import outgoing_trace_headers
-from tether.wire import DEFAULT_MARGIN, REQUEST_TIMEOUT, call_timeout
+from tether.wire import DEFAULT_MARGIN, REQUEST_TIMEOUT, budget_milliseconds, call_timeout
 
 log = logging.getLogger("tether.http.client")
 
@@ -186,7 +186,7 @@ class Client:
             timeout_header = None
         else:
             # Whole milliseconds: what the header says is what the call waits.
-            milliseconds = max(1, int(limit * 1000))
+            milliseconds = budget_milliseconds(limit)
             timeout_header = str(milliseconds)
         request_id = current_request_id()
         passed_on = outgoing_trace_headers()

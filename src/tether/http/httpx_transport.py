@@ -41,7 +41,7 @@ from tether._settings import margin_seconds
 from tether.errors import DeadlineExceeded
 from tether.request_id import REQUEST_ID_HEADER, current_request_id
 from tether.tracing import outgoing_trace_headers
-from tether.wire import DEFAULT_MARGIN, REQUEST_TIMEOUT, call_timeout
+from tether.wire import DEFAULT_MARGIN, REQUEST_TIMEOUT, budget_milliseconds, call_timeout
 
 log = logging.getLogger("tether.http.httpx")
 
@@ -175,7 +175,7 @@ def _pass_budget_on(request: httpx.Request, margin: float) -> bool:
             else:
                 capped[phase] = value
         request.extensions["timeout"] = capped
-        request.headers[REQUEST_TIMEOUT] = str(max(1, int(left * 1000)))
+        request.headers[REQUEST_TIMEOUT] = str(budget_milliseconds(left))
     request_id = current_request_id()
     if request_id is not None and REQUEST_ID_HEADER not in request.headers:
         request.headers[REQUEST_ID_HEADER] = request_id
