@@ -76,17 +76,10 @@ async def hypercorn_server(app: App) -> AsyncIterator[str]:
     config.graceful_timeout = 1
     stop = asyncio.Event()
     task = asyncio.create_task(hypercorn.asyncio.serve(app, config, shutdown_trigger=stop.wait))
-    for _ in range(1000):  # until it accepts connections (5 s at most)
+    if not await listening(port, 5, stopped=task.done):
         if task.done():
-            task.result()
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.005)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        break
+            task.result()  # hypercorn's own error
+        raise AssertionError(f"hypercorn did not listen on {port}")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -176,6 +169,25 @@ async def raw_exchange(port: int, data: bytes, *, wait: float = 2.0) -> tuple[by
 # at the deadline" from "ran to the end". (The issue's tight figures for async handlers are
 # asserted as they are, in test_failure_cases.py.)
 LATE = 0.1
+
+
+async def listening(
+    port: int, seconds: float, *, stopped: Callable[[], bool] = lambda: False
+) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port` within `seconds`; False at
+    once when `stopped()` (the server's process or task has ended)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if stopped() or time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        else:
+            writer.close()
+            await writer.wait_closed()
+            return True
 
 
 async def wait_until(probe: Callable[[], Any], done: Callable[[Any], bool], seconds: float) -> Any:

@@ -19,7 +19,7 @@ import yaml
 from tether.gateway.config import parse
 from tether.gateway.server import DRAIN_SECONDS
 
-from .servers import free_port, spawn_gateway, wait_until
+from .servers import free_port, listening, spawn_gateway, wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,15 +42,8 @@ async def process(*argv: str, env: dict[str, str] | None = None) -> AsyncIterato
 
 
 async def wait_for_port(port: int) -> None:
-    for _ in range(300):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
+    if not await listening(port, 15):
+        raise AssertionError(f"nothing listens on {port}")
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ import pytest
 from .servers import (
     free_port,
     gateway_stderr,
+    listening,
     raw_exchange,
     read_access_log,
     read_request,
@@ -150,7 +151,8 @@ async def gateway(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Gateway]:
         config.write_text(CONFIG.format(port=port, admin=admin, upstream=upstream.port, dead=dead))
         log_path = tmp_path / "access.log"
         process = await spawn_gateway(config, log_path)
-        if await _listening(port, process):
+        stopped = lambda: process.returncode is not None  # noqa: B023, E731 - used at once
+        if await listening(port, 10, stopped=stopped):
             break
         if process.returncode is None:  # running, yet not listening after 10 s
             process.terminate()
@@ -162,21 +164,6 @@ async def gateway(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Gateway]:
     if process.returncode is None:
         process.terminate()
         await asyncio.wait_for(process.wait(), 30)
-
-
-async def _listening(port: int, process: asyncio.subprocess.Process) -> bool:
-    """Whether the gateway listens on `port`, waiting up to 10 s while it runs."""
-    for _ in range(500):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if process.returncode is not None:
-                return False
-            await asyncio.sleep(0.02)
-        else:
-            writer.close()
-            return True
-    return False
 
 
 async def get(
