@@ -39,8 +39,9 @@ import grpc.aio
 import tether
 import tether.grpc
 from _report import machine, run_wrk, write_section, wrk_latency_ms, wrk_rate
-from apps import CALLER_BUDGET
+from apps import BUSY_ENV, CALLER_BUDGET
 from apps.client_calls import plain_get
+from per_call_cost import added_costs
 from tether.http import Client
 
 BENCH = Path(__file__).resolve().parent
@@ -104,11 +105,16 @@ def wrk(port: int, seconds: int) -> tuple[float, float]:
     return wrk_rate(report), wrk_latency_ms(report, "99%")
 
 
-def middleware_runs(seconds: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
-    """Per app, each round's requests per second and p99 latency (ms)."""
+def middleware_runs(
+    seconds: int, rounds: int, busy_us: float
+) -> dict[str, list[tuple[float, float]]]:
+    """Per app, each round's requests per second and p99 latency (ms). The busy app's handler
+    spins `busy_us` per request."""
+    os.environ[BUSY_ENV] = f"{busy_us:.3f}"
     apps = {
         "plain": "apps.hello:plain",
         "headers": "apps.hello:headers_only",
+        "busy": "apps.hello:busy",
         "tether": "apps.hello:with_tether",
     }
     results: dict[str, list[tuple[float, float]]] = {kind: [] for kind in apps}
@@ -166,22 +172,26 @@ async def grpc_rate(kind: str, port: int, seconds: float, server_pid: int) -> tu
         return rate, cpu / calls
 
 
-# (server, client): without tether; tether on both sides; and a plain server called by tether's
-# client, which sends the caller's deadline: what grpc's own handling of a deadline costs.
+# (server, client): without tether; tether on both sides; a plain server called by tether's
+# client, which sends the caller's deadline: what grpc's own handling of a deadline costs; and
+# a plain server whose handler spins as long as tether's server-side work takes in a loop.
 GRPC_PAIRS = {
     "plain": ("plain", "plain"),
     "tether": ("tether", "tether"),
     "deadline": ("plain", "tether"),
+    "busy": ("busy", "plain"),
 }
 
 
-def grpc_runs(seconds: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
-    """Per pair of `GRPC_PAIRS`, each round's calls per second and CPU seconds per call."""
+def grpc_runs(seconds: int, rounds: int, busy_us: float) -> dict[str, list[tuple[float, float]]]:
+    """Per pair of `GRPC_PAIRS`, each round's calls per second and CPU seconds per call. The
+    busy server's handler spins `busy_us` per call."""
+    os.environ[BUSY_ENV] = f"{busy_us:.3f}"
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in GRPC_PAIRS}
     for _ in range(rounds):
         for name, (server_kind, client_kind) in GRPC_PAIRS.items():
             port = free_port()
-            with server([PY, "apps/grpc_echo.py", str(port), server_kind], port) as pid:
+            with server([PY, "-m", "apps.grpc_echo", str(port), server_kind], port) as pid:
                 results[name].append(asyncio.run(grpc_rate(client_kind, port, seconds, pid)))
     return results
 
@@ -246,13 +256,20 @@ def main() -> None:
     # Many short rounds rather than a few long ones: this VM's speed drifts within minutes.
     seconds, rounds = (3, 1) if args.quick else (3, 10)
     os.sched_setaffinity(0, {1})  # the load side runs on core 1, servers on core 0
+    # tether's own per-request work, timed in a loop: what the busy reference apps spin for
+    asgi_us, grpc_us = added_costs()
     if args.only:
-        case = {"middleware": middleware_runs, "grpc": grpc_runs, "client": client_runs}
-        print(case[args.only](seconds, rounds))
+        case: dict[str, Callable[[], object]] = {
+            "middleware": lambda: middleware_runs(seconds, rounds, asgi_us),
+            "grpc": lambda: grpc_runs(seconds, rounds, grpc_us),
+            "client": lambda: client_runs(seconds, rounds),
+        }
+        print(f"busy: ASGI {asgi_us:.2f} us, gRPC {grpc_us:.2f} us")
+        print(case[args.only]())
         return
     stolen_before, total_before = cpu_ticks()
-    mw_runs = middleware_runs(seconds, rounds)
-    gr_runs = grpc_runs(seconds, rounds)
+    mw_runs = middleware_runs(seconds, rounds, asgi_us)
+    gr_runs = grpc_runs(seconds, rounds, grpc_us)
     cl_runs = client_runs(seconds, rounds)
     stolen_after, total_after = cpu_ticks()
     stolen = (stolen_after - stolen_before) / max(total_after - total_before, 1)
@@ -269,9 +286,11 @@ def main() -> None:
 
     mw = Paired(rates(mw_runs["plain"]), rates(mw_runs["tether"]))
     headers = Paired(rates(mw_runs["plain"]), rates(mw_runs["headers"]))
+    mw_busy = Paired(rates(mw_runs["plain"]), rates(mw_runs["busy"]))
     p99 = {kind: statistics.median(p for _, p in runs) for kind, runs in mw_runs.items()}
     gr = Paired(rates(gr_runs["plain"]), rates(gr_runs["tether"]))
     deadline = Paired(rates(gr_runs["plain"]), rates(gr_runs["deadline"]))
+    gr_busy = Paired(rates(gr_runs["plain"]), rates(gr_runs["busy"]))
     # CPU per call, inverted so that, like a rate, more is better (calls per CPU second)
     gr_cpu = Paired(*([1 / cpu for _, cpu in gr_runs[name]] for name in ("plain", "tether")))
     cl = Paired(cl_runs["aiohttp"], cl_runs["tether"])
@@ -299,6 +318,12 @@ def main() -> None:
                 headers,
                 target=False,
             ),
+            row(
+                f"reference: the plain app, its handler spinning {asgi_us:.1f} us per request "
+                "(the middleware's own work, timed in a loop)",
+                mw_busy,
+                target=False,
+            ),
             row("gRPC unary echo, 50 concurrent callers (calls/s), server + client side", gr),
             row(
                 "same, calls per CPU second (server and caller together)",
@@ -308,6 +333,12 @@ def main() -> None:
             row(
                 "of which grpc's own: plain server, tether's client (sends the deadline)",
                 deadline,
+                target=False,
+            ),
+            row(
+                f"reference: the plain server, its handler spinning {grpc_us:.1f} us per call "
+                "(tether's server-side work, timed in a loop)",
+                gr_busy,
                 target=False,
             ),
             row(

@@ -162,7 +162,7 @@ def grpc_counts(count: int) -> list[tuple[str, Counts]]:
     pairs = (("plain", "plain"), ("plain", "tether"), ("tether", "plain"), ("tether", "tether"))
     for kind, client in pairs:
         port = free_port()
-        argv = [PY, "apps/grpc_echo.py", str(port), kind]
+        argv = [PY, "-m", "apps.grpc_echo", str(port), kind]
         drive = partial(grpc_calls, port, client=client)
         rows.append((f"{kind} server, {client} client", per_unit(argv, port, drive, count)))
     return rows

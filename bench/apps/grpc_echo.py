@@ -1,4 +1,6 @@
-"""A unary echo gRPC server, with or without tether's interceptor (argv: port, plain|tether)."""
+"""A unary echo gRPC server: `python -m apps.grpc_echo PORT KIND` from bench/, KIND one of
+plain, tether (tether's interceptor), noop (a do-nothing interceptor) or busy (plain, with a
+handler that spins for `apps.busy_seconds()`)."""
 
 import asyncio
 import sys
@@ -7,9 +9,19 @@ import grpc
 import grpc.aio
 
 import tether.grpc
+from apps import busy_seconds, spin
 
 
 async def echo(request: bytes, context: object) -> bytes:
+    return request
+
+
+BUSY = busy_seconds()
+
+
+async def busy_echo(request: bytes, context: object) -> bytes:
+    """`echo` that first spins for `BUSY` seconds: plain Python work of a known cost."""
+    spin(BUSY)
     return request
 
 
@@ -21,16 +33,20 @@ class PassThrough(grpc.aio.ServerInterceptor):
 
 
 async def main(port: int, kind: str) -> None:
+    handler = echo
     if kind == "tether":
         server = tether.grpc.server()
     elif kind == "noop":
         server = grpc.aio.server(interceptors=[PassThrough()])
+    elif kind == "busy":
+        server = grpc.aio.server()
+        handler = busy_echo
     else:
         server = grpc.aio.server()
     server.add_generic_rpc_handlers(
         [
             grpc.method_handlers_generic_handler(
-                "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+                "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(handler)}
             )
         ]
     )

@@ -5,6 +5,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from apps import busy_seconds, spin
 from tether.http import TetherMiddleware
 from tether.http.asgi import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,6 +15,17 @@ async def hello(request: Request) -> JSONResponse:
 
 
 plain = Starlette(routes=[Route("/", hello)])
+
+BUSY = busy_seconds()
+
+
+async def busy_hello(request: Request) -> JSONResponse:
+    """`hello` that first spins for `BUSY` seconds: plain Python work of a known cost."""
+    spin(BUSY)
+    return JSONResponse({"hello": "world"})
+
+
+busy = Starlette(routes=[Route("/", busy_hello)])
 with_tether = Starlette(routes=[Route("/", hello)])
 with_tether.add_middleware(TetherMiddleware)
 

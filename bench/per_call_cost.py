@@ -1,0 +1,240 @@
+"""What tether's per-request work costs in CPU time, without servers or sockets around it.
+
+    .venv/bin/python bench/per_call_cost.py            # prints and updates docs/benchmarks.md
+    .venv/bin/python bench/per_call_cost.py --quick    # fewer rounds, prints only
+
+`bench_toolkit.py` times whole stacks, where tether's cost is a share of a request that the
+machine's noise moves by several percent. This benchmark times the integration's own code,
+called in a loop by one task, against the same loop without it:
+- ASGI: a raw ASGI hello app (start and body sent to a `send` that does nothing), the same
+  behind a pass-through ASGI layer, and behind `TetherMiddleware` (default settings, a request
+  with only a `Host` header, as wrk sends), on uvloop, as uvicorn runs it;
+- gRPC server: the echo handler awaited directly, through a one-line wrapper coroutine, and
+  through the wrapper `TetherServerInterceptor` installs, with a stand-in for grpc.aio's
+  context (grpc's own is made only inside a running server) reporting 29 s left and the
+  caller's `x-request-id`, as tether's client sends them; the call details are made ambient
+  as `intercept_service` makes them; on asyncio's own loop, as grpc.aio runs it.
+Rounds alternate the variants; each figure is the median of the rounds.
+
+`bench_toolkit.py` uses `added_costs()` to run a plain app whose handler spins for as long as
+tether's own work takes: what the same CPU time costs that stack when it is not tether's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import grpc
+import uvloop
+
+from _report import machine, write_section
+from tether.grpc import TetherServerInterceptor
+from tether.http import TetherMiddleware
+
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+Variant = Callable[[], Awaitable[object]]
+
+# -- ASGI --
+
+_HOST = [(b"host", b"127.0.0.1:8000")]
+_START: Message = {"type": "http.response.start", "status": 200}
+_BODY = b'{"hello":"world"}'
+
+
+async def hello(scope: Message, receive: object, send: Send) -> None:
+    await send({**_START, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": _BODY})
+
+
+class PassThrough:
+    """The least a pure-ASGI middleware adds: one more layer to call through."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Message, receive: object, send: object) -> None:
+        await self.app(scope, receive, send)
+
+
+async def _sent(message: Message) -> None:
+    return None
+
+
+async def _received() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def asgi_request(app: Any) -> Variant:
+    def one() -> Awaitable[None]:
+        return app({"type": "http", "path": "/", "headers": _HOST}, _received, _sent)  # type: ignore[no-any-return]
+
+    return one
+
+
+# -- gRPC server --
+
+METHOD = "/bench.Echo/Echo"
+
+
+class _Details:
+    """grpc.HandlerCallDetails as grpc.aio hands it to interceptors."""
+
+    method = METHOD
+    invocation_metadata = (
+        ("x-request-id", "3f49ac9f-478a-4134-93ac-a6246e399ae0"),
+        ("user-agent", "grpc-python/1.0"),
+    )
+
+
+class _Context:
+    """The two things tether's server wrapper asks grpc.aio's context for in a call that ends
+    well: the time left (the client's deadline) and, when no call details are ambient, the
+    metadata."""
+
+    def time_remaining(self) -> float:
+        return 29.0
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return _Details.invocation_metadata
+
+
+async def echo(request: bytes, context: object) -> bytes:
+    return request
+
+
+async def one_line_wrapper(request: bytes, context: object) -> bytes:
+    return await echo(request, context)
+
+
+def tether_echo() -> Callable[[bytes, object], Awaitable[bytes]]:
+    """The behaviour `TetherServerInterceptor` puts in place of `echo`."""
+
+    async def continuation(details: object) -> Any:
+        return grpc.unary_unary_rpc_method_handler(echo)
+
+    async def installed() -> Any:
+        return await TetherServerInterceptor().intercept_service(continuation, _Details())  # type: ignore[arg-type]
+
+    handler = asyncio.run(installed())
+    return handler.unary_unary  # type: ignore[no-any-return]
+
+
+def grpc_call(
+    behaviour: Callable[[bytes, object], Awaitable[bytes]], ambient_details: bool
+) -> Variant:
+    arriving = sys.modules["tether.grpc.server"]._arriving  # the module, not tether.grpc.server()
+    context, details = _Context(), _Details()
+
+    def one() -> Awaitable[bytes]:
+        if ambient_details:  # intercept_service sets it in the call's task before the handler
+            arriving.set(details)
+        return behaviour(b"x", context)
+
+    return one
+
+
+# -- timing --
+
+
+def per_call_us(
+    variants: dict[str, Variant],
+    calls: int,
+    rounds: int,
+    run: Callable[[Any], float],
+) -> dict[str, float]:
+    """Median over `rounds` of each variant's microseconds per call, variants alternating;
+    `run` runs a coroutine on a new event loop (uvicorn's uvloop, grpc.aio's asyncio)."""
+
+    async def timed(one: Variant) -> float:
+        started = time.perf_counter()
+        for _ in range(calls):
+            await one()
+        return (time.perf_counter() - started) / calls * 1e6
+
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, one in variants.items():
+            samples[name].append(run(timed(one)))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def measure(calls: int = 100_000, rounds: int = 7) -> dict[str, dict[str, float]]:
+    asgi = per_call_us(
+        {
+            "app": asgi_request(hello),
+            "pass_through": asgi_request(PassThrough(hello)),
+            "tether": asgi_request(TetherMiddleware(hello)),
+        },
+        calls,
+        rounds,
+        uvloop.run,
+    )
+    guarded = tether_echo()
+    grpc = per_call_us(
+        {
+            "handler": grpc_call(echo, False),
+            "wrapper": grpc_call(one_line_wrapper, False),
+            "tether": grpc_call(guarded, True),
+        },
+        calls,
+        rounds,
+        asyncio.run,
+    )
+    return {"asgi": asgi, "grpc": grpc}
+
+
+def added_costs(calls: int = 50_000, rounds: int = 5) -> tuple[float, float]:
+    """Microseconds per call that tether adds over the least a layer adds: (ASGI middleware
+    over a pass-through layer, gRPC server wrapper over a one-line wrapper)."""
+    found = measure(calls, rounds)
+    return (
+        found["asgi"]["tether"] - found["asgi"]["pass_through"],
+        found["grpc"]["tether"] - found["grpc"]["wrapper"],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    calls, rounds = (20_000, 3) if args.quick else (100_000, 7)
+    found = measure(calls, rounds)
+    asgi, grpc = found["asgi"], found["grpc"]
+    rows = "\n".join(
+        [
+            f"| ASGI request, hello app | {asgi['app']:.2f} | {asgi['pass_through']:.2f} "
+            f"| {asgi['tether']:.2f} | {asgi['tether'] - asgi['pass_through']:.2f} |",
+            f"| gRPC unary call, echo handler | {grpc['handler']:.2f} | {grpc['wrapper']:.2f} "
+            f"| {grpc['tether']:.2f} | {grpc['tether'] - grpc['wrapper']:.2f} |",
+        ]
+    )
+    body = f"""## Per-request CPU cost, in a loop (`bench/per_call_cost.py`)
+
+Reproduce: `.venv/bin/python bench/per_call_cost.py`. Machine: {machine()}.
+One task calls each variant {calls:,} times per round, {rounds} alternating rounds, median;
+microseconds per request or call. No server and no socket: the integration's own code only
+(see the script's docstring for what stands in for the server).
+
+| case | alone | through a pass-through layer | through tether | tether's own |
+|---|---:|---:|---:|---:|
+{rows}
+
+Read with the service toolkit's timed ratios above: the same work costs a loaded server more
+than it costs here (caches shared with the server's own code, and on grpc.aio the threads
+that wait for the interpreter while the handler's Python runs); the toolkit benchmark's
+"busy" rows run a plain app that spins for this long per request, for comparison.
+"""
+    print(body)
+    if not args.quick:
+        write_section("per-call-cost", body)
+
+
+if __name__ == "__main__":
+    main()
