@@ -6,11 +6,15 @@
 - ASGI middleware: hello-world Starlette under uvicorn (httptools, uvloop, one worker pinned to
   core 0), wrk on core 1 with 50 keep-alive connections; with vs without TetherMiddleware
   (target: at most 10% fewer requests per second). A third app, a middleware that only adds
-  the two response headers tether must add, shows what those headers alone cost.
+  the two response headers tether must add, shows what those headers alone cost; a fourth,
+  the plain app with a handler that spins as long as the middleware's own work takes in a
+  loop (`per_call_cost.py`), what any work of that length costs.
 - gRPC interceptors: unary echo, server in its own process, 50 concurrent callers; tether's
   server interceptor and client interceptors vs none (target: at most 10% slower). A third
   pair, a plain server called by tether's client, shows what grpc's own handling of the
-  deadline that tether's client sends costs.
+  deadline that tether's client sends costs; a fourth, the plain server with a handler that
+  spins as long as tether's server-side work takes in a loop, what any work of that length
+  costs.
 - Outbound client: 50 concurrent GETs to a local upstream; tether.http.Client inside a deadline
   block vs a plain aiohttp session (target: at least 90% of aiohttp's throughput).
 Each case alternates with its reference in many short rounds; the ratio reported is the median
@@ -363,16 +367,31 @@ How steady the machine was, as the references' fastest round over their slowest:
 On a steady machine these stay close to 1; the further above it, the more something else
 slowed this VM during the run, and the less its ratios say.
 
-What these figures say. Since its call timer (below) the outbound client reaches its target in
-two of three runs on one AMD EPYC VM: 0.890, 0.919 and 0.926, the last with every round above
-0.90 (0.81-0.88 on VMs of this kind before it). The middleware misses: 0.66-0.77 on AMD EPYC
-VMs, 0.60 on an Intel Xeon one. gRPC sits at its edge and below: 0.88-0.91 on earlier AMD EPYC
-VMs, 0.86 on an Intel Xeon one, 0.85-0.87 on the fastest and steadiest VM yet (the run of
-2026-11-25, ~7,300 calls/s against ~3,800 before). Counted in CPU instructions, exact for the
-same code whatever else the machine does (next section), tether adds 25% to a hello-world
-request (0.797), 9% to a gRPC echo on the server (0.915) and 7% to an aiohttp call (0.933;
-0.904 with the old block). Timed, each added instruction costs more than an average one, for
-the two reasons measured below.
+What these figures say. This run's VM was slower than the previous run's (plain Starlette
+~24,900 requests/s against ~35,100, gRPC ~3,900 calls/s against ~7,300) and unsteady (the
+references' spreads above against 1.06-1.09), so its ratios say less than that run's, the one
+this table showed until commit 1e4e42c: middleware 0.771, gRPC 0.850, client 0.919. Since its
+call timer (below) the outbound client reaches its target in two of four runs: 0.890, 0.919
+and 0.926 on that steady VM (the last with every round above 0.90), 0.870 in this unsteady
+one (rounds 0.74-1.15); 0.81-0.88 on VMs of this kind before the timer. The middleware misses:
+0.66-0.77 on AMD EPYC VMs, 0.60 on an Intel Xeon one. gRPC sits at its edge and below:
+0.88-0.91 on earlier AMD EPYC VMs, 0.86 on an Intel Xeon one, 0.85-0.87 on the steady VM and
+0.85-0.86 here. Counted in CPU instructions, exact for the same code whatever else the machine
+does (next section), tether adds 25% to a hello-world request (0.797), 9% to a gRPC echo on
+the server (0.915) and 7% to an aiohttp call (0.933; 0.904 with the old block). Timed, each
+added instruction costs more than an average one, for the two reasons measured below.
+- What any work of the same length costs (the two "reference" rows). The plain app or server
+  runs a handler that spins, before answering, for as long as tether's own work per request
+  takes in a loop (`bench/per_call_cost.py`, its section below, measured at the start of the
+  run). Middleware: tether costs what any Python work of its length costs there. A 4.4 us spin
+  keeps 0.718, the middleware 0.708 (a second run, `--only middleware`, on this VM: 0.756 and
+  0.768). On this benchmark each microsecond of handler CPU costs uvicorn 2-4 us per request
+  (the wake-ups below), so for 0.90 the middleware's own work would have to take under about
+  1 us in a loop, against the 4.4 us of its deadline block, request id, three context
+  variables, watch entry and `Server-Timing` value together. gRPC: tether costs more than its
+  length. A 2.7-2.9 us spin keeps 0.952 and 0.954 (two runs), tether 0.849 and 0.862 in the
+  same runs; its client accounts for 0.93-0.98 (the "grpc's own" row), its server the rest:
+  about three times what the spin of its length costs.
 - Waking the load generator. wrk runs on the other core and sleeps whenever all its
   connections wait for answers; each answer the server writes must then wake it, and that
   work happens inside the server's own `write()` system call. On a VM, waking an idle core is

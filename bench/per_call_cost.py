@@ -14,7 +14,8 @@ called in a loop by one task, against the same loop without it:
   context (grpc's own is made only inside a running server) reporting 29 s left and the
   caller's `x-request-id`, as tether's client sends them; the call details are made ambient
   as `intercept_service` makes them; on asyncio's own loop, as grpc.aio runs it.
-Rounds alternate the variants; each figure is the median of the rounds.
+Rounds alternate the variants; each figure is the fastest round's (the machine's noise only
+ever adds time).
 
 `bench_toolkit.py` uses `added_costs()` to run a plain app whose handler spins for as long as
 tether's own work takes: what the same CPU time costs that stack when it is not tether's.
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -149,7 +149,8 @@ def per_call_us(
     rounds: int,
     run: Callable[[Any], float],
 ) -> dict[str, float]:
-    """Median over `rounds` of each variant's microseconds per call, variants alternating;
+    """Each variant's microseconds per call, the fastest of `rounds` (noise only ever adds
+    time), variants alternating;
     `run` runs a coroutine on a new event loop (uvicorn's uvloop, grpc.aio's asyncio)."""
 
     async def timed(one: Variant) -> float:
@@ -162,7 +163,7 @@ def per_call_us(
     for _ in range(rounds):
         for name, one in variants.items():
             samples[name].append(run(timed(one)))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: min(values) for name, values in samples.items()}
 
 
 def measure(calls: int = 100_000, rounds: int = 7) -> dict[str, dict[str, float]]:
@@ -218,7 +219,7 @@ def main() -> None:
     body = f"""## Per-request CPU cost, in a loop (`bench/per_call_cost.py`)
 
 Reproduce: `.venv/bin/python bench/per_call_cost.py`. Machine: {machine()}.
-One task calls each variant {calls:,} times per round, {rounds} alternating rounds, median;
+One task calls each variant {calls:,} times per round, {rounds} alternating rounds, fastest;
 microseconds per request or call. No server and no socket: the integration's own code only
 (see the script's docstring for what stands in for the server).
 
@@ -227,9 +228,10 @@ microseconds per request or call. No server and no socket: the integration's own
 {rows}
 
 Read with the service toolkit's timed ratios above: the same work costs a loaded server more
-than it costs here (caches shared with the server's own code, and on grpc.aio the threads
-that wait for the interpreter while the handler's Python runs); the toolkit benchmark's
-"busy" rows run a plain app that spins for this long per request, for comparison.
+than it costs here (caches shared with the server's own code, the wake-ups of the load
+generator, and on grpc.aio the threads that wait for the interpreter while the handler's
+Python runs). The toolkit benchmark's two "reference" rows run the plain app and server with
+a handler that spins this long per request, to tell those costs from tether's own.
 """
     print(body)
     if not args.quick:
