@@ -390,8 +390,8 @@ added instruction costs more than an average one, for the two reasons measured b
   1 us in a loop, against the 4.4 us of its deadline block, request id, three context
   variables, watch entry and `Server-Timing` value together. gRPC: tether costs more than its
   length. A 2.7-2.9 us spin keeps 0.952 and 0.954 (two runs), tether 0.849 and 0.862 in the
-  same runs; its client accounts for 0.93-0.98 (the "grpc's own" row), its server the rest:
-  about three times what the spin of its length costs.
+  same runs. Its client accounts for 0.93 and 0.98 of that (the "grpc's own" row), its server
+  for the rest, 0.91 and 0.88: two to three times what the spin of its length costs.
 - Waking the load generator. wrk runs on the other core and sleeps whenever all its
   connections wait for answers; each answer the server writes must then wake it, and that
   work happens inside the server's own `write()` system call. On a VM, waking an idle core is
