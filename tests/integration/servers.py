@@ -38,9 +38,11 @@ async def uvicorn_server(app: App, *, http: str = "h11") -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def uvicorn_serving(
-    app: App, *, http: str = "h11"
+    app: App, *, http: str = "h11", tls_pem: Path | None = None
 ) -> AsyncIterator[tuple[str, uvicorn.Server]]:
-    """Like `uvicorn_server`, also yielding the server (to look at its open connections)."""
+    """Like `uvicorn_server`, also yielding the server (to look at its open connections).
+    `tls_pem`: a file with the private key and certificate chain; the server then speaks
+    HTTPS (the URL is https://localhost:PORT)."""
     port = free_port()
     config = uvicorn.Config(
         app,
@@ -51,6 +53,7 @@ async def uvicorn_serving(
         loop="asyncio",
         http=http,
         timeout_graceful_shutdown=1,
+        ssl_certfile=tls_pem,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -59,7 +62,8 @@ async def uvicorn_serving(
             task.result()
         await asyncio.sleep(0.005)
     try:
-        yield f"http://127.0.0.1:{port}", server
+        scheme_host = "http://127.0.0.1" if tls_pem is None else "https://localhost"
+        yield f"{scheme_host}:{port}", server
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
