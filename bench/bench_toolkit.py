@@ -391,7 +391,10 @@ added instruction costs more than an average one, for the two reasons measured b
   variables, watch entry and `Server-Timing` value together. gRPC: tether costs more than its
   length. A 2.7-2.9 us spin keeps 0.952 and 0.954 (two runs), tether 0.849 and 0.862 in the
   same runs. Its client accounts for 0.93 and 0.98 of that (the "grpc's own" row), its server
-  for the rest, 0.91 and 0.88: two to three times what the spin of its length costs.
+  for the rest, 0.91 and 0.88: two to three times what the spin of its length costs. The
+  spin runs from warm caches; tether's code runs from cold ones between grpc's own work:
+  with the caches evicted before each call it takes 7.5-8 us, not 2.6, and perf in the real
+  server finds about 23 us of interpreter time per call (`per_call_cost.py`'s section).
 - Waking the load generator. wrk runs on the other core and sleeps whenever all its
   connections wait for answers; each answer the server writes must then wake it, and that
   work happens inside the server's own `write()` system call. On a VM, waking an idle core is
