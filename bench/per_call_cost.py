@@ -15,7 +15,9 @@ called in a loop by one task, against the same loop without it:
   caller's `x-request-id`, as tether's client sends them; the call details are made ambient
   as `intercept_service` makes them; on asyncio's own loop, as grpc.aio runs it.
 Rounds alternate the variants; each figure is the fastest round's (the machine's noise only
-ever adds time).
+ever adds time). Each case is timed twice: warm (calls back to back, everything in the CPU's
+caches) and with the caches evicted before each call (16 MB written first), closer to a
+server where other work runs between two requests.
 
 `bench_toolkit.py` uses `added_costs()` to run a plain app whose handler spins for as long as
 tether's own work takes: what the same CPU time costs that stack when it is not tether's.
