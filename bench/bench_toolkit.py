@@ -379,22 +379,22 @@ one (rounds 0.74-1.15); 0.81-0.88 on VMs of this kind before the timer. The midd
 0.85-0.86 here. Counted in CPU instructions, exact for the same code whatever else the machine
 does (next section), tether adds 25% to a hello-world request (0.797), 9% to a gRPC echo on
 the server (0.915) and 7% to an aiohttp call (0.933; 0.904 with the old block). Timed, each
-added instruction costs more than an average one, for the two reasons measured below.
-- What any work of the same length costs (the two "reference" rows). The plain app or server
-  runs a handler that spins, before answering, for as long as tether's own work per request
-  takes in a loop (`bench/per_call_cost.py`, its section below, measured at the start of the
-  run). Middleware: tether costs what any Python work of its length costs there. A 4.4 us spin
-  keeps 0.718, the middleware 0.708 (a second run, `--only middleware`, on this VM: 0.756 and
-  0.768). On this benchmark each microsecond of handler CPU costs uvicorn 2-4 us per request
-  (the wake-ups below), so for 0.90 the middleware's own work would have to take under about
-  1 us in a loop, against the 4.4 us of its deadline block, request id, three context
+added instruction costs more than an average one, for the reasons measured below.
+- What any work of the same length costs (the two "reference" rows). The plain app or server runs
+  a handler that spins, before answering, for as long as tether's own work per request takes in a
+  loop (`bench/per_call_cost.py`, its section below, measured at the start of the run).
+  Middleware: tether costs what any Python work of its length costs there. A 4.4 us spin keeps
+  0.718, the middleware 0.708 (a second run, `--only middleware`, on this VM: a 7.0 us spin 0.756,
+  the middleware 0.768). On this benchmark each microsecond of handler CPU costs uvicorn 2-4 us
+  per request (the wake-ups below), so for 0.90 the middleware's own work would have to take under
+  about 1 us in a loop, against the 4.4 us of its deadline block, request id, three context
   variables, watch entry and `Server-Timing` value together. gRPC: tether costs more than its
-  length. A 2.7-2.9 us spin keeps 0.952 and 0.954 (two runs), tether 0.849 and 0.862 in the
-  same runs. Its client accounts for 0.93 and 0.98 of that (the "grpc's own" row), its server
-  for the rest, 0.91 and 0.88: two to three times what the spin of its length costs. The
-  spin runs from warm caches; tether's code runs from cold ones between grpc's own work:
-  with the caches evicted before each call it takes 7.5-8 us, not 2.6, and perf in the real
-  server finds about 23 us of interpreter time per call (`per_call_cost.py`'s section).
+  length. A 2.7-2.9 us spin keeps 0.952 and 0.954 (two runs), tether 0.849 and 0.862 in the same
+  runs. Its client accounts for 0.93 and 0.98 of that (the "grpc's own" row), its server for the
+  rest, 0.91 and 0.88: two to three times what the spin of its length costs. The spin runs from
+  warm caches; tether's code runs from cold ones between grpc's own work: with the caches evicted
+  before each call it takes 7.5-8 us, not 2.6, and perf in the real server finds about 23 us of
+  interpreter time per call (`per_call_cost.py`'s section).
 - Waking the load generator. wrk runs on the other core and sleeps whenever all its
   connections wait for answers; each answer the server writes must then wake it, and that
   work happens inside the server's own `write()` system call. On a VM, waking an idle core is
