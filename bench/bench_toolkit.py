@@ -260,16 +260,17 @@ def main() -> None:
     # Many short rounds rather than a few long ones: this VM's speed drifts within minutes.
     seconds, rounds = (3, 1) if args.quick else (3, 10)
     os.sched_setaffinity(0, {1})  # the load side runs on core 1, servers on core 0
-    # tether's own per-request work, timed in a loop: what the busy reference apps spin for
+    if args.only == "client":
+        print(client_runs(seconds, rounds))
+        return
+    # tether's own per-request work, timed in a loop: what the reference apps spin for
     asgi_us, grpc_us = added_costs()
     if args.only:
-        case: dict[str, Callable[[], object]] = {
-            "middleware": lambda: middleware_runs(seconds, rounds, asgi_us),
-            "grpc": lambda: grpc_runs(seconds, rounds, grpc_us),
-            "client": lambda: client_runs(seconds, rounds),
-        }
-        print(f"busy: ASGI {asgi_us:.2f} us, gRPC {grpc_us:.2f} us")
-        print(case[args.only]())
+        print(f"spin: ASGI {asgi_us:.2f} us, gRPC {grpc_us:.2f} us")
+        if args.only == "middleware":
+            print(middleware_runs(seconds, rounds, asgi_us))
+        else:
+            print(grpc_runs(seconds, rounds, grpc_us))
         return
     stolen_before, total_before = cpu_ticks()
     mw_runs = middleware_runs(seconds, rounds, asgi_us)

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 import grpc
@@ -146,15 +147,12 @@ def grpc_call(
 # -- timing --
 
 
-def per_call_us(
-    variants: dict[str, Variant],
-    calls: int,
-    rounds: int,
-    run: Callable[[Any], float],
-) -> dict[str, float]:
-    """Each variant's microseconds per call, the fastest of `rounds` (noise only ever adds
-    time), variants alternating;
-    `run` runs a coroutine on a new event loop (uvicorn's uvloop, grpc.aio's asyncio)."""
+# How one round times one variant: its microseconds per call.
+Timing = Callable[[Variant], Coroutine[Any, Any, float]]
+
+
+def warm(calls: int) -> Timing:
+    """`calls` calls back to back: everything stays in the CPU's caches."""
 
     async def timed(one: Variant) -> float:
         started = time.perf_counter()
@@ -162,33 +160,15 @@ def per_call_us(
             await one()
         return (time.perf_counter() - started) / calls * 1e6
 
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, one in variants.items():
-            samples[name].append(run(timed(one)))
-    return {name: min(values) for name, values in samples.items()}
+    return timed
 
 
-# Enough memory to push everything else out of the CPU's caches (L1, L2, and most of an L3).
-_EVICTING = [bytearray(1 << 20) for _ in range(16)]
-_ONE_PER_LINE = b"\x01" * ((1 << 20) // 64)
-
-
-def evict_caches() -> None:
-    """Write one byte of every 64-byte line of 16 MB: whatever the next call reads or runs
-    comes from memory again, as in a server where other work ran since the last request."""
-    for block in _EVICTING:
-        block[::64] = _ONE_PER_LINE
-
-
-def per_call_cold_us(
-    variants: dict[str, Variant], calls: int, rounds: int, run: Callable[[Any], float]
-) -> dict[str, float]:
-    """Each variant's microseconds per call with the caches evicted before every call: the
-    median call of a round, the fastest of `rounds`, variants alternating."""
+def caches_evicted(calls: int) -> Timing:
+    """`calls` calls with the caches evicted before each (after 100 to warm the interpreter's
+    inline caches and the loop's state): the median call."""
 
     async def timed(one: Variant) -> float:
-        for _ in range(100):  # warm: the interpreter's inline caches, the loop's state
+        for _ in range(100):
             await one()
         took = []
         for _ in range(calls):
@@ -198,6 +178,32 @@ def per_call_cold_us(
             took.append(time.perf_counter() - started)
         return statistics.median(took) * 1e6
 
+    return timed
+
+
+@functools.cache
+def _evicting() -> list[bytearray]:
+    """Enough memory to push everything else out of the CPU's caches (L1, L2, and most of an
+    L3), made on first use."""
+    return [bytearray(1 << 20) for _ in range(16)]
+
+
+_ONE_PER_LINE = b"\x01" * ((1 << 20) // 64)
+
+
+def evict_caches() -> None:
+    """Write one byte of every 64-byte line of 16 MB: whatever the next call reads or runs
+    comes from memory again, as in a server where other work ran since the last request."""
+    for block in _evicting():
+        block[::64] = _ONE_PER_LINE
+
+
+def per_call_us(
+    variants: dict[str, Variant], rounds: int, run: Callable[[Any], float], timed: Timing
+) -> dict[str, float]:
+    """Each variant's microseconds per call by `timed`, the fastest of `rounds` (noise only
+    ever adds time), variants alternating; `run` runs a coroutine on a new event loop
+    (uvicorn's uvloop, grpc.aio's asyncio)."""
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, one in variants.items():
@@ -221,24 +227,17 @@ def grpc_variants() -> dict[str, Variant]:
     }
 
 
-def measure(calls: int = 100_000, rounds: int = 7) -> dict[str, dict[str, float]]:
+def measure(timed: Timing, rounds: int) -> dict[str, dict[str, float]]:
     return {
-        "asgi": per_call_us(asgi_variants(), calls, rounds, uvloop.run),
-        "grpc": per_call_us(grpc_variants(), calls, rounds, asyncio.run),
-    }
-
-
-def measure_cold(calls: int = 2_000, rounds: int = 3) -> dict[str, dict[str, float]]:
-    return {
-        "asgi": per_call_cold_us(asgi_variants(), calls, rounds, uvloop.run),
-        "grpc": per_call_cold_us(grpc_variants(), calls, rounds, asyncio.run),
+        "asgi": per_call_us(asgi_variants(), rounds, uvloop.run, timed),
+        "grpc": per_call_us(grpc_variants(), rounds, asyncio.run, timed),
     }
 
 
 def added_costs(calls: int = 50_000, rounds: int = 5) -> tuple[float, float]:
     """Microseconds per call that tether adds over the least a layer adds: (ASGI middleware
     over a pass-through layer, gRPC server wrapper over a one-line wrapper)."""
-    found = measure(calls, rounds)
+    found = measure(warm(calls), rounds)
     return (
         found["asgi"]["tether"] - found["asgi"]["pass_through"],
         found["grpc"]["tether"] - found["grpc"]["wrapper"],
@@ -251,8 +250,8 @@ def main() -> None:
     args = parser.parse_args()
     calls, rounds = (20_000, 3) if args.quick else (100_000, 7)
     cold_calls, cold_rounds = (500, 1) if args.quick else (2_000, 3)
-    warm = measure(calls, rounds)
-    cold = measure_cold(cold_calls, cold_rounds)
+    warm_found = measure(warm(calls), rounds)
+    cold_found = measure(caches_evicted(cold_calls), cold_rounds)
 
     def rows_of(found: dict[str, dict[str, float]], how: str) -> list[str]:
         asgi, grpc = found["asgi"], found["grpc"]
@@ -264,7 +263,7 @@ def main() -> None:
             f"| {grpc['tether'] - grpc['wrapper']:.2f} |",
         ]
 
-    rows = "\n".join(rows_of(warm, "warm") + rows_of(cold, "caches evicted"))
+    rows = "\n".join(rows_of(warm_found, "warm") + rows_of(cold_found, "caches evicted"))
     body = f"""## Per-request CPU cost, in a loop (`bench/per_call_cost.py`)
 
 Reproduce: `.venv/bin/python bench/per_call_cost.py`. Machine: {machine()}.

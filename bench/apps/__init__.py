@@ -1,5 +1,8 @@
 """The services and callers the toolkit benchmarks run (timed and counted alike)."""
 
+import os
+from time import perf_counter
+
 # The budget the benchmarks' callers run under: within the servers' default `max_budget`
 # (60 s), as between tether services. A longer one is clamped by a tether gRPC server, which
 # then arms a timer of its own (grpc's deadline is no longer the call's): counted, a call with
@@ -15,15 +18,11 @@ BUSY_ENV = "TETHER_BENCH_BUSY_US"
 
 
 def busy_seconds() -> float:
-    import os
-
     return float(os.environ.get(BUSY_ENV, "0")) / 1e6
 
 
 def spin(seconds: float) -> None:
     """Keep the CPU busy for `seconds` (a loop on the clock: no sleep, no system call)."""
-    from time import perf_counter
-
     until = perf_counter() + seconds
     while perf_counter() < until:
         pass
