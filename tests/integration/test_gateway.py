@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -16,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httptools
 import pytest
+
+from tether.problems import CATALOGUE, MEDIA_TYPE
 
 from .servers import (
     free_port,
@@ -523,3 +527,145 @@ async def test_pipelined_requests_are_answered_in_order(
     targets = [t.decode() for t in re.findall(rb'"target": ?"(/v1/[a-z]+)"', answer)]
     assert targets == ["/v1/first", "/v1/second", "/v1/third"]
     assert closed
+
+
+# -- malformed input, many at once --
+
+# Request heads and bodies the gateway must answer cleanly, mutated at random below.
+_FUZZ_BASES = [
+    b"GET /api/user/v1/items/7?color=red HTTP/1.1\r\nhost: x\r\n"
+    b"x-request-id: %s\r\nx-app-id: checkout-web\r\nx-user-id: 42\r\n"
+    b"x-request-timeout: 800\r\n\r\n" % RID.encode(),
+    b"POST /api/user/v2/items HTTP/1.1\r\nhost: x\r\n"
+    b"x-request-id: %s\r\nx-app-id: checkout-web\r\nx-user-id: 42\r\n"
+    b'content-type: application/json\r\ncontent-length: 9\r\n\r\n{"a": 1}\n' % RID.encode(),
+    b"POST /api/user/v1/items HTTP/1.1\r\nhost: x\r\n"
+    b"x-request-id: %s\r\nx-app-id: order-service\r\nx-user-id: 42\r\n"
+    b"grpc-timeout: 2S\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    b"4\r\n[1]\n\r\n0\r\n\r\n" % RID.encode(),
+]
+# Pieces that break parsers: line ends, NULs, separators, non-ASCII, number edges, framing words.
+_FUZZ_PIECES = [
+    b"\r\n",
+    b"\r",
+    b"\n",
+    b"\x00",
+    b":",
+    b" ",
+    b"\t",
+    b"\xff\xfe",
+    b"\xc3\xa9",
+    b"%",
+    b"%00",
+    b"../",
+    b"//",
+    b"?",
+    b"#",
+    b"-1",
+    b"0",
+    b"1e309",
+    b"NaN",
+    b"99999999999999999999",
+    b"0x10",
+    b"chunked",
+    b"identity",
+    b"content-length: 5\r\n",
+    b"transfer-encoding: x\r\n",
+    b"x-request-timeout: \r\n",
+    b"grpc-timeout: 9999999999H\r\n",
+    b"x-request-deadline: 1\r\n",
+    b"HTTP/1.0",
+    b"HTTP/2.0",
+    b"\r\n\r\n",
+]
+
+
+# The problems the gateway makes itself (an upstream's own errors would add others; the
+# mutated requests below reach only the recorder's 200 answers).
+_GATEWAY_PROBLEM_TYPES = frozenset(kind.uri for kind in CATALOGUE)
+
+
+def _mutated(rng: random.Random) -> bytes:
+    """One of `_FUZZ_BASES` with one to three random changes."""
+    data = bytearray(rng.choice(_FUZZ_BASES))
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(data) + 1)
+        match rng.randrange(5):
+            case 0:  # a byte changed to any value
+                if at < len(data):
+                    data[at] = rng.randrange(256)
+            case 1:  # a parser-breaking piece inserted
+                data[at:at] = rng.choice(_FUZZ_PIECES)
+            case 2:  # a piece cut out
+                del data[at : at + rng.randint(1, 8)]
+            case 3:  # a header line repeated
+                lines = bytes(data).split(b"\r\n")
+                copied = rng.randrange(len(lines))
+                lines.insert(copied, lines[copied])
+                data = bytearray(b"\r\n".join(lines))
+            case _:  # cut short: the rest never comes
+                del data[at:]
+    return bytes(data)
+
+
+def _responses(received: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    """Status, headers and body of each complete response in `received`, parsed by
+    httptools (strict framing: a response it cannot parse fails the test)."""
+    done: list[tuple[int, dict[bytes, bytes], bytes]] = []
+    current: dict[str, Any] = {}
+
+    class Collect:
+        def on_message_begin(self) -> None:
+            current.update(headers={}, body=b"")
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            current["headers"][name.lower()] = value
+
+        def on_body(self, body: bytes) -> None:
+            current["body"] += body
+
+        def on_message_complete(self) -> None:
+            done.append((parser.get_status_code(), current["headers"], current["body"]))
+
+    parser = httptools.HttpResponseParser(Collect())
+    parser.feed_data(received)
+    return done
+
+
+async def test_malformed_requests_get_clean_answers_and_the_gateway_keeps_serving(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    """400 randomly mutated requests (seeded; 25 connections at a time): each gets, within
+    2 s, well-framed HTTP answers or a closed connection, never silence; every error answer
+    is a problem+json naming its own status; no request makes the gateway fail (no 500, no
+    traceback on its stderr); afterwards it still proxies a good request."""
+    seed = int(os.environ.get("TETHER_FUZZ_SEED", "20261125"))
+    rng = random.Random(seed)
+    cases = [_mutated(rng) for _ in range(400)]
+    slots = asyncio.Semaphore(25)
+
+    async def exchange(data: bytes) -> tuple[bytes, bytes, bool]:
+        async with slots:
+            received, closed = await raw(gateway, data, wait=2.0)
+            return data, received, closed
+
+    outcomes = await asyncio.gather(*(exchange(data) for data in cases))
+    statuses: list[int] = []
+    for sent, received, closed in outcomes:
+        where = f"seed {seed}, request {sent!r}, answer {received[:300]!r}"
+        assert received or closed, f"no answer and the connection left open: {where}"
+        answers = _responses(received)
+        assert answers or closed, where
+        for status, headers, body in answers:
+            statuses.append(status)
+            assert status != 500, where
+            if status >= 400:
+                assert headers[b"content-type"] == MEDIA_TYPE.encode(), where
+                problem = json.loads(body)
+                assert problem["status"] == status, where
+                assert problem["type"] in _GATEWAY_PROBLEM_TYPES, where
+    assert gateway.process.returncode is None
+    assert "Traceback" not in gateway_stderr(gateway.log_path).read_text()
+    assert {200, 400} <= set(statuses)  # the mutations reach both sides
+    status, _, body = await get(gateway, "/api/user/v1/after", GOOD)
+    assert (status, body["target"]) == (200, "/v1/after")

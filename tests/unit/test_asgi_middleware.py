@@ -6,18 +6,23 @@ import asyncio
 import gc
 import json
 import logging
+import re
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tether
 from tether import current_deadline, current_request_id, time_remaining
 from tether.http import TetherMiddleware
 from tether.http.asgi import WATCH_AFTER
+from tether.problems import EXPIRED_ON_ARRIVAL, INVALID_DEADLINE_HEADER, VALIDATION_FAILED
 from tether.testing import VirtualClock
 from tether.tracing import incoming_traceparent, outgoing_trace_headers
+from tether.wire import GRPC_TIMEOUT, REQUEST_DEADLINE, REQUEST_TIMEOUT
 
 Message = dict[str, Any]
 App = Callable[[Any, Any, Any], Awaitable[None]]
@@ -690,3 +695,65 @@ def test_bad_unbounded_paths_are_refused(paths: Any) -> None:
     naming the setting."""
     with pytest.raises(ValueError, match="unbounded_paths"):
         TetherMiddleware(ok_app(), unbounded_paths=paths)
+
+
+# Header values an ASGI server may hand over: any bytes but CR, LF and NUL.
+_header_values = st.binary(max_size=40).filter(lambda v: not any(c in v for c in b"\r\n\x00"))
+# Values near the forms tether reads, so that some are valid.
+_near_valid = st.one_of(
+    _header_values,
+    st.integers(-5, 10**20).map(lambda n: str(n).encode()),
+    st.integers(1_699_999_999_000, 1_700_000_099_000).map(lambda n: str(n).encode()),
+    st.tuples(st.integers(0, 10**9), st.sampled_from("HMSmunx ")).map(
+        lambda pair: f"{pair[0]}{pair[1]}".encode()
+    ),
+    st.from_regex(rb"\A[A-Za-z0-9._:/+=-]{1,130}\Z"),
+)
+_asked_headers = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                *(name.encode() for name in (REQUEST_TIMEOUT, REQUEST_DEADLINE, GRPC_TIMEOUT)),
+                *(b"x-request-id", b"traceparent", b"x-other"),
+            ]
+        ),
+        _near_valid,
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_asked_headers)
+def test_any_header_values_get_the_app_or_a_clean_refusal(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Whatever the headers carry, the middleware runs the app (200) or refuses with a 400
+    naming a header or a 504 expired-on-arrival; it never raises, never answers 500, and
+    always echoes a well-formed request id."""
+    with VirtualClock() as clock:
+        called: list[bool] = []
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            called.append(True)
+            await ok_app()(scope, receive, send)
+
+        exchange = run(clock, TetherMiddleware(app), headers)
+    echoed = exchange.headers[b"x-request-id"]
+    assert re.fullmatch(rb"[A-Za-z0-9._:/+=-]{1,128}", echoed)
+    if called:
+        assert exchange.status == 200
+        return
+    assert exchange.status in (400, 504)
+    assert exchange.headers[b"content-type"] == b"application/problem+json"
+    kind = exchange.body["type"]
+    if exchange.status == 504:
+        assert kind == EXPIRED_ON_ARRIVAL.uri
+    else:
+        assert kind in (INVALID_DEADLINE_HEADER.uri, VALIDATION_FAILED.uri)
+        assert exchange.body["header"] in (
+            "X-Request-ID",
+            REQUEST_TIMEOUT,
+            REQUEST_DEADLINE,
+            GRPC_TIMEOUT,
+        )
