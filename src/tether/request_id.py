@@ -14,6 +14,13 @@ from contextvars import ContextVar, Token
 
 REQUEST_ID_HEADER = "x-request-id"
 
+# Rule: a request id that comes from outside (`X-Request-ID`, `x-request-id` metadata) is
+# 1-128 characters of A-Z a-z 0-9 . _ : / + = -, safe in any header, metadata entry, log line
+# and `application_name` on every hop. Anything else is refused, never cleaned up or replaced:
+# an id passed on must be one every tether service downstream accepts too.
+REQUEST_ID_PATTERN = r"[A-Za-z0-9._:/+=-]{1,128}"
+REQUEST_ID_RULE = "1-128 characters of letters, digits and . _ : / + = -"
+
 _current: ContextVar[str | None] = ContextVar("tether.request_id", default=None)
 
 

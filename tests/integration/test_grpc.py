@@ -156,6 +156,38 @@ async def test_invalid_request_timeout_metadata_is_invalid_argument(value: str) 
     assert calls == [1]
 
 
+@pytest.mark.parametrize("value", ["has space", "x" * 129, "", 'quote"', "a,b"])
+async def test_a_malformed_request_id_is_invalid_argument(value: str) -> None:
+    """An x-request-id that HTTP's middleware would refuse is refused here too, before the
+    handler runs, naming the metadata: a service must not pass on an id the next hop refuses.
+    A well-formed one is used; the server goes on serving."""
+    handlers, calls = counting_handler()
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(method("Count"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(b"", metadata=(("x-request-id", value),))
+        assert await call(b"", metadata=(("x-request-id", "ok-1:/+=._"),)) == b"counted"
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "x-request-id" in (refused.value.details() or "")
+    assert calls == [1]
+
+
+async def test_a_malformed_request_id_on_a_streaming_call_is_invalid_argument() -> None:
+    started: list[int] = []
+
+    async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        started.append(1)
+        yield b"x"
+
+    handlers = {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_stream(method("Stream"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            _ = [r async for r in call(b"", metadata=(("x-request-id", "two words"),))]
+    assert refused.value.code() is Code.INVALID_ARGUMENT
+    assert started == []
+
+
 async def test_default_budget_applies_when_the_client_sets_none() -> None:
     """A plain channel with no timeout: the server applies its default budget."""
     async with grpc_server({"Budget": budget_reporter()}, default_budget=2.0) as target:

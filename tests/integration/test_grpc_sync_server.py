@@ -164,6 +164,21 @@ def test_budgets_are_clamped_and_deadline_metadata_is_read() -> None:
         assert "x-request-timeout" in (error.details() or "")
 
 
+def test_a_malformed_request_id_is_invalid_argument_for_every_shape() -> None:
+    """As on grpc.aio: an x-request-id HTTP's middleware would refuse is refused."""
+    with sync_grpc_server(REPORTERS) as target, grpc.insecure_channel(target) as channel:
+        bad = [("x-request-id", "two words")]
+        refused = [
+            failure(lambda: channel.unary_unary(method("UnaryUnary"))(b"", metadata=bad)),
+            failure(lambda: list(channel.unary_stream(method("UnaryStream"))(b"", metadata=bad))),
+        ]
+        good = channel.unary_unary(method("UnaryUnary"))(b"", metadata=[("x-request-id", "r-1")])
+    for error in refused:
+        assert error.code() is Code.INVALID_ARGUMENT
+        assert "x-request-id" in (error.details() or "")
+    assert parsed(good)[1] == "r-1"
+
+
 def test_unbounded_methods_get_no_budget_from_the_server() -> None:
     with (
         sync_grpc_server(REPORTERS, unbounded_methods=[f"/{SERVICE}/UnaryStream"]) as target,

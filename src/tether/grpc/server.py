@@ -7,7 +7,8 @@ For every call, of all four shapes, in this order (outermost first):
    `DeadlineExceeded` become `DEADLINE_EXCEEDED`, `UpstreamUnavailable` becomes `UNAVAILABLE`;
    `context.abort(...)` passes through untouched. The server keeps serving.
 2. Request id: `x-request-id` from the metadata (or a new one) becomes the ambient request id,
-   and the caller's `traceparent` is passed on by tether's clients.
+   and the caller's `traceparent` is passed on by tether's clients. A malformed id (the rule
+   of `tether.request_id`, as for HTTP's `X-Request-ID`) is answered `INVALID_ARGUMENT`.
 3. Deadline: `context.time_remaining()` (the client's deadline) becomes the ambient deadline,
    clamped to `max_budget`; `None` means the client set none and `default_budget` applies.
    When the call also carries tether's deadline headers as metadata (`x-request-timeout`,
@@ -41,6 +42,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import re
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -66,6 +68,8 @@ from tether.errors import DeadlineExceeded, UpstreamUnavailable
 from tether.grpc._sync_streams import run_in_threads
 from tether.request_id import (
     REQUEST_ID_HEADER,
+    REQUEST_ID_PATTERN,
+    REQUEST_ID_RULE,
     new_request_id,
     reset_request_id,
     set_request_id,
@@ -252,8 +256,10 @@ class _Call:
                 traceparent = value
             elif key in _DEADLINE_METADATA:
                 carries_deadline = True
-        if not isinstance(request_id, str) or not request_id:
+        if not isinstance(request_id, str):
             request_id = new_request_id()
+        elif not _valid_request_id(request_id):
+            raise MalformedRequestId(request_id)
         self.request_id = request_id
         self.method = method
         self.code = _OK  # what the call ended with, for the log line
@@ -323,6 +329,20 @@ class _Call:
         )
 
 
+_valid_request_id = re.compile(REQUEST_ID_PATTERN).fullmatch
+
+
+class MalformedRequestId(ValueError):
+    """An `x-request-id` that breaks the rule of `tether.request_id`: the call is refused."""
+
+    def __init__(self, value: str) -> None:
+        shown = value if len(value) <= 64 else value[:64] + "..."
+        super().__init__(f"invalid {REQUEST_ID_HEADER} {shown!r}: must be {REQUEST_ID_RULE}")
+
+
+# What refuses a call before its handler runs: INVALID_ARGUMENT, naming the metadata.
+Refused = (InvalidDeadlineHeader, MalformedRequestId)
+
 # A call without a deadline: grpc.aio reports None, grpc's synchronous server ~9.2e18 seconds.
 _NO_DEADLINE_ABOVE = 1e9
 
@@ -353,7 +373,7 @@ def _unary(
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             call = _Call(policy, method, context, unbounded)
-        except InvalidDeadlineHeader as exc:
+        except Refused as exc:
             await _refuse(exc, method, context)
         try:
             task = _current_task()
@@ -380,7 +400,7 @@ def _streaming(
     ) -> AsyncIterator[Any]:
         try:
             call = _Call(policy, method, context, unbounded)
-        except InvalidDeadlineHeader as exc:
+        except Refused as exc:
             await _refuse(exc, method, context)
         try:
             task = _current_task()
@@ -465,11 +485,11 @@ def _call_in_thread(
     call with INVALID_ARGUMENT."""
     try:
         return _Call(policy, method, context, unbounded)  # type: ignore[arg-type]
-    except InvalidDeadlineHeader as exc:
+    except Refused as exc:
         _refuse_in_thread(exc, method, context)
 
 
-def _refuse_in_thread(exc: InvalidDeadlineHeader, method: str, context: _ThreadContext) -> NoReturn:
+def _refuse_in_thread(exc: ValueError, method: str, context: _ThreadContext) -> NoReturn:
     context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refusal(exc, method))
 
 
@@ -484,15 +504,16 @@ def _failed_in_thread(exc: BaseException, call: _Call, context: _ThreadContext) 
 
 
 async def _refuse(
-    exc: InvalidDeadlineHeader, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    exc: ValueError, method: str, context: grpc.aio.ServicerContext[Any, Any]
 ) -> NoReturn:
-    """A call whose deadline metadata the codec refuses: INVALID_ARGUMENT naming the metadata
-    and its value (the caller's own input), before the handler runs."""
+    """A call whose deadline metadata the codec refuses, or whose request id is malformed
+    (`Refused`): INVALID_ARGUMENT naming the metadata and its value (the caller's own input),
+    before the handler runs."""
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refusal(exc, method))
     raise AssertionError("context.abort returns only by raising")  # pragma: no cover
 
 
-def _refusal(exc: InvalidDeadlineHeader, method: str) -> str:
+def _refusal(exc: ValueError, method: str) -> str:
     """Log a refused call; the details it is aborted with."""
     log.warning("grpc %s refused: %s", method, exc)
     return str(exc)

@@ -63,7 +63,13 @@ from tether.problems import (
     Problem,
     problem_for_exception,
 )
-from tether.request_id import new_request_id, reset_request_id, set_request_id
+from tether.request_id import (
+    REQUEST_ID_PATTERN,
+    REQUEST_ID_RULE,
+    new_request_id,
+    reset_request_id,
+    set_request_id,
+)
 from tether.tracing import reset_incoming_traceparent, set_incoming_traceparent
 from tether.wire import GRPC_TIMEOUT, REQUEST_DEADLINE, REQUEST_TIMEOUT, deadline_from_headers
 
@@ -75,8 +81,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("tether.http")
 
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
-_BAD_REQUEST_ID = "X-Request-ID must be 1-128 characters of letters, digits and . _ : / + = -"
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN.encode())
+_BAD_REQUEST_ID = f"X-Request-ID must be {REQUEST_ID_RULE}"
 _DEADLINE_HEADERS = frozenset(
     name.encode() for name in (REQUEST_TIMEOUT, REQUEST_DEADLINE, GRPC_TIMEOUT)
 )
