@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -785,3 +788,55 @@ async def test_interceptor_form_maps_errors_like_the_channel() -> None:
         async with deadline_after(2):
             with pytest.raises(tether.UpstreamUnavailable):
                 await channel.unary_unary(method("Slow"))(b"")
+
+
+# Printable ASCII (what gRPC allows in text metadata), with the characters tether's codecs see
+# most: digits, units, signs, separators.
+_METADATA_CHARS = "0123456789HMSmun.-+ :/=_,;\"'abcxyzABCXYZ~!#$%&*()[]{}<>?@\\^`|"
+
+
+def _metadata_value(rng: random.Random) -> str:
+    match rng.randrange(4):
+        case 0:  # anything printable
+            return "".join(rng.choice(_METADATA_CHARS) for _ in range(rng.randrange(0, 20)))
+        case 1:  # a number of any size and sign
+            return str(rng.randint(-(10**6), 10**22))
+        case 2:  # Unix milliseconds around now
+            return str(int((time.time() + rng.uniform(-5, 5)) * 1000))
+        case _:  # a grpc-timeout-like amount with a unit, or without one
+            return f"{rng.randint(0, 10**9)}{rng.choice('HMSmun xs')}".strip()
+
+
+async def test_random_metadata_gets_an_answer_or_invalid_argument_never_internal() -> None:
+    """300 calls (seeded) with random values of x-request-timeout, x-request-deadline,
+    x-request-id and traceparent on a real grpc.aio server: each ends OK, INVALID_ARGUMENT
+    naming the entry, or DEADLINE_EXCEEDED (an instant budget), never INTERNAL or UNKNOWN; the
+    handler runs only for calls that end OK, and the server keeps serving."""
+    seed = int(os.environ.get("TETHER_FUZZ_SEED", "20261125"))
+    rng = random.Random(seed)
+    keys = ("x-request-timeout", "x-request-deadline", "x-request-id", "traceparent")
+    handlers, calls = counting_handler()
+    ended: list[tuple[tuple[tuple[str, str], ...], Code, str]] = []
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(method("Count"))
+        for _ in range(300):
+            metadata = tuple(
+                (rng.choice(keys), _metadata_value(rng)) for _ in range(rng.randint(1, 3))
+            )
+            try:
+                await call(b"", metadata=metadata, timeout=5)
+            except grpc.aio.AioRpcError as failed:
+                ended.append((metadata, failed.code(), failed.details() or ""))
+            else:
+                ended.append((metadata, Code.OK, ""))
+        assert await call(b"") == b"counted"
+    for metadata, code, details in ended:
+        where = (seed, metadata, code, details)
+        assert code in (Code.OK, Code.INVALID_ARGUMENT, Code.DEADLINE_EXCEEDED), where
+        if code is Code.INVALID_ARGUMENT:
+            assert any(key in details for key in keys), where
+    outcomes = Counter(code.name for _, code, _ in ended)
+    assert len(calls) == outcomes["OK"] + 1
+    assert outcomes["OK"] > 0
+    assert outcomes["INVALID_ARGUMENT"] > 0  # the values reach both sides
+    assert outcomes["INVALID_ARGUMENT"] > 0, outcomes
