@@ -120,6 +120,51 @@ async def test_refused_connection_is_upstream_unavailable() -> None:
             await client.get(f"http://127.0.0.1:{free_port()}/")
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/1.1 9999 WHAT\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 20_000 + b"\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc",
+        b"",
+    ],
+    ids=[
+        "not-http",
+        "bad-status",
+        "bad-chunk-size",
+        "huge-header",
+        "two-lengths",
+        "body-cut-short",
+        "closed-at-once",
+    ],
+)
+async def test_a_malformed_answer_is_upstream_unavailable(answer: bytes) -> None:
+    """An upstream that answers something that is not well-formed HTTP (then closes): the call
+    ends at once with UpstreamUnavailable, aiohttp's error as its cause, never a raw aiohttp
+    exception (which a service's safety net would answer 500); the client goes on working."""
+
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(broken, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with Client() as client, deadline_after(5), uvicorn_server(echo_headers_app()) as good:
+        start = time.perf_counter()
+        with pytest.raises(UpstreamUnavailable) as failed:
+            await client.get(f"http://127.0.0.1:{port}/")
+        took = time.perf_counter() - start
+        assert (await client.get(good + "/")).status == 200
+    server.close()
+    assert took < 1
+    assert isinstance(failed.value.__cause__, aiohttp.ClientError)
+
+
 async def test_error_statuses_map_on_request() -> None:
     """raise_for_status: 504 is UpstreamTimeout, 503 is UpstreamUnavailable."""
     from tether.http import HTTPStatusError

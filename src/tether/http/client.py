@@ -9,9 +9,10 @@ Every call:
 - records per-phase timings (`Response.timings`, and a debug log line on `tether.http.client`).
 
 Errors are mapped at this edge: running out of the ambient budget is `DeadlineExceeded`; running
-out of an explicit per-call timeout is `UpstreamTimeout`; a refused, reset or broken connection is
-`UpstreamUnavailable`. HTTP error statuses are answers, not exceptions: see
-`Response.raise_for_status()`.
+out of an explicit per-call timeout is `UpstreamTimeout`; a refused, reset or broken connection,
+and an answer that is not well-formed HTTP (a bad status line, bad chunk sizes, headers over
+aiohttp's limits, conflicting lengths), is `UpstreamUnavailable`. HTTP error statuses are
+answers, not exceptions: see `Response.raise_for_status()`.
 
 The body is read whole before the call returns (the timeout covers it). For large bodies, use
 aiohttp directly with `tether.wire.call_timeout()` and `outgoing_headers()`.
@@ -225,6 +226,10 @@ class Client:
             raise _timeout_error(full_url, limit, budget_bound) from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise UpstreamUnavailable(f"{method} {full_url} failed: {exc}") from exc
+        except aiohttp.ClientResponseError as exc:  # an answer aiohttp could not parse
+            raise UpstreamUnavailable(
+                f"{method} {full_url} failed: a malformed answer: {_one_line(exc.message)}"
+            ) from exc
         finally:
             _current_call.reset(token)
         log.debug("%s %s -> %s %s", method, full_url, response.status, timings)
@@ -249,6 +254,13 @@ class Client:
 _NO_TIMEOUT = aiohttp.ClientTimeout()
 # A call without a timeout (no budget, no explicit timeout).
 _NO_TIMER = contextlib.nullcontext()
+
+
+def _one_line(message: str, limit: int = 200) -> str:
+    """aiohttp's multi-line parser message (it quotes the bytes it refused) as one log-sized
+    line."""
+    joined = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    return joined if len(joined) <= limit else joined[:limit] + "..."
 
 
 def _timeout_error(url: str, limit: float | None, budget_bound: bool) -> Exception:
