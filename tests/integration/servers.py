@@ -1,5 +1,6 @@
 """Real servers on loopback for integration tests: uvicorn and hypercorn in the test's own event
-loop, the gateway as a process, and the raw request reader its small test upstreams share."""
+loop, the gateway as a process, and what the small raw test upstreams share (the request
+reader, an upstream that answers broken HTTP)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +168,37 @@ async def raw_exchange(port: int, data: bytes, *, wait: float = 2.0) -> tuple[by
         pass
     writer.close()
     return received, closed
+
+
+@dataclass
+class RawUpstream:
+    """A small upstream on loopback written with asyncio streams: its port and the requests it
+    has read."""
+
+    port: int = 0
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def broken_upstream(answer: bytes) -> AsyncIterator[RawUpstream]:
+    """An upstream that reads a request, writes `answer` (not a whole valid HTTP response) and
+    closes the connection."""
+    upstream = RawUpstream()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream.seen.append(await read_request(reader))
+            writer.write(answer)
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    upstream.port = server.sockets[0].getsockname()[1]
+    try:
+        yield upstream
+    finally:
+        server.close()
 
 
 # What a loaded CI machine may add to a deadline before a thread, the event loop or a client

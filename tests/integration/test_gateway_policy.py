@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .servers import (
+    RawUpstream,
+    broken_upstream,
     free_port,
     gateway_stderr,
     raw_exchange,
@@ -40,13 +42,11 @@ SECRET = "integration-secret-" + "0123456789abcdef" * 3
 
 
 @dataclass
-class Scripted:
+class Scripted(RawUpstream):
     """An upstream that answers every request with one status after a delay, and records it."""
 
     status: int = 200
     delay: float = 0.0
-    port: int = 0
-    seen: list[dict[str, Any]] = field(default_factory=list)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -76,7 +76,7 @@ class Scripted:
 
 @asynccontextmanager
 async def scripted(status: int = 200, delay: float = 0.0) -> AsyncIterator[Scripted]:
-    upstream = Scripted(status, delay)
+    upstream = Scripted(status=status, delay=delay)
     server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
     upstream.port = server.sockets[0].getsockname()[1]
     try:
@@ -165,7 +165,7 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def service(name: str, *endpoints: tuple[Scripted, str], extra: str = "") -> str:
+def service(name: str, *endpoints: tuple[RawUpstream, str], extra: str = "") -> str:
     lines = [f"  {name}:", "    versions: [v1]", "    endpoints:"]
     lines += [f"      - {{address: 127.0.0.1:{u.port}, zone: {zone}}}" for u, zone in endpoints]
     if extra:
@@ -495,28 +495,6 @@ async def test_readyz_turns_503_while_draining_and_the_request_in_flight_finishe
             assert await admin_get(running, "/readyz") == (503, "not ready: draining\n")
             assert (await in_flight)[0] == 200
             assert await asyncio.wait_for(running.process.wait(), 30) == 0
-
-
-@asynccontextmanager
-async def broken_upstream(answer: bytes) -> AsyncIterator[Scripted]:
-    """An upstream that reads a request, writes `answer` (not a whole valid HTTP response) and
-    closes the connection."""
-    upstream = Scripted()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream.seen.append(await read_request(reader))
-            writer.write(answer)
-            await writer.drain()
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    upstream.port = server.sockets[0].getsockname()[1]
-    try:
-        yield upstream
-    finally:
-        server.close()
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from tether.http import Client
 from tether.request_id import request_id_scope
 from tether.tracing import incoming_traceparent
 
-from .servers import echo_headers_app, free_port, uvicorn_server
+from .servers import broken_upstream, echo_headers_app, free_port, uvicorn_server
 
 pytestmark = pytest.mark.integration
 TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -146,21 +146,17 @@ async def test_a_malformed_answer_is_upstream_unavailable(answer: bytes) -> None
     ends at once with UpstreamUnavailable, aiohttp's error as its cause, never a raw aiohttp
     exception (which a service's safety net would answer 500); the client goes on working."""
 
-    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(answer)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(broken, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with Client() as client, deadline_after(5), uvicorn_server(echo_headers_app()) as good:
+    async with (
+        Client() as client,
+        deadline_after(5),
+        broken_upstream(answer) as broken,
+        uvicorn_server(echo_headers_app()) as good,
+    ):
         start = time.perf_counter()
         with pytest.raises(UpstreamUnavailable) as failed:
-            await client.get(f"http://127.0.0.1:{port}/")
+            await client.get(f"http://127.0.0.1:{broken.port}/")
         took = time.perf_counter() - start
         assert (await client.get(good + "/")).status == 200
-    server.close()
     assert took < 1
     assert isinstance(failed.value.__cause__, aiohttp.ClientError)
 
