@@ -92,3 +92,9 @@ def format_seconds(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     return f"{seconds:.3g} s"
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """An error message that may quote raw input over several lines (a parser's refusal, say)
+    as one line of at most `limit` characters, for log lines and problem details."""
+    return " ".join(text.split())[:limit]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tether import DeadlineExceeded, InvalidDeadlineHeader, UpstreamTimeout, UpstreamUnavailable
+from tether.errors import one_line
 from tether.problems import (
     CATALOGUE,
     DEADLINE_EXCEEDED,
@@ -128,3 +129,11 @@ def test_problem_for_exception_never_leaks_exception_text() -> None:
     assert "KeyError" not in problem.detail
     upstream = problem_for_exception(UpstreamTimeout(secret))
     assert "hunter2" not in upstream.to_json().decode()
+
+
+def test_one_line_makes_a_parsers_message_fit_a_detail() -> None:
+    """A multi-line message quoting raw input becomes one line, cut at the limit."""
+    message = "Bad status line:\n  Expected HTTP/:\n\n  b'NOT HTTP'\n    ^\n"
+    assert one_line(message) == "Bad status line: Expected HTTP/: b'NOT HTTP' ^"
+    assert one_line("a\tb " * 100, limit=7) == "a b a b"
+    assert one_line("") == ""

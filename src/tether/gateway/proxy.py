@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import random
-import re
 import sys
 import time
 from collections.abc import Iterable
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from tether.deadline import Deadline
-from tether.errors import DeadlineExceeded, InvalidDeadlineHeader
+from tether.errors import DeadlineExceeded, InvalidDeadlineHeader, one_line
 from tether.gateway.balancing import connected, pick, refused
 from tether.gateway.config import Config, DeadlineSettings, Policy
 from tether.gateway.conventions import REQUEST_ID_FORM, Caller, check
@@ -264,7 +263,8 @@ class ClientConnection(FlowControl, asyncio.Protocol):
             else:
                 raise
         except httptools.HttpParserError as exc:
-            self._refuse(BAD_REQUEST.problem(f"malformed HTTP request: {_reason(exc)}"))
+            reason = one_line(str(exc) or type(exc).__name__)
+            self._refuse(BAD_REQUEST.problem(f"malformed HTTP request: {reason}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -1142,8 +1142,3 @@ def _rewritten(status: int, body: bytes) -> Problem:
         if isinstance(message, str) and message:
             detail = message[:1000]
     return Problem(type="about:blank", title=_phrase(status), status=status, detail=detail)
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    return re.sub(r"\s+", " ", text)[:200]

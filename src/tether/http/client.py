@@ -43,6 +43,7 @@ from tether.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
     format_seconds,
+    one_line,
 )
 from tether.request_id import REQUEST_ID_HEADER, current_request_id
 from tether.tracing import outgoing_trace_headers
@@ -228,7 +229,7 @@ class Client:
             raise UpstreamUnavailable(f"{method} {full_url} failed: {exc}") from exc
         except aiohttp.ClientResponseError as exc:  # an answer aiohttp could not parse
             raise UpstreamUnavailable(
-                f"{method} {full_url} failed: a malformed answer: {_one_line(exc.message)}"
+                f"{method} {full_url} failed: a malformed answer: {one_line(str(exc.message))}"
             ) from exc
         finally:
             _current_call.reset(token)
@@ -254,13 +255,6 @@ class Client:
 _NO_TIMEOUT = aiohttp.ClientTimeout()
 # A call without a timeout (no budget, no explicit timeout).
 _NO_TIMER = contextlib.nullcontext()
-
-
-def _one_line(message: str, limit: int = 200) -> str:
-    """aiohttp's multi-line parser message (it quotes the bytes it refused) as one log-sized
-    line."""
-    joined = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
-    return joined if len(joined) <= limit else joined[:limit] + "..."
 
 
 def _timeout_error(url: str, limit: float | None, budget_bound: bool) -> Exception:
