@@ -201,6 +201,12 @@ async def broken_upstream(answer: bytes) -> AsyncIterator[RawUpstream]:
         server.close()
 
 
+def fuzz_seed() -> int:
+    """The seed of the tests that send random bad input: `TETHER_FUZZ_SEED`, or a fixed one, so
+    that a failure can be replayed (each such test names its seed when it fails)."""
+    return int(os.environ.get("TETHER_FUZZ_SEED", "20261125"))
+
+
 # What a loaded CI machine may add to a deadline before a thread, the event loop or a client
 # notices it, in tests of work that would otherwise run on for seconds: it still tells "stopped
 # at the deadline" from "ran to the end". (The issue's tight figures for async handlers are

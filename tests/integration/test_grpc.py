@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from tether.grpc.client import timeout_for_grpc
 from tether.request_id import request_id_scope
 
 from .grpc_services import grpc_server, method, self_signed_certificate
+from .servers import fuzz_seed
 
 pytestmark = pytest.mark.integration
 
@@ -799,7 +799,7 @@ async def test_random_metadata_gets_an_answer_or_invalid_argument_never_internal
     x-request-id and traceparent on a real grpc.aio server: each ends OK, INVALID_ARGUMENT
     naming the entry, or DEADLINE_EXCEEDED (an instant budget), never INTERNAL or UNKNOWN; the
     handler runs only for calls that end OK, and the server keeps serving."""
-    seed = int(os.environ.get("TETHER_FUZZ_SEED", "20261125"))
+    seed = fuzz_seed()
     rng = random.Random(seed)
     keys = ("x-request-timeout", "x-request-deadline", "x-request-id", "traceparent")
     handlers, calls = counting_handler()
