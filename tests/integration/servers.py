@@ -12,7 +12,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import hypercorn.asyncio
 import hypercorn.config
+import pytest
 import uvicorn
 
 App = Callable[[Any, Any, Any], Awaitable[None]]
@@ -172,24 +173,49 @@ async def raw_exchange(port: int, data: bytes, *, wait: float = 2.0) -> tuple[by
 
 @dataclass
 class RawUpstream:
-    """A small upstream on loopback written with asyncio streams: its port and the requests it
-    has read."""
+    """A small upstream on loopback written with asyncio streams: its port, the requests it
+    has read, and how many connections it accepted."""
 
     port: int = 0
     seen: list[dict[str, Any]] = field(default_factory=list)
+    connections: int = 0
+
+
+@dataclass
+class Reply:
+    """What a raw upstream writes for one request: after `delay` seconds, `parts`, `pause`
+    seconds apart; then it closes the connection if `close`, else reads the next request."""
+
+    parts: list[bytes]
+    pause: float = 0.0
+    close: bool = False
+    delay: float = 0.0
 
 
 @asynccontextmanager
-async def broken_upstream(answer: bytes) -> AsyncIterator[RawUpstream]:
-    """An upstream that reads a request, writes `answer` (not a whole valid HTTP response) and
-    closes the connection."""
+async def raw_upstream(reply: Callable[[dict[str, Any]], Reply]) -> AsyncIterator[RawUpstream]:
+    """An upstream that answers each request it reads with `reply(request)`, byte for byte
+    (valid HTTP or not)."""
     upstream = RawUpstream()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream.connections += 1
         try:
-            upstream.seen.append(await read_request(reader))
-            writer.write(answer)
-            await writer.drain()
+            while True:
+                request = await read_request(reader)
+                upstream.seen.append(request)
+                answer = reply(request)
+                if answer.delay:
+                    await asyncio.sleep(answer.delay)
+                for number, part in enumerate(answer.parts):
+                    if number and answer.pause:
+                        await asyncio.sleep(answer.pause)
+                    writer.write(part)
+                    await writer.drain()
+                if answer.close:
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
         finally:
             writer.close()
 
@@ -199,6 +225,12 @@ async def broken_upstream(answer: bytes) -> AsyncIterator[RawUpstream]:
         yield upstream
     finally:
         server.close()
+
+
+def broken_upstream(answer: bytes) -> AbstractAsyncContextManager[RawUpstream]:
+    """An upstream that reads a request, writes `answer` (not a whole valid HTTP response) and
+    closes the connection."""
+    return raw_upstream(lambda _: Reply([answer], close=True))
 
 
 def fuzz_seed() -> int:
@@ -278,3 +310,87 @@ async def spawn_gateway(
 
 def gateway_stderr(log_path: Path) -> Path:
     return log_path.with_name(log_path.name + ".stderr")
+
+
+# -- a gateway process with a configuration of the test's own, and calls through it --
+
+RID = "5b0c6a52-3d2e-4c4e-9a53-8d8f3cd1a1f0"
+GOOD = {"X-Request-ID": RID, "X-App-ID": "checkout-web", "X-User-ID": "42"}
+
+
+@dataclass
+class Running:
+    url: str
+    admin: str
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+    def access_log(self) -> list[dict[str, Any]]:
+        return read_access_log(self.log_path)
+
+
+@asynccontextmanager
+async def gateway(
+    tmp_path: Path, body: str, *, workers: int = 1, env: dict[str, str] | None = None
+) -> AsyncIterator[Running]:
+    """A gateway process with `body` (services and more) under a common head; ready on exit."""
+    port, admin = free_port(), free_port()
+    config = tmp_path / f"gateway-{port}.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}}}\nzone: zone-a\n"
+        "conventions: {request_id: require, app_ids: [checkout-web]}\n" + body
+    )
+    log_path = tmp_path / f"access-{port}.log"
+    process = await spawn_gateway(config, log_path, "--workers", str(workers), env=env)
+    running = Running(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", process, log_path)
+    try:
+        try:
+            await wait_until(lambda: admin_get(running, "/readyz"), lambda r: r[0] == 200, 15)
+        except AssertionError:
+            pytest.fail(f"the gateway did not get ready: {gateway_stderr(log_path).read_text()}")
+        yield running
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 30)
+
+
+async def admin_get(running: Running, path: str, method: str = "GET") -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, running.admin + path) as answer,
+    ):
+        return answer.status, await answer.text()
+
+
+async def call(
+    running: Running,
+    path: str,
+    headers: dict[str, str] | None = None,
+    *,
+    session: aiohttp.ClientSession | None = None,
+    **kwargs: Any,
+) -> tuple[int, dict[str, str], Any]:
+    own = session is None
+    session = session or aiohttp.ClientSession()
+    try:
+        async with session.request(
+            kwargs.pop("method", "GET"), running.url + path, headers=headers or GOOD, **kwargs
+        ) as answer:
+            body = await answer.read()
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = body
+            return answer.status, dict(answer.headers), parsed
+    finally:
+        if own:
+            await session.close()
+
+
+def service(name: str, *endpoints: tuple[RawUpstream, str], extra: str = "") -> str:
+    lines = [f"  {name}:", "    versions: [v1]", "    endpoints:"]
+    lines += [f"      - {{address: 127.0.0.1:{u.port}, zone: {zone}}}" for u, zone in endpoints]
+    if extra:
+        lines.append(f"    {extra}")
+    return "\n".join(lines) + "\n"

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import jwt
@@ -22,21 +21,22 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .servers import (
+    GOOD,
+    RID,
     RawUpstream,
+    admin_get,
     broken_upstream,
+    call,
     free_port,
-    gateway_stderr,
+    gateway,
     raw_exchange,
-    read_access_log,
     read_request,
-    spawn_gateway,
+    service,
     wait_until,
 )
 
 pytestmark = pytest.mark.integration
 
-RID = "5b0c6a52-3d2e-4c4e-9a53-8d8f3cd1a1f0"
-GOOD = {"X-Request-ID": RID, "X-App-ID": "checkout-web", "X-User-ID": "42"}
 JSON = {"Content-Type": "application/json; charset=utf-8"}
 SECRET = "integration-secret-" + "0123456789abcdef" * 3
 
@@ -85,76 +85,6 @@ async def scripted(status: int = 200, delay: float = 0.0) -> AsyncIterator[Scrip
         server.close()
 
 
-@dataclass
-class Running:
-    url: str
-    admin: str
-    process: asyncio.subprocess.Process
-    log_path: Path
-
-    def access_log(self) -> list[dict[str, Any]]:
-        return read_access_log(self.log_path)
-
-
-@asynccontextmanager
-async def gateway(
-    tmp_path: Path, body: str, *, workers: int = 1, env: dict[str, str] | None = None
-) -> AsyncIterator[Running]:
-    """A gateway process with `body` (services and more) under a common head; ready on exit."""
-    port, admin = free_port(), free_port()
-    config = tmp_path / f"gateway-{port}.yaml"
-    config.write_text(
-        f"listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}}}\nzone: zone-a\n"
-        "conventions: {request_id: require, app_ids: [checkout-web]}\n" + body
-    )
-    log_path = tmp_path / f"access-{port}.log"
-    process = await spawn_gateway(config, log_path, "--workers", str(workers), env=env)
-    running = Running(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", process, log_path)
-    try:
-        try:
-            await wait_until(lambda: admin_get(running, "/readyz"), lambda r: r[0] == 200, 15)
-        except AssertionError:
-            pytest.fail(f"the gateway did not get ready: {gateway_stderr(log_path).read_text()}")
-        yield running
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            await asyncio.wait_for(process.wait(), 30)
-
-
-async def admin_get(running: Running, path: str, method: str = "GET") -> tuple[int, str]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(method, running.admin + path) as answer,
-    ):
-        return answer.status, await answer.text()
-
-
-async def call(
-    running: Running,
-    path: str,
-    headers: dict[str, str] | None = None,
-    *,
-    session: aiohttp.ClientSession | None = None,
-    **kwargs: Any,
-) -> tuple[int, dict[str, str], Any]:
-    own = session is None
-    session = session or aiohttp.ClientSession()
-    try:
-        async with session.request(
-            kwargs.pop("method", "GET"), running.url + path, headers=headers or GOOD, **kwargs
-        ) as answer:
-            body = await answer.read()
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                parsed = body
-            return answer.status, dict(answer.headers), parsed
-    finally:
-        if own:
-            await session.close()
-
-
 def metric(text: str, name: str, **labels: str) -> float:
     """The sum of the samples called `name` whose labels include `labels`."""
     total = 0.0
@@ -163,14 +93,6 @@ def metric(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
-
-
-def service(name: str, *endpoints: tuple[RawUpstream, str], extra: str = "") -> str:
-    lines = [f"  {name}:", "    versions: [v1]", "    endpoints:"]
-    lines += [f"      - {{address: 127.0.0.1:{u.port}, zone: {zone}}}" for u, zone in endpoints]
-    if extra:
-        lines.append(f"    {extra}")
-    return "\n".join(lines) + "\n"
 
 
 async def test_a_get_answered_503_is_retried_once_on_the_other_endpoint(tmp_path: Path) -> None:

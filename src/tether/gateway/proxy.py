@@ -24,6 +24,7 @@ A client that disconnects cancels its request's task: the upstream connection is
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import random
@@ -100,6 +101,9 @@ _REPLACED = frozenset(
     }
 )
 _ERROR_BODY_LIMIT = 64 * 1024
+# Answers that never have a body, whatever their headers say (RFC 9110 6.4.1); the gateway
+# skips 1xx answers (upstream.py, rule 3).
+_BODILESS_STATUSES = frozenset({204, 304})
 LOG_FLUSH_SECONDS = 0.1  # access log lines are written in batches at most this old
 
 
@@ -199,7 +203,15 @@ class Request:
 
 
 class ClientConnection(FlowControl, asyncio.Protocol):
-    """One client's keep-alive connection; requests are handled one after another."""
+    """One client's keep-alive connection; requests are handled one after another.
+
+    Rule (HTTP/1.1 pipelining): answers go out in the order the requests came. One task serves
+    one request at a time; requests parsed meanwhile (several can arrive in one read) wait in
+    `_queued`, and so does the refusal of a malformed one behind them, which is answered, and
+    the connection closed, only after every earlier answer. Bytes arriving while a request is
+    served and none is being parsed wait unparsed, with reading paused: what waits is bounded
+    by one read.
+    """
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -220,6 +232,8 @@ class ClientConnection(FlowControl, asyncio.Protocol):
         self._due: float | None = None
         self._headers_pending = False
         self._backlog: list[bytes] = []
+        self._serving: Request | None = None  # the request `task` serves
+        self._queued: collections.deque[Request | Problem] = collections.deque()
         self._answering = False  # bytes of the current request's answer have been written
         FlowControl.__init__(self)
         self.closed = False
@@ -241,30 +255,39 @@ class ClientConnection(FlowControl, asyncio.Protocol):
             assert self.transport is not None
             self.transport.pause_reading()
             return
+        if self._queued and isinstance(self._queued[-1], Problem):
+            return  # a refusal waits its turn: nothing after it is read
         try:
             self._parser.feed_data(data)
             if self._headers_pending:  # headers split over reads: their limit starts now
                 self._headers_pending = False
                 self._arm(self.limits.header_timeout)
         except _TooLarge:
-            self._refuse(
-                HEADERS_TOO_LARGE.problem(
-                    f"the request's headers are larger than {self.limits.max_header_bytes} bytes"
-                )
-            )
+            self._malformed(HEADERS_TOO_LARGE.problem(self._too_large))
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _TooLarge):
-                self._refuse(
-                    HEADERS_TOO_LARGE.problem(
-                        f"the request's headers are larger than {self.limits.max_header_bytes} "
-                        "bytes"
-                    )
-                )
+                self._malformed(HEADERS_TOO_LARGE.problem(self._too_large))
             else:
                 raise
         except httptools.HttpParserError as exc:
             reason = one_line(str(exc) or type(exc).__name__)
-            self._refuse(BAD_REQUEST.problem(f"malformed HTTP request: {reason}"))
+            self._malformed(BAD_REQUEST.problem(f"malformed HTTP request: {reason}"))
+
+    @property
+    def _too_large(self) -> str:
+        return f"the request's headers are larger than {self.limits.max_header_bytes} bytes"
+
+    def _malformed(self, problem: Problem) -> None:
+        """A request that cannot be parsed: refused now if it is the one being served (its
+        body broke) or nothing is served, else after the answers to those before it."""
+        served = self.task is not None and not self.task.done()
+        if served and self._request is not self._serving:
+            self._queued.append(problem)
+            self._disarm()
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self._refuse(problem)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -283,7 +306,6 @@ class ClientConnection(FlowControl, asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._request = Request(time.monotonic())
-        self._answering = False
         self._header_bytes = 0
         self._disarm()
         self._headers_pending = True  # armed after this read unless the headers are complete
@@ -316,6 +338,14 @@ class ClientConnection(FlowControl, asyncio.Protocol):
                 self.loop, self.transport.pause_reading, self.transport.resume_reading
             )
             self._arm(self.limits.body_timeout)
+        if self.task is None:
+            self._start(request)
+        else:
+            self._queued.append(request)  # pipelined behind the one being served
+
+    def _start(self, request: Request) -> None:
+        self._serving = request
+        self._answering = False
         self.task = self.loop.create_task(self._serve(request))
 
     def on_body(self, body: bytes) -> None:
@@ -395,10 +425,19 @@ class ClientConnection(FlowControl, asyncio.Protocol):
     def finished(self, keep_alive: bool) -> None:
         """The current exchange is over: wait for the next request, or close."""
         self.task = None
+        self._serving = None
         if self.closed or self.transport is None:
             return
         if not keep_alive or self.gateway.draining:
             self.transport.close()
+            return
+        if self._queued:
+            waiting = self._queued.popleft()
+            if isinstance(waiting, Problem):
+                self._answering = False  # the answers before it are complete
+                self._refuse(waiting)
+            else:
+                self._start(waiting)
             return
         self._arm(self.limits.idle_timeout)
         if self._backlog:
@@ -596,12 +635,14 @@ class Exchange:
         pools = gateway.endpoints[service.name]
         pool = pick(pools, zone=config.zone, now=gateway.loop.time(), rng=gateway.rng)
         retries = self._policy(pool).retries  # the first endpoint's zone decides how many
-        if retries and not method_may_retry(
+        may_send_again = method_may_retry(
             self.request.method,
             idempotency_key=b"idempotency-key" in self.headers,
             service_allows_key=service.retry_with_idempotency_key,
-        ):
+        )
+        if not may_send_again:
             retries = 0
+        fresh = False  # rule 6: the next attempt opens a new connection
         if retries and self.request.body is not None:
             self._held_body = []  # kept while it streams, so a retry can send it again
         attempt = 1
@@ -609,10 +650,13 @@ class Exchange:
             if deadline.remaining() < margin + settings.min_attempt:
                 raise DeadlineExceeded("no budget left for an upstream attempt")
             result = await self._attempt(
-                pool, attempt, self._policy(pool), found, caller, retries >= attempt
+                pool, attempt, self._policy(pool), found, caller, retries >= attempt, fresh
             )
             if not isinstance(result, _Failure):
                 return result
+            if result.stale and may_send_again and not fresh and self._replayable():
+                fresh = True  # once per request
+                continue
             if attempt > retries or (self.request.body is not None and self._held_body is None):
                 return await self._answer_failure(result)
             pause = backoff(attempt, settings, gateway.rng)
@@ -632,6 +676,10 @@ class Exchange:
             )
             attempt += 1
 
+    def _replayable(self) -> bool:
+        """Whether the request can be sent again: it has no body, or all of it is kept."""
+        return self.request.body is None or (self._held_body is not None and self._body_kept)
+
     def _policy(self, pool: EndpointPool) -> Policy:
         """The timeouts and retries of `pool`'s zone: same zone as the gateway, or another."""
         config = self.config
@@ -645,8 +693,10 @@ class Exchange:
         found: Route,
         caller: Caller,
         may_retry: bool,
+        fresh: bool = False,
     ) -> bool | _Failure:
-        """One attempt: the keep-alive verdict once answered, or a `_Failure` to retry."""
+        """One attempt: the keep-alive verdict once answered, or a `_Failure` to retry.
+        `fresh`: on a new connection, not a pooled one."""
         deadline = self.deadline
         assert deadline is not None
         metrics = self.gateway.metrics
@@ -658,7 +708,7 @@ class Exchange:
         outcome = "abandoned"  # unless the attempt ends in one of the ways below
         try:
             try:
-                upstream = pool.take() or await pool.connect(
+                upstream = (None if fresh else pool.take()) or await pool.connect(
                     min(policy.connect, deadline.remaining())
                 )
             except TimeoutError:
@@ -701,7 +751,7 @@ class Exchange:
         deadline = self.deadline
         assert deadline is not None
         margin = self.config.deadline.margin
-        head_future = upstream.start()
+        head_future = upstream.start(head_only=self.request.method == b"HEAD")
         left = deadline.remaining() - margin
         if left < 0.001:
             raise DeadlineExceeded("no budget left for an upstream attempt")
@@ -729,7 +779,8 @@ class Exchange:
         except UpstreamError as exc:
             upstream.close()  # nothing of an answer came: safe to try elsewhere
             kind = UPSTREAM_UNAVAILABLE if exc.kind == "refused" else BAD_GATEWAY
-            return _Failure(exc.kind, kind.problem(str(exc)))
+            stale = upstream.reused and exc.kind == "reset" and not upstream.received
+            return _Failure(exc.kind, kind.problem(str(exc)), stale=stale)
         except _BodyTooLarge:
             upstream.close()
             self.outcome = "body_too_large"
@@ -748,6 +799,15 @@ class Exchange:
                 return _Failure(f"status_{status}", response=(status, headers, body))
             self.outcome = "ok"
             return await self._relay(upstream, status, headers, started)
+        except UpstreamError as exc:  # the answer broke off (cut short, or not HTTP)
+            upstream.close()
+            if not self.response_started:
+                return _Failure(exc.kind, BAD_GATEWAY.problem(str(exc)))
+            # The head is relayed: closing the client's connection is the only way left to
+            # tell it the answer is incomplete.
+            self.outcome = f"upstream_{exc.kind}"
+            log.info("request %s: %s; the client's connection is closed", self.request_id, exc)
+            return False
         except BaseException:
             upstream.close()
             raise
@@ -769,6 +829,8 @@ class Exchange:
         head.append(b"content-length: %d\r\n" % len(body))
         if not keep_alive:
             head.append(b"connection: close\r\n")
+        if self.request.method == b"HEAD":
+            body = b""
         await self.connection.write(b"".join(head) + b"\r\n" + body)
         return keep_alive
 
@@ -866,6 +928,16 @@ class Exchange:
         self.status = status
         keep_alive = self.request.keep_alive
         head = self._response_head(status, headers, started)
+        if status in _BODILESS_STATUSES or self.request.method == b"HEAD":
+            # No body, so no framing of one: 204 has no length (RFC 9110 8.6); 304 and an
+            # answer to HEAD may announce the length a GET would get, which is passed on.
+            if length is not None and status != 204:
+                head.append(b"content-length: " + length + b"\r\n")
+            if not keep_alive:
+                head.append(b"connection: close\r\n")
+            self.response_started = True
+            await self.connection.write(b"".join(head) + b"\r\n")
+            return keep_alive
         head.append(
             b"content-length: " + length + b"\r\n"
             if length is not None
@@ -937,7 +1009,10 @@ class Exchange:
         keep = keep_alive and not unread_body and self.request.keep_alive
         self.response_started = True
         head = self._tether_headers() + (extra or [])
-        if self.connection.send(_problem_bytes(problem, head, close=not keep)):
+        answer = _problem_bytes(problem, head, close=not keep)
+        if self.request.method == b"HEAD":  # the head a GET would get, without its body
+            answer = answer[: answer.index(b"\r\n\r\n") + 4]
+        if self.connection.send(answer):
             await self.connection.drained()
         return keep
 
@@ -1032,7 +1107,7 @@ class _Failure:
     """An attempt that failed in a way that may be retried (rule 2 of retries.py), with what
     to answer if it is not: a problem, or the upstream's own error answer held whole."""
 
-    __slots__ = ("problem", "reason", "response")
+    __slots__ = ("problem", "reason", "response", "stale")
 
     def __init__(
         self,
@@ -1040,10 +1115,12 @@ class _Failure:
         problem: Problem | None = None,
         *,
         response: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None,
+        stale: bool = False,
     ) -> None:
         self.reason = reason
         self.problem = problem
         self.response = response
+        self.stale = stale  # a pooled connection closed as it was reused (retries.py, rule 6)
 
 
 class _BodyTooLarge(Exception):

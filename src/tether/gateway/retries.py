@@ -15,6 +15,11 @@ Rules (the calling-convention table is the default policy):
 5. Backoff before retry n is uniform in [0, min(cap, base * 2**(n-1))] (full jitter). A retry
    happens only if its backoff, the margin and `min_attempt` all fit in what is left of the
    budget: the deadline covers every attempt and every pause.
+6. A pooled connection that the upstream closed just as it was reused (closed before a byte of
+   the answer came: the upstream ended an idle keep-alive connection, a race every HTTP/1.1
+   pool has) says nothing about the upstream's health. A request rule 1 allows is sent again
+   at once, on a new connection to the same endpoint, once per request; that is neither a
+   retry of rule 3 nor drawn from the budget.
 """
 
 from __future__ import annotations

@@ -6,7 +6,12 @@ Rules:
    error) closes it: an upstream that watches for disconnects then stops its work.
 2. Bodies stream: response chunks are handed over as they arrive, and reading from the upstream
    pauses while more than `HIGH_WATER` bytes wait for the client.
-3. The loop is handed in, never looked up per request: on CPython 3.11 every
+3. One request, one final answer. Interim answers (1xx) before it are skipped, except 101
+   Switching Protocols, which the gateway never asks for: a protocol error. The answer to a
+   HEAD request ends with its head, whatever length it announces. Bytes after the final
+   answer, or while the connection idles in the pool, are not the answer to anything: the
+   connection is closed and they are never relayed (else they would answer the next request).
+4. The loop is handed in, never looked up per request: on CPython 3.11 every
    asyncio.get_running_loop() is a getpid() system call, which cost a fifth of the gateway's time.
 """
 
@@ -20,6 +25,7 @@ from typing import cast
 
 import httptools
 
+from tether.errors import one_line
 from tether.gateway.config import Address
 
 HIGH_WATER = 256 * 1024
@@ -152,6 +158,15 @@ class Feed:
         return chunk
 
 
+def _relayable_framing(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether an answer's body can be relayed as it is framed: no Transfer-Encoding, or
+    exactly `chunked`. Any other coding (`gzip, chunked`, a misspelt `chunked`) would reach the
+    client still encoded, or delimited by the connection's end where the upstream meant
+    otherwise (RFC 9112 6.3); proxies answer it 502."""
+    codings = [value for name, value in headers if name == b"transfer-encoding"]
+    return not codings or (len(codings) == 1 and codings[0].strip().lower() == b"chunked")
+
+
 class UpstreamConnection(FlowControl, asyncio.Protocol):
     """One keep-alive connection to an upstream; one exchange at a time."""
 
@@ -166,6 +181,12 @@ class UpstreamConnection(FlowControl, asyncio.Protocol):
         self.complete = False
         self._keep_alive = False
         self._ends_at_eof = False  # the answer's body runs to the connection's end
+        self._awaiting = False  # between start() and the final answer's end
+        self._head_only = False  # the request was HEAD: the answer has no body
+        self._interim = False  # inside a 1xx answer, which is skipped
+        self._unsolicited = False  # bytes came that answer nothing: the connection must close
+        self.reused = False  # taken from the pool (rule 6 of retries.py)
+        self.received = False  # a byte of the current answer came
         FlowControl.__init__(self)
         self._head_timer: asyncio.TimerHandle | None = None
 
@@ -176,10 +197,20 @@ class UpstreamConnection(FlowControl, asyncio.Protocol):
         no_delay(self.transport)
 
     def data_received(self, data: bytes) -> None:
+        self.received = True
+        if not self._awaiting:  # idle in the pool, or after the answer: see rule 3
+            self._unsolicited = True
+            self.close()
+            return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamError("protocol", f"the upstream's answer is not valid HTTP: {exc}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if not self.complete:
+                detail = f"the upstream's answer is not valid HTTP: {one_line(str(exc))}"
+                self._fail(UpstreamError("protocol", detail))
+            self.close()  # after a complete answer: bytes that answer nothing (rule 3)
+            return
+        if self._unsolicited:
             self.close()
 
     def eof_received(self) -> bool | None:
@@ -202,10 +233,37 @@ class UpstreamConnection(FlowControl, asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        self._headers = []  # each message's own: an interim answer's are not the final one's
+        if not self._awaiting:  # a second answer after the final one (rule 3)
+            self._unsolicited = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))  # names compare lowercased everywhere
 
     def on_headers_complete(self) -> None:
+        if not self._awaiting:
+            return
+        status = self._parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                self._fail(UpstreamError("protocol", "the upstream switched protocols unasked"))
+                self._awaiting = False
+                self._unsolicited = True  # closed after this read
+            else:
+                self._interim = True  # 100 Continue, 103 Early Hints, ...: skipped
+            return
+        if not _relayable_framing(self._headers):
+            self._fail(
+                UpstreamError(
+                    "protocol",
+                    "the upstream's answer has a transfer coding "
+                    "other than chunked, which the gateway cannot relay",
+                )
+            )
+            self._awaiting = False
+            self._unsolicited = True  # closed after this read
+            return
         # Asked now: httptools forgets it once the message is complete.
         self._keep_alive = bool(self._parser.should_keep_alive())
         # RFC 9112 6.3: an answer with neither Content-Length nor Transfer-Encoding has a body
@@ -213,24 +271,45 @@ class UpstreamConnection(FlowControl, asyncio.Protocol):
         self._ends_at_eof = not any(name in _BODY_FRAMING for name, _ in self._headers)
         self._stop_head_timer()
         if self._head is not None and not self._head.done():
-            self._head.set_result((self._parser.get_status_code(), self._headers))
+            self._head.set_result((status, self._headers))
+        if self._head_only:
+            # httptools cannot be told that an answer to HEAD has no body, and would wait for
+            # the length it announces: the answer ends here, and the parser, left expecting a
+            # body, is not used again (the connection is not pooled).
+            self._keep_alive = False
+            self._ends_at_eof = False
+            self._finish_answer()
 
     def on_body(self, body: bytes) -> None:
-        if self.body is not None:
+        if self._awaiting and not self._interim and self.body is not None:
             self.body.put(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False  # the final answer is still to come
+        elif self._awaiting:
+            self._finish_answer()
+
+    def _finish_answer(self) -> None:
+        self._awaiting = False
         self.complete = True
         if self.body is not None:
             self.body.end()
 
     # -- the exchange -------------------------------------------------------------------
 
-    def start(self) -> asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]]:
-        """Prepare for one response; the future resolves with its status and headers."""
+    def start(
+        self, *, head_only: bool = False
+    ) -> asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]]:
+        """Prepare for one response; the future resolves with its status and headers (of the
+        final answer). `head_only`: the request is HEAD, so the answer has no body."""
         self._headers = []
         self.complete = False
         self._ends_at_eof = False
+        self._awaiting = True
+        self._head_only = head_only
+        self.received = False
+        self._interim = False
         loop = self.pool.loop
         self._head = loop.create_future()
         assert self.transport is not None
@@ -254,7 +333,7 @@ class UpstreamConnection(FlowControl, asyncio.Protocol):
             self._head_timer = None
 
     def keep_alive(self) -> bool:
-        return self.complete and not self.closed and self._keep_alive
+        return self.complete and not self.closed and self._keep_alive and not self._unsolicited
 
     def _fail(self, error: UpstreamError) -> None:
         if self._head is not None and not self._head.done():
@@ -298,6 +377,7 @@ class EndpointPool:
         while self._idle:
             connection = self._idle.pop()
             if not connection.closed:
+                connection.reused = True
                 return connection
         return None
 
