@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Container, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
+from typing import Any, TypeVar
 
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -21,7 +22,41 @@ REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID_PATTERN = r"[A-Za-z0-9._:/+=-]{1,128}"
 REQUEST_ID_RULE = "1-128 characters of letters, digits and . _ : / + = -"
 
+REPEATED_REQUEST_ID = "given more than once, with different values"
+
 _current: ContextVar[str | None] = ContextVar("tether.request_id", default=None)
+
+Name = TypeVar("Name", str, bytes)
+
+
+def read_incoming(
+    pairs: Iterable[tuple[Name, Any]],
+    request_id_name: Name,
+    traceparent_name: Name,
+    deadline_names: Container[Name],
+) -> tuple[Any, bool, Any, bool]:
+    """What servers read from a request's headers or metadata in one pass (names as the
+    server gives them: lower-case): the request id, whether it was given twice with different
+    values, the traceparent, and whether any of `deadline_names` is present (for the codec).
+
+    Rules for repeats: a request id given more than once must carry the same value each time
+    (servers refuse the request otherwise, as the gateway does: which one would tie the logs
+    together?); a traceparent given more than once is no valid trace context (W3C Trace
+    Context), so None is returned for it and none is passed on.
+    """
+    request_id = traceparent = None
+    ids_differ = traceparent_repeated = carries_deadline = False
+    for name, value in pairs:
+        if name == request_id_name:
+            if request_id is not None and value != request_id:
+                ids_differ = True
+            request_id = value
+        elif name == traceparent_name:
+            traceparent_repeated = traceparent is not None
+            traceparent = value
+        elif name in deadline_names:
+            carries_deadline = True
+    return request_id, ids_differ, None if traceparent_repeated else traceparent, carries_deadline
 
 
 def current_request_id() -> str | None:

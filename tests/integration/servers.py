@@ -41,11 +41,12 @@ async def uvicorn_server(app: App, *, http: str = "h11") -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def uvicorn_serving(
-    app: App, *, http: str = "h11", tls_pem: Path | None = None
+    app: App, *, http: str = "h11", tls_pem: Path | None = None, root_path: str = ""
 ) -> AsyncIterator[tuple[str, uvicorn.Server]]:
     """Like `uvicorn_server`, also yielding the server (to look at its open connections).
     `tls_pem`: a file with the private key and certificate chain; the server then speaks
-    HTTPS (the URL is https://localhost:PORT)."""
+    HTTPS (the URL is https://localhost:PORT). `root_path`: uvicorn's `--root-path` (a proxy
+    in front took that prefix off)."""
     port = free_port()
     config = uvicorn.Config(
         app,
@@ -57,6 +58,7 @@ async def uvicorn_serving(
         http=http,
         timeout_graceful_shutdown=1,
         ssl_certfile=tls_pem,
+        root_path=root_path,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -80,10 +80,13 @@ class Upstream:
             payload = b'{"type": "urn:x:busy", "title": "Busy", "status": 503}'
         elif target.startswith("/v1/text-error"):
             status, content_type, payload = 404, "text/plain", b"nope"
+        own = ""
+        if target.startswith("/v1/echo-id"):  # answers as a tether service does
+            own = f"x-request-id: {headers.get('x-request-id')}\r\nserver-timing: app;dur=1.0\r\n"
         if not payload:
             payload = json.dumps({"target": target, "headers": headers, "body": body}).encode()
         writer.write(
-            f"HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\n"
+            f"HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\n{own}"
             f"content-length: {len(payload)}\r\n\r\n".encode()
             + payload
         )
@@ -229,6 +232,23 @@ async def test_the_answer_is_framed_once(gateway: Gateway, upstream: Upstream) -
     assert answer.startswith(b"HTTP/1.1 200")
     assert head_part.count(b"content-length:") == 1
     assert b"transfer-encoding" not in head_part
+
+
+async def test_an_upstream_that_echoes_the_request_id_gives_the_client_one(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    """A tether service behind the gateway echoes X-Request-ID too: the client gets the
+    gateway's one header, not two; both hops' Server-Timing reach it."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(gateway.url + "/api/user/v1/echo-id", headers=GOOD) as answer,
+    ):
+        await answer.read()
+        assert answer.status == 200
+        assert answer.headers.getall("X-Request-ID") == [RID]
+        timings = answer.headers.getall("Server-Timing")
+    assert timings[0] == "app;dur=1.0"
+    assert timings[1].startswith("gateway;dur=")
 
 
 async def test_budgets_are_clamped_and_defaulted(gateway: Gateway, upstream: Upstream) -> None:

@@ -175,6 +175,21 @@ async def test_a_malformed_request_id_is_invalid_argument(value: str) -> None:
     assert calls == [1]
 
 
+async def test_a_request_id_given_twice_must_be_the_same_both_times() -> None:
+    """Two x-request-id entries with different values are refused, as HTTP's middleware and
+    the gateway refuse them; the same value twice is that id."""
+    handlers, calls = counting_handler()
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(method("Count"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(b"", metadata=(("x-request-id", "req-1"), ("x-request-id", "req-2")))
+        twice = (("x-request-id", "req-1"), ("x-request-id", "req-1"))
+        assert await call(b"", metadata=twice) == b"counted"
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "x-request-id is given more than once, with different values"
+    assert calls == [1]
+
+
 async def test_default_budget_applies_when_the_client_sets_none() -> None:
     """A plain channel with no timeout: the server applies its default budget."""
     async with grpc_server({"Budget": budget_reporter()}, default_budget=2.0) as target:

@@ -160,6 +160,49 @@ def test_malformed_request_id_is_a_400_problem(clock: VirtualClock, bad: bytes) 
     assert exchange.headers[b"content-type"] == b"application/problem+json"
 
 
+def test_a_request_id_given_twice_must_be_the_same_both_times(clock: VirtualClock) -> None:
+    """Two X-Request-IDs with different values are refused, as the gateway refuses them (which
+    one would tie the logs together?); the same one repeated is that id."""
+    called = False
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal called
+        called = True
+
+    for ids in ([b"req-1", b"req-2"], [b"req-1", b"req-1", b"req-2"], [b"bad id", b"req-1"]):
+        exchange = run(clock, TetherMiddleware(app), [(b"x-request-id", i) for i in ids])
+        assert exchange.status == 400
+        assert exchange.body["header"] == "X-Request-ID"
+        assert exchange.body["type"].endswith("validation-failed")
+        assert exchange.body["detail"] == (
+            "X-Request-ID is given more than once, with different values"
+        )
+        assert not called
+    seen: dict[str, Any] = {}
+    exchange = run(clock, TetherMiddleware(ok_app(seen)), [(b"x-request-id", b"req-1")] * 2)
+    assert (exchange.status, seen["request_id"]) == (200, "req-1")
+
+
+def test_an_app_that_sets_its_own_request_id_header_keeps_it(clock: VirtualClock) -> None:
+    """The answer never carries X-Request-ID twice: the app's own (any letter case) stays and
+    tether adds none; a Server-Timing of the app's stays beside tether's."""
+
+    def app_setting(name: bytes) -> App:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            own = [(name, b"apps-own"), (b"server-timing", b"db;dur=2.0")]
+            await send({"type": "http.response.start", "status": 200, "headers": own})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        return app
+
+    for name in (b"x-request-id", b"X-Request-ID"):
+        exchange = run(clock, TetherMiddleware(app_setting(name)), [(b"x-request-id", b"req-1")])
+        headers = exchange.sent[0]["headers"]
+        assert [v for n, v in headers if n.lower() == b"x-request-id"] == [b"apps-own"]
+        timings = [v for n, v in headers if n == b"server-timing"]
+        assert timings == [b"db;dur=2.0", b"app;dur=0.0, budget;dur=10000.0"]
+
+
 @pytest.mark.parametrize(
     "headers",
     [
@@ -270,6 +313,40 @@ def test_unbounded_paths_run_without_a_deadline_until_their_client_leaves(
     assert [round(at - started, 6) for at in seen[1::2]] == [10.5, 21, 31.5]
     with pytest.raises(tether.DeadlineExceeded):
         clock.run(one("/eventsource", 10.5))  # not below /events: cut at the default budget
+
+
+@pytest.mark.parametrize(
+    ("root_path", "path", "unbounded"),
+    [
+        ("/orders", "/orders/events", True),  # uvicorn --root-path: root_path, then the route
+        ("/orders", "/orders/events/7", True),
+        ("/orders", "/events", True),  # a server that leaves root_path out of path
+        ("/orders", "/orders/other", False),
+        ("/orders", "/ordersevents", False),  # not under root_path: taken as it is
+        ("/orders", "/orders", False),  # the root itself is "/"
+        ("", "/events", True),
+    ],
+)
+def test_unbounded_paths_are_the_apps_own_routes_without_the_root_path(
+    clock: VirtualClock, root_path: str, path: str, unbounded: bool
+) -> None:
+    """`unbounded_paths` are matched as the app routes them: the scope's `path` without the
+    `root_path` the server put in front of it."""
+    seen: dict[str, Any] = {}
+    middleware = TetherMiddleware(ok_app(seen), default_budget=1.0, unbounded_paths=["/events"])
+
+    async def request() -> None:
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            pass
+
+        scope = {"type": "http", "path": path, "root_path": root_path, "headers": []}
+        await middleware(scope, receive, send)
+
+    clock.run(request())
+    assert (seen["deadline"] is None) is unbounded
 
 
 def test_on_unbounded_paths_the_requests_own_deadline_applies_unclamped(
@@ -542,6 +619,11 @@ def test_traceparent_is_passed_on(clock: VirtualClock) -> None:
     assert seen["trace"] == [("traceparent", good.decode())]
     run(clock, TetherMiddleware(ok_app(seen)), [(b"traceparent", b"00-zz")])
     assert seen["trace"] == []
+    # Two are no valid trace context (W3C Trace Context), even when each is valid alone.
+    other = b"00-1bf7651916cd43dd8448eb211c80319c-c7ad6b7169203331-01"
+    for repeated in ([good, other], [good, good], [b"00-zz", good]):
+        run(clock, TetherMiddleware(ok_app(seen)), [(b"traceparent", t) for t in repeated])
+        assert seen["trace"] == []
 
 
 def test_the_trace_context_is_the_requests_own(clock: VirtualClock) -> None:
@@ -621,8 +703,9 @@ def test_a_websocket_gets_its_request_id_and_no_budget(clock: VirtualClock) -> N
 
 
 @pytest.mark.parametrize("answers_http", [True, False])
+@pytest.mark.parametrize("bad", [(b"bad id",), (b"req-1", b"req-2")])
 def test_a_websocket_with_a_malformed_request_id_is_refused(
-    clock: VirtualClock, answers_http: bool
+    clock: VirtualClock, answers_http: bool, bad: tuple[bytes, ...]
 ) -> None:
     """A malformed X-Request-ID refuses the handshake without calling the app: a 400
     validation problem where the server lets the app answer over HTTP, else a close (1008)
@@ -638,7 +721,7 @@ def test_a_websocket_with_a_malformed_request_id_is_refused(
     async def send(message: Any) -> None:
         sent.append(message)
 
-    scope = websocket_scope((b"x-request-id", b"bad id"), answers_http=answers_http)
+    scope = websocket_scope(*((b"x-request-id", i) for i in bad), answers_http=answers_http)
     clock.run(TetherMiddleware(app)(scope, receive, send))
     if not answers_http:
         (close,) = sent

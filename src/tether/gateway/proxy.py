@@ -970,7 +970,7 @@ class Exchange:
         """Status line, the upstream's end-to-end headers, and the gateway's own (no framing)."""
         head = [_status_line(status)]
         for name, value in headers:
-            if name not in _HOP_BY_HOP and name != b"content-length":
+            if name not in _NOT_RETURNED:
                 head.append(name + b": " + value + b"\r\n")
         head += self._tether_headers(started)
         return head
@@ -1140,6 +1140,10 @@ def _labels(service: str) -> tuple[str]:
 
 
 _NOT_FORWARDED = _HOP_BY_HOP | _REPLACED | {b"x-tether-attempt"}
+# Upstream answer headers the gateway does not pass back: framing is its own, and X-Request-ID
+# is the gateway's one (a tether service echoes the id it was given: the client would get it
+# twice). The upstream's Server-Timing is kept, beside the gateway's: each hop's own.
+_NOT_RETURNED = _HOP_BY_HOP | {b"content-length", b"x-request-id"}
 
 
 def _multi(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:

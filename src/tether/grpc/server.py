@@ -7,8 +7,10 @@ For every call, of all four shapes, in this order (outermost first):
    `DeadlineExceeded` become `DEADLINE_EXCEEDED`, `UpstreamUnavailable` becomes `UNAVAILABLE`;
    `context.abort(...)` passes through untouched. The server keeps serving.
 2. Request id: `x-request-id` from the metadata (or a new one) becomes the ambient request id,
-   and the caller's `traceparent` is passed on by tether's clients. A malformed id (the rule
-   of `tether.request_id`, as for HTTP's `X-Request-ID`) is answered `INVALID_ARGUMENT`.
+   and the caller's `traceparent` is passed on by tether's clients (grpc itself hands the
+   handler only the last of several). A malformed id (the rule of `tether.request_id`, as for
+   HTTP's `X-Request-ID`), or one given twice with different values, is answered
+   `INVALID_ARGUMENT`.
 3. Deadline: `context.time_remaining()` (the client's deadline) becomes the ambient deadline,
    clamped to `max_budget`; `None` means the client set none and `default_budget` applies.
    When the call also carries tether's deadline headers as metadata (`x-request-timeout`,
@@ -67,10 +69,12 @@ from tether.deadline import (
 from tether.errors import DeadlineExceeded, UpstreamUnavailable
 from tether.grpc._sync_streams import run_in_threads
 from tether.request_id import (
+    REPEATED_REQUEST_ID,
     REQUEST_ID_HEADER,
     REQUEST_ID_PATTERN,
     REQUEST_ID_RULE,
     new_request_id,
+    read_incoming,
     reset_request_id,
     set_request_id,
 )
@@ -247,19 +251,13 @@ class _Call:
         unbounded: bool,
     ) -> None:
         metadata = _metadata_of(method, context)
-        request_id = traceparent = None
-        carries_deadline = False
-        for key, value in metadata:
-            if key == REQUEST_ID_HEADER:
-                request_id = value
-            elif key == TRACEPARENT_HEADER:
-                traceparent = value
-            elif key in _DEADLINE_METADATA:
-                carries_deadline = True
+        request_id, ids_differ, traceparent, carries_deadline = read_incoming(
+            metadata, REQUEST_ID_HEADER, TRACEPARENT_HEADER, _DEADLINE_METADATA
+        )
         if not isinstance(request_id, str):
             request_id = new_request_id()
-        elif not _valid_request_id(request_id):
-            raise MalformedRequestId(request_id)
+        elif ids_differ or not _valid_request_id(request_id):
+            raise MalformedRequestId(request_id, ids_differ)
         self.request_id = request_id
         self.method = method
         self.code = _OK  # what the call ended with, for the log line
@@ -333,9 +331,13 @@ _valid_request_id = re.compile(REQUEST_ID_PATTERN).fullmatch
 
 
 class MalformedRequestId(ValueError):
-    """An `x-request-id` that breaks the rule of `tether.request_id`: the call is refused."""
+    """An `x-request-id` that breaks the rule of `tether.request_id`, or is given twice with
+    different values: the call is refused."""
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, repeated: bool = False) -> None:
+        if repeated:
+            super().__init__(f"{REQUEST_ID_HEADER} is {REPEATED_REQUEST_ID}")
+            return
         shown = value if len(value) <= 64 else value[:64] + "..."
         super().__init__(f"invalid {REQUEST_ID_HEADER} {shown!r}: must be {REQUEST_ID_RULE}")
 

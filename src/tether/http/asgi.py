@@ -4,15 +4,17 @@ Pure ASGI (not Starlette's BaseHTTPMiddleware, which runs the app in another tas
 context variables). For each HTTP request, in this order:
 
 1. `X-Request-ID` is read (1-128 characters of `A-Z a-z 0-9 . _ : / + = -`) or generated;
-   malformed: 400 `validation-failed`. It becomes the ambient request id and is echoed on the
-   response. A valid `traceparent` becomes the one tether's clients pass on; without one (or
-   with a malformed one), none is passed on.
+   malformed, or given twice with different values: 400 `validation-failed`. It becomes the
+   ambient request id and is echoed on the response. A valid `traceparent` becomes the one
+   tether's clients pass on; without one (or with a malformed one, or more than one), none is
+   passed on.
 2. The deadline comes from `X-Request-Timeout` / `X-Request-Deadline` / `grpc-timeout` (the
    earliest wins), clamped to `max_budget`; without one, `default_budget` applies. Malformed:
    400 `invalid-deadline-header`. Already expired: 504 `deadline-expired-on-arrival`, and the
    app is not called. The clock starts when the middleware sees the request. On
-   `unbounded_paths` the server sets no budget of its own: a deadline the request brings
-   applies unclamped, and a request without one runs without a deadline (long streams).
+   `unbounded_paths` (the app's own routes: matched without the server's `root_path`) the
+   server sets no budget of its own: a deadline the request brings applies unclamped, and a
+   request without one runs without a deadline (long streams).
 3. The app runs inside the request's deadline block. At the deadline it is cancelled; the
    client gets 504 `deadline-exceeded`, or, if the response had already started, the
    connection is closed. tether's other errors escaping the app map to their problems
@@ -23,7 +25,8 @@ context variables). For each HTTP request, in this order:
 5. Safety net: any other exception becomes 500 `internal-error` without its text; the traceback
    is logged with the request id; the server keeps serving.
 6. The response carries `Server-Timing: app;dur=<ms in this hop>, budget;dur=<ms received>`
-   (without the budget entry when the request has no deadline).
+   (without the budget entry when the request has no deadline), added to any the app sets.
+   An app that sets its own `X-Request-ID` on the response keeps it: tether adds none.
 
 WebSocket connections get step 1 only (their request id, echoed on the handshake's answer; a
 malformed one refuses the handshake), for the connection's life, and no budget. Lifespan
@@ -64,9 +67,11 @@ from tether.problems import (
     problem_for_exception,
 )
 from tether.request_id import (
+    REPEATED_REQUEST_ID,
     REQUEST_ID_PATTERN,
     REQUEST_ID_RULE,
     new_request_id,
+    read_incoming,
     reset_request_id,
     set_request_id,
 )
@@ -83,6 +88,7 @@ log = logging.getLogger("tether.http")
 
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN.encode())
 _BAD_REQUEST_ID = f"X-Request-ID must be {REQUEST_ID_RULE}"
+_REPEATED_REQUEST_ID = f"X-Request-ID is {REPEATED_REQUEST_ID}"
 _DEADLINE_HEADERS = frozenset(
     name.encode() for name in (REQUEST_TIMEOUT, REQUEST_DEADLINE, GRPC_TIMEOUT)
 )
@@ -121,29 +127,22 @@ class TetherMiddleware:
                 await self.app(scope, receive, send)
             return
         started = _clock.monotonic()
-        request_id: bytes | None = None
-        traceparent: bytes | None = None
-        asks_deadline = False
         headers = scope["headers"]
-        for name, value in headers:  # ASGI header names are lower-case
-            if name == b"x-request-id":
-                request_id = value
-            elif name == b"traceparent":
-                traceparent = value
-            elif name in _DEADLINE_HEADERS:
-                asks_deadline = True
+        request_id, ids_differ, traceparent, asks_deadline = read_incoming(
+            headers, b"x-request-id", b"traceparent", _DEADLINE_HEADERS
+        )
         exchange = _Exchange(send, receive, started)
         if request_id is None:
             exchange.request_id = new_request_id()
-        elif _REQUEST_ID.fullmatch(request_id):
+        elif _REQUEST_ID.fullmatch(request_id) and not ids_differ:
             exchange.request_id = request_id.decode("ascii")
         else:
             exchange.request_id = new_request_id()
-            await exchange.answer(VALIDATION_FAILED.problem(_BAD_REQUEST_ID, header="X-Request-ID"))
+            await exchange.answer(_request_id_refusal(ids_differ))
             return
         # The request's deadline, on tether's clock; None: it has none (an unbounded path).
         when: float | None
-        unbounded = self._any_unbounded and scope["path"] in self.unbounded_paths
+        unbounded = self._any_unbounded and _route_path(scope) in self.unbounded_paths
         if asks_deadline:
             try:
                 asked = deadline_from_headers(headers, received_at=started)
@@ -228,15 +227,11 @@ async def _websocket(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -
     """A WebSocket connection: its request id (read and validated as HTTP's, or new) and trace
     context are ambient for the whole connection, and the id is echoed on the handshake's
     answer. It gets no budget: a connection lasts as long as its peers want."""
-    request_id: bytes | None = None
-    traceparent: bytes | None = None
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            request_id = value
-        elif name == b"traceparent":
-            traceparent = value
-    if request_id is not None and not _REQUEST_ID.fullmatch(request_id):
-        await _refuse_websocket(scope, receive, send, new_request_id())
+    request_id, ids_differ, traceparent, _ = read_incoming(
+        scope["headers"], b"x-request-id", b"traceparent", ()
+    )
+    if request_id is not None and (ids_differ or not _REQUEST_ID.fullmatch(request_id)):
+        await _refuse_websocket(scope, receive, send, new_request_id(), ids_differ)
         return
     own_id = new_request_id() if request_id is None else request_id.decode("ascii")
     echoed = (b"x-request-id", own_id.encode())
@@ -257,20 +252,44 @@ async def _websocket(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -
         reset_request_id(id_token)
 
 
-async def _refuse_websocket(scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-    """Refuse a handshake whose X-Request-ID is malformed: a 400 problem where the server
-    lets the app answer the handshake over HTTP (ASGI's `websocket.http.response`), else a
-    close before accepting (code 1008, policy violation; the server answers it with 403)."""
-    log.info("websocket refused: %s", _BAD_REQUEST_ID, extra={"request_id": request_id})
+async def _refuse_websocket(
+    scope: Scope, receive: Receive, send: Send, request_id: str, ids_differ: bool
+) -> None:
+    """Refuse a handshake whose X-Request-ID is malformed (or given twice, differing): a 400
+    problem where the server lets the app answer the handshake over HTTP (ASGI's
+    `websocket.http.response`), else a close before accepting (code 1008, policy violation; the
+    server answers it with 403)."""
+    problem = _request_id_refusal(ids_differ)
+    log.info("websocket refused: %s", problem.detail, extra={"request_id": request_id})
     await receive()  # websocket.connect: the first message of every connection
     if "websocket.http.response" not in scope.get("extensions", {}):
-        await send({"type": "websocket.close", "code": 1008, "reason": _BAD_REQUEST_ID})
+        await send({"type": "websocket.close", "code": 1008, "reason": problem.detail})
         return
-    problem = VALIDATION_FAILED.problem(_BAD_REQUEST_ID, header="X-Request-ID")
     status, headers, body = _problem_response(problem, request_id)
     headers.append((b"x-request-id", request_id.encode()))
     await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
+
+
+def _route_path(scope: Scope) -> str:
+    """The path as the app routes it: the scope's `path` without the server's `root_path`
+    (servers such as uvicorn put it in front of `path`, ASGI's rule; `unbounded_paths` are
+    written as the app's routes). A `path` not under `root_path` is taken as it is."""
+    path: str = scope["path"]
+    root = scope.get("root_path")
+    if not root or not path.startswith(root):
+        return path
+    rest = path[len(root) :]
+    if not rest:
+        return "/"
+    return rest if rest[0] == "/" else path
+
+
+def _request_id_refusal(ids_differ: bool) -> Problem:
+    """The 400 problem for an `X-Request-ID` that is malformed, or given twice with different
+    values."""
+    detail = _REPEATED_REQUEST_ID if ids_differ else _BAD_REQUEST_ID
+    return VALIDATION_FAILED.problem(detail, header="X-Request-ID")
 
 
 def _budget_timing(budget: float) -> bytes:
@@ -346,11 +365,14 @@ class _Exchange:
                 (_clock.monotonic() - self.started) * 1000,
                 self.budget_timing,
             )
-            message["headers"] = [
-                *message.get("headers", ()),
-                (b"x-request-id", self.request_id.encode()),
-                (b"server-timing", timing),
-            ]
+            headers = [*message.get("headers", ())]
+            for name, _ in headers:
+                if len(name) == 12 and name.lower() == b"x-request-id":
+                    break  # the app set its own: it is not sent twice
+            else:
+                headers.append((b"x-request-id", self.request_id.encode()))
+            headers.append((b"server-timing", timing))
+            message["headers"] = headers
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.response_done = True
         return self._send(message)
