@@ -442,18 +442,29 @@ def test_a_cancellation_from_the_server_propagates(clock: VirtualClock, after: f
     assert exchange.sent == []
 
 
+@pytest.mark.parametrize(
+    "last",
+    [
+        {"type": "http.response.body", "body": b"{}"},
+        {"type": "http.response.pathsend", "path": "/srv/report.pdf"},  # Starlette's FileResponse
+    ],
+    ids=["body", "pathsend"],
+)
 def test_background_work_after_the_response_is_not_cancelled_by_the_end_of_the_exchange(
-    clock: VirtualClock,
+    clock: VirtualClock, last: Message
 ) -> None:
     """Servers report the end of an exchange as `http.disconnect` while an app may still be
     working after its response (Starlette's background tasks run inside the app call): that
-    is not a client leaving, and the work runs on to its end, within the request's budget."""
+    is not a client leaving, and the work runs on to its end, within the request's budget.
+    A response ends with its last body message, or with the one `http.response.pathsend` of
+    servers that send files themselves (ASGI's extension: granian, Starlette's FileResponse)."""
     done: list[float] = []
     exchange = Exchange(clock)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await asyncio.sleep(0.01)  # past WATCH_AFTER: the disconnect watch is running
-        await ok_app()(scope, receive, send)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send(dict(last))
         exchange.disconnect.set()  # the server: the response is out, the exchange is over
         await asyncio.sleep(0.05)  # background work
         done.append(clock.monotonic())
@@ -700,6 +711,25 @@ def test_a_websocket_gets_its_request_id_and_no_budget(clock: VirtualClock) -> N
         [(b"x-app", b"1"), (b"x-request-id", new_id.encode())],
     ]
     assert current_request_id() is None  # reset after each connection
+
+
+def test_a_websocket_app_that_sets_its_own_request_id_keeps_it(clock: VirtualClock) -> None:
+    """The handshake's answer never carries X-Request-ID twice either."""
+    sent: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept", "headers": [(b"X-Request-Id", b"apps-own")]})
+
+    async def receive() -> Any:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = websocket_scope((b"x-request-id", b"ws-7"))
+    clock.run(TetherMiddleware(app)(scope, receive, send))
+    assert sent[0]["headers"] == [(b"X-Request-Id", b"apps-own")]
 
 
 @pytest.mark.parametrize("answers_http", [True, False])

@@ -79,6 +79,7 @@ from tether.tracing import reset_incoming_traceparent, set_incoming_traceparent
 from tether.wire import GRPC_TIMEOUT, REQUEST_DEADLINE, REQUEST_TIMEOUT, deadline_from_headers
 
 Scope = MutableMapping[str, Any]
+Header = tuple[bytes, bytes]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
@@ -209,9 +210,7 @@ class TetherMiddleware:
             reset_request_id(id_token)
 
 
-def _problem_response(
-    problem: Problem, request_id: str
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def _problem_response(problem: Problem, request_id: str) -> tuple[int, list[Header], bytes]:
     """Status, headers and body of a response carrying `problem` (and the request id)."""
     if problem.request_id is None and request_id:
         problem = dataclasses.replace(problem, request_id=request_id)
@@ -234,11 +233,10 @@ async def _websocket(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -
         await _refuse_websocket(scope, receive, send, new_request_id(), ids_differ)
         return
     own_id = new_request_id() if request_id is None else request_id.decode("ascii")
-    echoed = (b"x-request-id", own_id.encode())
 
     def send_with_id(message: Message) -> Awaitable[None]:
         if message["type"] in ("websocket.accept", "websocket.http.response.start"):
-            message["headers"] = [*message.get("headers", ()), echoed]
+            message["headers"] = _with_request_id(message.get("headers", ()), own_id)
         return send(message)
 
     id_token = set_request_id(own_id)
@@ -269,6 +267,17 @@ async def _refuse_websocket(
     headers.append((b"x-request-id", request_id.encode()))
     await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
+
+
+def _with_request_id(headers: Iterable[tuple[bytes, bytes]], request_id: str) -> list[Header]:
+    """An answer's `headers` and `X-Request-ID: request_id`, unless the app set its own (any
+    letter case): an answer never carries two."""
+    out = [*headers]
+    for name, _ in out:
+        if len(name) == 12 and name.lower() == b"x-request-id":
+            return out
+    out.append((b"x-request-id", request_id.encode()))
+    return out
 
 
 def _route_path(scope: Scope) -> str:
@@ -365,15 +374,13 @@ class _Exchange:
                 (_clock.monotonic() - self.started) * 1000,
                 self.budget_timing,
             )
-            headers = [*message.get("headers", ())]
-            for name, _ in headers:
-                if len(name) == 12 and name.lower() == b"x-request-id":
-                    break  # the app set its own: it is not sent twice
-            else:
-                headers.append((b"x-request-id", self.request_id.encode()))
+            headers = _with_request_id(message.get("headers", ()), self.request_id)
             headers.append((b"server-timing", timing))
             message["headers"] = headers
-        elif kind == "http.response.body" and not message.get("more_body", False):
+        elif kind == "http.response.body":
+            if not message.get("more_body", False):
+                self.response_done = True
+        elif kind == "http.response.pathsend":  # ASGI's extension: the whole body, a file
             self.response_done = True
         return self._send(message)
 
