@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
+import sys
 import time
 import types
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,7 +37,7 @@ from tether import TaskGroup, chain, current_deadline, deadline_after, detached,
 from tether.http import TetherMiddleware
 
 from .grpc_services import grpc_server, method
-from .servers import uvicorn_serving
+from .servers import free_port, listening, uvicorn_serving
 
 pytestmark = pytest.mark.integration
 
@@ -244,14 +249,10 @@ async def test_client_disconnect_cancels_the_handler_within_50ms(http: str) -> N
     assert cancelled_at[0] - closed_at <= 0.05
 
 
-async def test_client_disconnect_cancels_the_handler_under_granian(tmp_path: Any) -> None:
-    """The same under granian, a server in its own process: cancelled within 50 ms."""
-    import os
-    import sys
-
-    from .servers import free_port
-
-    record = tmp_path / "events"
+@asynccontextmanager
+async def granian_serving(record: Path) -> AsyncIterator[int]:
+    """`integration.apps.disconnect_app` under granian, in its own process, recording into
+    `record`; yields its port."""
     port = free_port()
     env = {**os.environ, "TETHER_TEST_RECORD": str(record)}
     server = await asyncio.create_subprocess_exec(
@@ -273,14 +274,18 @@ async def test_client_disconnect_cancels_the_handler_under_granian(tmp_path: Any
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        writer = None
-        for _ in range(200):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
-        assert writer is not None, "granian did not start"
+        assert await listening(port, 10), "granian did not start"
+        yield port
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 10)
+
+
+async def test_client_disconnect_cancels_the_handler_under_granian(tmp_path: Path) -> None:
+    """The same under granian, a server in its own process: cancelled within 50 ms."""
+    record = tmp_path / "events"
+    async with granian_serving(record) as port:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
         await writer.drain()
         for _ in range(200):
@@ -297,11 +302,30 @@ async def test_client_disconnect_cancels_the_handler_under_granian(tmp_path: Any
                 break
             await asyncio.sleep(0.005)
         events = dict(line.split() for line in record.read_text().splitlines())
-    finally:
-        server.terminate()
-        await asyncio.wait_for(server.wait(), 10)
     assert "cancelled" in events, f"handler not cancelled; events: {events}"
     assert float(events["cancelled"]) - closed_at <= 0.05
+
+
+async def test_background_work_after_a_file_answer_runs_to_its_end_under_granian(
+    tmp_path: Path,
+) -> None:
+    """granian sends a FileResponse's file itself (ASGI's pathsend) and then reports the end
+    of the exchange as a disconnect: the background task after it is not cancelled (the client
+    did not leave), and the file arrived whole."""
+    record = tmp_path / "events"
+    async with granian_serving(record) as port, aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/file") as answer:
+            body = await answer.read()
+        assert answer.status == 200
+        assert "X-Request-ID" in answer.headers
+        for _ in range(200):
+            if record.exists() and "background" in record.read_text():
+                break
+            await asyncio.sleep(0.01)
+        events = record.read_text()
+    assert "background-done" in events, events
+    app_file = Path(__file__).parent / "apps" / "disconnect_app.py"
+    assert body == app_file.read_bytes()
 
 
 @pytest.mark.parametrize("root_path", ["", "/orders"])

@@ -1,8 +1,11 @@
-"""A Starlette app for server-process tests: /slow records when it is cancelled.
+"""A Starlette app for server-process tests: /slow records when it is cancelled; /file answers
+with a file (through the server's pathsend, where it has one) and then works 100 ms in a
+background task, recording how that ended.
 
 The file named by TETHER_TEST_RECORD gets one line per event: "started <t>" when the handler
-starts and "cancelled <t>" when it is cancelled (t: time.monotonic(), which is one clock for all
-processes on the machine).
+starts and "cancelled <t>" when it is cancelled, "background-done <t>" or
+"background-cancelled <t>" (t: time.monotonic(), which is one clock for all processes on the
+machine).
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import os
 import time
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from tether.http import TetherMiddleware
@@ -34,5 +38,18 @@ async def slow(request: Request) -> Response:
     return Response(b"late")
 
 
-app = Starlette(routes=[Route("/slow", slow)])
+async def background_work() -> None:
+    try:
+        await asyncio.sleep(0.1)  # well past the middleware's WATCH_AFTER: its watch runs
+    except asyncio.CancelledError:
+        _record("background-cancelled")
+        raise
+    _record("background-done")
+
+
+async def file(request: Request) -> FileResponse:
+    return FileResponse(__file__, background=BackgroundTask(background_work))
+
+
+app = Starlette(routes=[Route("/slow", slow), Route("/file", file)])
 app.add_middleware(TetherMiddleware)
