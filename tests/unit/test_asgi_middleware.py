@@ -257,13 +257,25 @@ def test_handler_is_cancelled_at_the_deadline_and_client_gets_504(clock: Virtual
     assert exchange.sent_at[0] == pytest.approx(start + 0.3)
 
 
-def test_deadline_after_response_started_closes_the_connection(clock: VirtualClock) -> None:
+@pytest.mark.parametrize(
+    ("start", "sent"),
+    [
+        ({}, {"body": b"partial", "more_body": True}),
+        # With trailers (ASGI's extension) the last body message is not the end: they are.
+        ({"trailers": True}, {"body": b"all of it"}),
+    ],
+    ids=["body", "trailers"],
+)
+def test_deadline_after_response_started_closes_the_connection(
+    clock: VirtualClock, start: Message, sent: Message
+) -> None:
     """Once the response has started, the deadline can only end it: the error goes to the server."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        await send({"type": "http.response.start", "status": 200, "headers": [], **start})
+        await send({"type": "http.response.body", **sent})
         await asyncio.sleep(5)
+        await send({"type": "http.response.trailers", "headers": [], "more_trailers": False})
 
     from tether import DeadlineExceeded
 

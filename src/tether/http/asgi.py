@@ -341,6 +341,7 @@ class _Exchange:
         "_reading",
         "_receive",
         "_send",
+        "_trailers",
         "budget_timing",
         "finished",
         "request_id",
@@ -359,6 +360,7 @@ class _Exchange:
         self.request_id = ""
         self.response_started = False
         self.response_done = False
+        self._trailers = False
         self.finished = False
         self.watching: _Watch | None = None
         self._reading = _NOT_READING
@@ -377,10 +379,14 @@ class _Exchange:
             headers = _with_request_id(message.get("headers", ()), self.request_id)
             headers.append((b"server-timing", timing))
             message["headers"] = headers
+            if message.get("trailers"):  # ASGI's extension: the response ends with them
+                self._trailers = True
         elif kind == "http.response.body":
-            if not message.get("more_body", False):
+            if not message.get("more_body", False) and not self._trailers:
                 self.response_done = True
         elif kind == "http.response.pathsend":  # ASGI's extension: the whole body, a file
+            self.response_done = True
+        elif kind == "http.response.trailers" and not message.get("more_trailers", False):
             self.response_done = True
         return self._send(message)
 
