@@ -204,12 +204,32 @@ async def test_per_phase_timings() -> None:
         ({"timeout": -1}, "timeout"),
         ({"timeout": float("nan")}, "timeout"),
         ({"margin": -0.1}, "margin"),
+        ({"limit": -1}, "limit"),
+        ({"limit": "10"}, "limit"),
+        ({"limit": 2.5}, "limit"),
+        ({"limit": True}, "limit"),
+        ({"base_url": "localhost:8080"}, "base_url"),
+        ({"base_url": "ftp://files.internal"}, "base_url"),
+        ({"base_url": "http://"}, "base_url"),
+        ({"base_url": "/orders"}, "base_url"),
     ],
 )
-def test_bad_client_settings_are_refused(kwargs: dict[str, float], match: str) -> None:
-    """Zero, negative or NaN timeouts and negative margins raise ValueError."""
+def test_bad_client_settings_are_refused(kwargs: dict[str, Any], match: str) -> None:
+    """Zero, negative or NaN timeouts, negative margins, a pool limit that is not a whole
+    number >= 0 and a base_url that is not an absolute http(s) URL raise ValueError when the
+    client is made, not at its first call."""
     with pytest.raises(ValueError, match=match):
         Client(**kwargs)
+
+
+async def test_a_url_that_is_not_absolute_http_is_a_value_error() -> None:
+    """A path without a base_url, or another scheme, is the caller's mistake: ValueError naming
+    the URL, before anything is sent (not an aiohttp error, not UpstreamUnavailable)."""
+    async with Client() as client:
+        with pytest.raises(ValueError, match=r"'/orders'.*needs the client's base_url"):
+            await client.get("/orders")
+        with pytest.raises(ValueError, match=r"'ftp://files\.internal/a'"):
+            await client.get("ftp://files.internal/a")
 
 
 async def test_every_method_passes_the_budget_on_and_carries_its_body() -> None:

@@ -34,6 +34,7 @@ from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from tether._settings import margin_seconds, positive_seconds
 from tether.deadline import CallTimer
@@ -115,7 +116,10 @@ class Client:
 
     `timeout` is the default explicit per-call timeout (None: only the budget bounds calls).
     `margin` is kept back from the remaining budget at each call (see docs/concepts.md).
+    `base_url` (an absolute http or https URL) is put in front of paths starting with `/`.
+    `limit` caps the pool's open connections (0: no cap, as in aiohttp).
     Pass `session=` to use an aiohttp session of your own (its lifetime stays yours).
+    Bad settings raise `ValueError` here, not at the first call.
     """
 
     def __init__(
@@ -130,6 +134,10 @@ class Client:
         if timeout is not None:
             timeout = positive_seconds("timeout", timeout)
         margin = margin_seconds(margin)
+        if base_url is not None and not _absolute_http(base_url):
+            raise ValueError(f"base_url must be an absolute http or https URL, got {base_url!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a whole number of connections >= 0, got {limit!r}")
         self._base_url = base_url.rstrip("/") if base_url else ""
         self._timeout = timeout
         self._margin = margin
@@ -225,6 +233,12 @@ class Client:
                     response = Response(answer.status, answer.headers, body, full_url, timings)
         except TimeoutError as exc:
             raise _timeout_error(full_url, limit, budget_bound) from exc
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:  # the caller's
+            # mistake, found before anything is sent
+            hint = " (a path needs the client's base_url)" if url.startswith("/") else ""
+            raise ValueError(
+                f"{method} {full_url!r}: not an absolute http or https URL{hint}"
+            ) from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise UpstreamUnavailable(f"{method} {full_url} failed: {exc}") from exc
         except aiohttp.ClientResponseError as exc:  # an answer aiohttp could not parse
@@ -255,6 +269,15 @@ class Client:
 _NO_TIMEOUT = aiohttp.ClientTimeout()
 # A call without a timeout (no budget, no explicit timeout).
 _NO_TIMER = contextlib.nullcontext()
+
+
+def _absolute_http(url: str) -> bool:
+    """Whether `url` is an absolute http or https URL with a host."""
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host)
 
 
 def _timeout_error(url: str, limit: float | None, budget_bound: bool) -> Exception:
