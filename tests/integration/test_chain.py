@@ -27,6 +27,11 @@ async def test_one_budget_stops_every_hop_and_the_query(pg_dsn: str) -> None:
             async with session.get(chain.path("/orders/1?query_ms=10"), headers=headers) as r:
                 assert r.status == 200
                 assert (await r.json())["inventory"]["reserved"] is True
+                # One request id on the answer, though orders echoes it too; each hop's time.
+                assert r.headers.getall("X-Request-ID") == [DEMO_HEADERS["X-Request-ID"]]
+                orders_timing, gateway_timing = r.headers.getall("Server-Timing")
+                assert orders_timing.startswith("app;dur=")
+                assert gateway_timing.startswith("gateway;dur=")
             baseline = await chain.events()
             tags = [uuid.uuid4().hex[:12] for _ in range(3)]
             sent = time.monotonic()
