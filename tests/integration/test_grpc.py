@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import grpc
@@ -187,6 +187,28 @@ async def test_a_request_id_given_twice_must_be_the_same_both_times() -> None:
         assert await call(b"", metadata=twice) == b"counted"
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == "x-request-id is given more than once, with different values"
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "5", True])
+async def test_a_bad_explicit_timeout_is_a_value_error_and_nothing_is_sent(bad: Any) -> None:
+    """`timeout=` on a call through tether's channel, any shape, with or without a budget:
+    ValueError naming it, and the server sees nothing (grpc failed such calls at once as if the
+    callee had timed out, sent 0 under a budget with no deadline, and raised TypeError for a
+    string)."""
+    handlers, calls = counting_handler()
+    async with grpc_server(handlers) as target, tether.grpc.insecure_channel(target) as channel:
+        for ambient in (None, 2.0):
+            async with AsyncExitStack() as stack:
+                if ambient is not None:
+                    await stack.enter_async_context(deadline_after(ambient))
+                for make in (channel.unary_unary, channel.unary_stream):
+                    with pytest.raises(ValueError, match="timeout must be a positive number"):
+                        make(method("Count"))(b"", timeout=bad)
+                for make in (channel.stream_unary, channel.stream_stream):
+                    with pytest.raises(ValueError, match="timeout must be a positive number"):
+                        make(method("Count"))(iter([b""]), timeout=bad)
+        assert await channel.unary_unary(method("Count"))(b"", timeout=1) == b"counted"
     assert calls == [1]
 
 

@@ -229,6 +229,26 @@ async def test_no_call_is_sent_when_the_budget_is_gone() -> None:
     assert calls == []
 
 
+async def test_a_bad_explicit_timeout_is_a_value_error_and_nothing_is_sent() -> None:
+    """The synchronous channel follows the same rule as the aio one: `timeout=` must be a
+    positive finite number of seconds, with or without the thread's budget."""
+    handlers, calls = counting_handler()
+    async with grpc_server(handlers) as target:
+
+        def attempts() -> int:
+            refused = 0
+            with tether.grpc.sync_insecure_channel(target) as channel:
+                for bad in (0, -1, float("nan"), float("inf"), "5"):
+                    with pytest.raises(ValueError, match="timeout"):
+                        channel.unary_unary(method("Count"))(b"", timeout=bad)
+                    refused += 1
+            return refused
+
+        assert await in_thread(2, attempts) == 5
+        assert await in_thread(None, attempts) == 5
+    assert calls == []
+
+
 async def test_unavailable_server_is_upstream_unavailable() -> None:
     def call() -> None:
         with tether.grpc.sync_insecure_channel(f"127.0.0.1:{free_port()}") as channel:

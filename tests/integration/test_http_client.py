@@ -222,6 +222,28 @@ def test_bad_client_settings_are_refused(kwargs: dict[str, Any], match: str) -> 
         Client(**kwargs)
 
 
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "5", True])
+async def test_a_bad_per_call_timeout_is_a_value_error_and_nothing_is_sent(bad: Any) -> None:
+    """A call's own `timeout=` follows the client's rule (positive finite seconds): zero or
+    negative failed at once as an UpstreamTimeout or went out unbounded, nan and inf raised
+    conversion errors; now ValueError naming it, with or without a budget, nothing sent."""
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with uvicorn_server(app) as url, Client(base_url=url) as client:
+        with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+            await client.get("/a", timeout=bad)
+        async with deadline_after(2):
+            with pytest.raises(ValueError, match="timeout"):
+                await client.get("/b", timeout=bad)
+        assert (await client.get("/c", timeout=1)).status == 200
+    assert seen == ["/c"]
+
+
 async def test_a_url_that_is_not_absolute_http_is_a_value_error() -> None:
     """A path without a base_url, or another scheme, is the caller's mistake: ValueError naming
     the URL, before anything is sent (not an aiohttp error, not UpstreamUnavailable)."""

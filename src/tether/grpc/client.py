@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 import grpc
 import grpc.aio
 
-from tether._settings import margin_seconds
+from tether._settings import margin_seconds, positive_seconds
 from tether.errors import DeadlineExceeded, UpstreamTimeout, UpstreamUnavailable, format_seconds
 from tether.request_id import REQUEST_ID_HEADER, current_request_id
 from tether.tracing import outgoing_trace_headers
@@ -81,7 +81,12 @@ def pass_budget_on(
     """What a call sends, for both grpc.aio and grpc's synchronous channels: its timeout,
     `min(explicit, remaining - margin)` made safe from grpc's rounding (raises
     `DeadlineExceeded` when nothing is left), and its metadata with `x-request-id` and
-    `traceparent` added where the caller set none (None: nothing to add, send it as given)."""
+    `traceparent` added where the caller set none (None: nothing to add, send it as given).
+    An explicit `timeout` that is not a positive finite number of seconds is the caller's
+    mistake: `ValueError`, and nothing is sent (grpc would fail such a call at once, as if the
+    callee had timed out, or, for 0 under a budget, send it with no deadline)."""
+    if timeout is not None:
+        timeout = positive_seconds("timeout", timeout)
     left = call_timeout(margin=margin)
     if left is not None:
         left = timeout_for_grpc(left)

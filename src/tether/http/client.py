@@ -189,7 +189,7 @@ class Client:
         **kwargs: Any,
     ) -> Response:
         """Send one request within the budget; the keyword arguments go to aiohttp."""
-        explicit = self._timeout if timeout is None else timeout
+        explicit = self._timeout if timeout is None else positive_seconds("timeout", timeout)
         limit = call_timeout(explicit, margin=self._margin)  # raises when nothing is left
         budget_bound = limit is not None and (explicit is None or limit < explicit)
         if limit is None:
