@@ -193,8 +193,8 @@ async def test_a_request_id_given_twice_must_be_the_same_both_times() -> None:
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "5", True])
 async def test_a_bad_explicit_timeout_is_a_value_error_and_nothing_is_sent(bad: Any) -> None:
     """`timeout=` on a call through tether's channel, any shape, with or without a budget:
-    ValueError naming it, and the server sees nothing (grpc failed such calls at once as if the
-    callee had timed out, sent 0 under a budget with no deadline, and raised TypeError for a
+    ValueError naming it, and the server sees nothing (grpc failed such calls as if the callee
+    had timed out, or sent them with a deadline already due, and raised TypeError for a
     string)."""
     handlers, calls = counting_handler()
     async with grpc_server(handlers) as target, tether.grpc.insecure_channel(target) as channel:

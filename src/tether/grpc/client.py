@@ -83,8 +83,8 @@ def pass_budget_on(
     `DeadlineExceeded` when nothing is left), and its metadata with `x-request-id` and
     `traceparent` added where the caller set none (None: nothing to add, send it as given).
     An explicit `timeout` that is not a positive finite number of seconds is the caller's
-    mistake: `ValueError`, and nothing is sent (grpc would fail such a call at once, as if the
-    callee had timed out, or, for 0 under a budget, send it with no deadline)."""
+    mistake: `ValueError`, and nothing is sent (grpc would fail such a call as if the callee
+    had timed out, or send it with a deadline already due)."""
     if timeout is not None:
         timeout = positive_seconds("timeout", timeout)
     left = call_timeout(margin=margin)
