@@ -269,7 +269,7 @@ async def _refuse_websocket(
     await send({"type": "websocket.http.response.body", "body": body})
 
 
-def _with_request_id(headers: Iterable[tuple[bytes, bytes]], request_id: str) -> list[Header]:
+def _with_request_id(headers: Iterable[Header], request_id: str) -> list[Header]:
     """An answer's `headers` and `X-Request-ID: request_id`, unless the app set its own (any
     letter case): an answer never carries two."""
     out = [*headers]
