@@ -1,8 +1,11 @@
-"""Shared fixtures: a virtual clock for deadline logic."""
+"""Shared fixtures: a virtual clock for deadline logic, a real PostgreSQL, an application's
+log record factory."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -23,3 +26,24 @@ def pg_dsn() -> Iterator[str]:
 
     with postgres_dsn() as dsn:
         yield dsn
+
+
+APPS_REQUEST_ID = "set-by-the-apps-record-factory"
+
+
+@pytest.fixture
+def apps_record_factory() -> Iterator[str]:
+    """A log record factory of the kind services install to put a request id on every record
+    (`logging.setLogRecordFactory`), for the test's duration; yields the id it sets."""
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        record.request_id = APPS_REQUEST_ID
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        yield APPS_REQUEST_ID
+    finally:
+        logging.setLogRecordFactory(previous)

@@ -24,6 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+from tether._logging import log_fields
 from tether.errors import ChainError, TetherError
 from tether.request_id import current_request_id
 
@@ -65,20 +66,24 @@ class SafetyNet(Generic[Req, Resp]):
     def _report(self, exc: Exception) -> None:
         request_id = current_request_id()
         if isinstance(exc, TetherError):  # an expected outcome, not a bug: no traceback
-            self._log.warning(
+            log_fields(
+                self._log,
+                logging.WARNING,
                 "request %s ended with %s: %s",
                 request_id,
                 type(exc).__name__,
                 exc,
-                extra={"request_id": request_id},
+                fields={"request_id": request_id},
             )
             return
-        self._log.error(
+        log_fields(
+            self._log,
+            logging.ERROR,
             "request %s failed with an unhandled %s; answered with an internal error",
             request_id,
             type(exc).__name__,
             exc_info=exc,
-            extra={"request_id": request_id},
+            fields={"request_id": request_id},
         )
 
 
@@ -152,11 +157,13 @@ def _link(
 
 def _short_circuited(name: str, request: Any, response: Any, hook: ShortCircuitHook | None) -> None:
     request_id = current_request_id()
-    log.info(
+    log_fields(
+        log,
+        logging.INFO,
         "request %s was answered by filter %s without calling the rest of the chain",
         request_id,
         name,
-        extra={"request_id": request_id, "answered_by": name},
+        fields={"request_id": request_id, "answered_by": name},
     )
     if hasattr(type(response), "answered_by"):
         response.answered_by = name

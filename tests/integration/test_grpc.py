@@ -697,6 +697,31 @@ async def test_handler_exceptions_map_to_their_statuses_without_their_text(
     assert caught.value.details() == details
 
 
+async def test_the_safety_net_and_log_line_hold_under_an_apps_record_factory(
+    caplog: pytest.LogCaptureFixture, apps_record_factory: str
+) -> None:
+    """A service whose record factory sets `request_id` on every record: a failing handler is
+    still answered INTERNAL with tether's words, each call's INFO line is written (with the
+    service's id kept), and the server keeps serving."""
+
+    async def fail(request: bytes, context: Any) -> bytes:
+        if request == b"fail":
+            raise ValueError("secret: hunter2")
+        return b"fine"
+
+    handlers = {"Fail": grpc.unary_unary_rpc_method_handler(fail)}
+    with caplog.at_level(logging.INFO, logger="tether.grpc"):
+        async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as ch:
+            call = ch.unary_unary(method("Fail"))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call(b"fail")
+            assert await call(b"ok") == b"fine"
+    assert (caught.value.code(), caught.value.details()) == (Code.INTERNAL, "internal error")
+    lines = [r for r in caplog.records if r.getMessage().startswith("grpc /")]
+    assert [r.grpc_code for r in lines if hasattr(r, "grpc_code")] == ["INTERNAL", "OK"]
+    assert {r.request_id for r in lines} == {apps_record_factory}  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("downstream", "answered"),
     [

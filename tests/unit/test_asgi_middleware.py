@@ -634,6 +634,27 @@ def test_exceptions_become_a_500_problem_without_their_text(
     assert "hunter2" in str(caplog.records[-1].exc_info)
 
 
+@pytest.mark.parametrize("failure", [RuntimeError("boom"), tether.UpstreamUnavailable("down")])
+def test_the_safety_net_holds_under_an_apps_log_record_factory(
+    clock: VirtualClock,
+    caplog: pytest.LogCaptureFixture,
+    apps_record_factory: str,
+    failure: Exception,
+) -> None:
+    """A service whose record factory puts `request_id` on every log record: the failure is
+    still answered with its problem and logged (logging's extra= would have raised KeyError
+    from inside the safety net); the record keeps the service's own id."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise failure
+
+    with caplog.at_level(logging.INFO, logger="tether.http"):
+        exchange = run(clock, TetherMiddleware(app), [(b"x-request-id", b"req-9")])
+    assert exchange.status == (500 if isinstance(failure, RuntimeError) else 503)
+    assert "req-9" in caplog.records[-1].getMessage()
+    assert caplog.records[-1].request_id == apps_record_factory  # type: ignore[attr-defined]
+
+
 def test_traceparent_is_passed_on(clock: VirtualClock) -> None:
     """A valid incoming traceparent is offered to outgoing calls; a malformed one is dropped."""
     good = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -100,6 +100,24 @@ def test_safety_net_answers_for_any_exception_without_leaking_it(
     assert "secret" in str(record.exc_info[1])
 
 
+def test_the_safety_net_and_short_circuits_log_under_an_apps_record_factory(
+    caplog: pytest.LogCaptureFixture, apps_record_factory: str
+) -> None:
+    """A record factory that sets `request_id` (as services install) does not turn the safety
+    net's or a short-circuit's log line into a KeyError: the answers are the same."""
+
+    async def crash(request: str) -> Response:
+        raise RuntimeError("secret")
+
+    async def refuse(request: str, next: Handler[str, Response]) -> Response:
+        return Response(401, "no")
+
+    with caplog.at_level(logging.INFO), request_id_scope("req-42"):
+        assert asyncio.run(server_chain(SafetyNet(internal_error), crash)("x")).status == 500
+        assert asyncio.run(chain(refuse, ok)("x")).answered_by is not None
+    assert [r.request_id for r in caplog.records] == [apps_record_factory] * 2  # type: ignore[attr-defined]
+
+
 def test_safety_net_keeps_serving_after_many_failures() -> None:
     """1,000 failing requests in a row, then a good one succeeds."""
     calls = 0

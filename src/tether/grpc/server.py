@@ -60,6 +60,7 @@ import grpc
 import grpc.aio
 
 from tether import _clock
+from tether._logging import log_fields
 from tether._settings import PathPrefixes, server_budgets
 from tether.deadline import (
     DeadlineScope,
@@ -311,14 +312,16 @@ class _Call:
             return
         elapsed = (_clock.monotonic() - self.started) * 1000
         budget = "none" if self.budget is None else f"{self.budget * 1000:.1f}ms"
-        log.info(
+        log_fields(
+            log,
+            logging.INFO,
             "grpc %s %s %.1fms budget=%s request_id=%s",
             self.method,
             code.name,
             elapsed,
             budget,
             self.request_id,
-            extra={
+            fields={
                 "request_id": self.request_id,
                 "grpc_method": self.method,
                 "grpc_code": code.name,
@@ -559,12 +562,14 @@ def _status_for(exc: Exception, call: _Call) -> grpc.StatusCode:
     # A downstream call's failure (grpc.aio's, or the synchronous API's, which is a grpc.Call)
     if isinstance(exc, grpc.aio.AioRpcError | grpc.Call) and exc.code() in _PASSED_ON:
         return exc.code()
-    log.error(
+    log_fields(
+        log,
+        logging.ERROR,
         "grpc %s request_id=%s failed; answered INTERNAL",
         call.method,
         call.request_id,
         exc_info=exc,
-        extra={"request_id": call.request_id},
+        fields={"request_id": call.request_id},
     )
     return grpc.StatusCode.INTERNAL
 

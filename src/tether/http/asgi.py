@@ -54,6 +54,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from tether import _clock
+from tether._logging import log_fields
 from tether._loop_state import PerLoop
 from tether._settings import PathPrefixes, server_budgets
 from tether.deadline import deadline_for_request
@@ -182,10 +183,12 @@ class TetherMiddleware:
                 await self.app(scope, exchange.receive, exchange.send)
         except asyncio.CancelledError:
             if exchange.disconnect_caused(task):
-                log.info(
+                log_fields(
+                    log,
+                    logging.INFO,
                     "request %s: the client went away; the handler was cancelled",
                     exchange.request_id,
-                    extra={"request_id": exchange.request_id},
+                    fields={"request_id": exchange.request_id},
                 )
                 return
             raise
@@ -258,7 +261,8 @@ async def _refuse_websocket(
     `websocket.http.response`), else a close before accepting (code 1008, policy violation; the
     server answers it with 403)."""
     problem = _request_id_refusal(ids_differ)
-    log.info("websocket refused: %s", problem.detail, extra={"request_id": request_id})
+    fields = {"request_id": request_id}
+    log_fields(log, logging.INFO, "websocket refused: %s", problem.detail, fields=fields)
     await receive()  # websocket.connect: the first message of every connection
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": 1008, "reason": problem.detail})
@@ -308,23 +312,27 @@ def _budget_timing(budget: float) -> bytes:
 
 def _log_failure(request_id: str, exc: Exception, outcome: str) -> None:
     """Log an exception that escaped the app; `outcome` says what the client got."""
-    extra = {"request_id": request_id}
+    fields = {"request_id": request_id}
     if isinstance(exc, TetherError):  # an outcome (budget spent, upstream down), not a bug
-        log.info(
+        log_fields(
+            log,
+            logging.INFO,
             "request %s ended with %s (%s): %s",
             request_id,
             type(exc).__name__,
             outcome,
             exc,
-            extra=extra,
+            fields=fields,
         )
     else:
-        log.error(
+        log_fields(
+            log,
+            logging.ERROR,
             "request %s failed with an unhandled exception (%s)",
             request_id,
             outcome,
             exc_info=exc,
-            extra=extra,
+            fields=fields,
         )
 
 
