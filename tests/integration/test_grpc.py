@@ -519,6 +519,61 @@ async def test_unbounded_methods_stream_until_their_client_cancels(
     assert default.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+async def test_grpcs_health_watch_outlives_the_default_budget() -> None:
+    """gRPC's own health service on a tether server: `Check` gets the default budget like any
+    call, `Watch` (which grpc clients that check health keep open per connection) is unbounded
+    without being listed, and reports a change after the default budget has passed."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    server = tether.grpc.server(default_budget=0.3, max_budget=1.0)
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        await servicer.set("orders", serving)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            asked = health_pb2.HealthCheckRequest(service="orders")
+            assert (await stub.Check(asked)).status == serving
+            started = time.monotonic()
+            seen = []
+            async for answer in stub.Watch(asked):
+                seen.append((answer.status, time.monotonic() - started))
+                if len(seen) == 1:
+                    await asyncio.sleep(0.6)  # twice the default budget
+                    await servicer.set("orders", not_serving)
+                else:
+                    break
+    finally:
+        await server.stop(None)
+    assert [status for status, _ in seen] == [serving, not_serving]
+    assert seen[1][1] >= 0.6
+
+
+def test_grpcs_own_long_lived_streams_are_unbounded_on_both_servers() -> None:
+    """Health `Watch` and server reflection are unbounded on grpc.aio's and grpc's synchronous
+    interceptors alike, besides the methods given; other methods are not."""
+    from tether.grpc.sync_server import TetherSyncServerInterceptor
+
+    for made in (
+        tether.grpc.TetherServerInterceptor(unbounded_methods=["/pkg.Feed"]),
+        TetherSyncServerInterceptor(unbounded_methods=["/pkg.Feed"]),
+    ):
+        for name in (
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            "/pkg.Feed/Watch",
+        ):
+            assert name in made.unbounded_methods
+        assert "/grpc.health.v1.Health/Check" not in made.unbounded_methods
+
+
 @pytest.mark.parametrize(
     "methods", ["/test.Echo/Watch", None, 5, ["test.Echo/Watch"], ["/a b"], [None]]
 )

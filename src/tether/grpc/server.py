@@ -21,9 +21,10 @@ For every call, of all four shapes, in this order (outermost first):
    a deadline in the context grpc created the call's task from is ignored. When the deadline
    in force is the client's own, grpc cancels the handler at it, and the block sets no timer
    of its own (one less per call); a default, clamped or metadata deadline gets tether's.
-   Methods in `unbounded_methods` get no budget from the server: the client's deadline (or
-   tether's metadata) applies unclamped, and a call without one runs without a deadline
-   (long-lived streams that end when their client cancels).
+   Methods in `unbounded_methods`, and gRPC's own long-lived streams (health `Watch`, server
+   reflection), get no budget from the server: the client's deadline (or tether's metadata)
+   applies unclamped, and a call without one runs without a deadline (long-lived streams that
+   end when their client cancels).
 4. One log line per call on `tether.grpc`: method, status, duration, budget, request id.
 
 Synchronous (`def`) handlers get the same safety net, request id, log line and ambient
@@ -120,7 +121,7 @@ class TetherServerInterceptor(grpc.aio.ServerInterceptor):
         # Where synchronous streaming handlers run (None: the event loop's default executor).
         self.thread_pool = thread_pool
         # `/package.Service/Method`, or `/package.Service` for all of a service's methods.
-        self.unbounded_methods = PathPrefixes("unbounded_methods", unbounded_methods)
+        self.unbounded_methods = unbounded_methods_of(unbounded_methods)
         self._wrapped: WrappedHandlers = {}
 
     async def intercept_service(
@@ -136,6 +137,24 @@ class TetherServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         return wrapped_once(self._wrapped, handler_call_details.method, handler, _wrap, self)
+
+
+# gRPC's own streams that last as long as their client listens: the health service's Watch
+# (grpc clients that check health keep one open per connection, and a cut one takes the
+# connection out of balancing until a new one answers) and server reflection (one per
+# grpcurl-style session). Unbounded on every tether server, besides `unbounded_methods`.
+GRPC_LONG_LIVED_STREAMS = (
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+)
+
+
+def unbounded_methods_of(value: object) -> PathPrefixes:
+    """A server's `unbounded_methods` (checked: a list of method names or service prefixes),
+    with gRPC's own long-lived streams."""
+    given = PathPrefixes("unbounded_methods", value)
+    return PathPrefixes("unbounded_methods", [*given.entries, *GRPC_LONG_LIVED_STREAMS])
 
 
 # Per method: the handler grpc found and tether's wrapper of it.

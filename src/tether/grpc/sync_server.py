@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import grpc
 
-from tether._settings import PathPrefixes, server_budgets
+from tether._settings import server_budgets
 from tether.grpc._sync_streams import responses_under_deadline
 from tether.grpc.server import (
     _GENERIC,
@@ -44,6 +44,7 @@ from tether.grpc.server import (
     _ThreadContext,
     check_thread_pool,
     shape_of,
+    unbounded_methods_of,
     wrapped_once,
 )
 
@@ -64,7 +65,7 @@ class TetherSyncServerInterceptor(grpc.ServerInterceptor):
         unbounded_methods: Iterable[str] = (),
     ) -> None:
         self.default_budget, self.max_budget = server_budgets(default_budget, max_budget)
-        self.unbounded_methods = PathPrefixes("unbounded_methods", unbounded_methods)
+        self.unbounded_methods = unbounded_methods_of(unbounded_methods)
         self._wrapped: WrappedHandlers = {}
 
     def intercept_service(
