@@ -752,6 +752,48 @@ async def test_handler_exceptions_map_to_their_statuses_without_their_text(
     assert caught.value.details() == details
 
 
+async def test_the_log_line_says_the_status_a_handler_set_and_returned_with(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that sets its status with `context.set_code()` and returns (instead of
+    aborting): the call's log line says that status, as the client got it, for an async and a
+    synchronous (`def`) handler; a plain return stays OK."""
+
+    async def missing(request: bytes, context: Any) -> bytes:
+        if request == b"missing":
+            context.set_code(Code.NOT_FOUND)
+            context.set_details("no such order")
+        return b""
+
+    def missing_in_thread(request: bytes, context: Any) -> bytes:
+        context.set_code(Code.FAILED_PRECONDITION)
+        return b""
+
+    handlers = {
+        "Missing": grpc.unary_unary_rpc_method_handler(missing),
+        "MissingInThread": grpc.unary_unary_rpc_method_handler(missing_in_thread),
+    }
+    with caplog.at_level(logging.INFO, logger="tether.grpc"):
+        async with (
+            grpc_server(handlers, migration_thread_pool=ThreadPoolExecutor(2)) as target,
+            grpc.aio.insecure_channel(target) as channel,
+        ):
+            for name, request, code in [
+                ("Missing", b"missing", Code.NOT_FOUND),
+                ("MissingInThread", b"", Code.FAILED_PRECONDITION),
+                ("Missing", b"there", Code.OK),
+            ]:
+                caplog.clear()
+                try:
+                    await channel.unary_unary(method(name))(request)
+                    got = Code.OK
+                except grpc.aio.AioRpcError as failed:
+                    got = failed.code()
+                (line,) = await call_lines(caplog, 1, name)
+                assert got is code
+                assert line.grpc_code == code.name  # type: ignore[attr-defined]
+
+
 async def test_the_safety_net_and_log_line_hold_under_an_apps_record_factory(
     caplog: pytest.LogCaptureFixture, apps_record_factory: str
 ) -> None:

@@ -109,6 +109,26 @@ def test_one_log_line_per_call(caplog: pytest.LogCaptureFixture) -> None:
     assert {line.request_id for line in lines} == {"req-log"}  # type: ignore[attr-defined]
 
 
+def test_the_log_line_says_the_status_a_handler_set_and_returned_with(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`context.set_code()` and a return, on grpc's synchronous server: the client's status is
+    the line's."""
+
+    def missing(request: bytes, context: Any) -> bytes:
+        context.set_code(grpc.StatusCode.NOT_FOUND)
+        return b""
+
+    caplog.set_level(logging.INFO, logger="tether.grpc")
+    handlers = {"Missing": grpc.unary_unary_rpc_method_handler(missing)}
+    with sync_grpc_server(handlers) as target, grpc.insecure_channel(target) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary(method("Missing"))(b"")
+        (line,) = log_lines(caplog, 1)
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    assert line.grpc_code == "NOT_FOUND"  # type: ignore[attr-defined]
+
+
 def test_without_a_client_deadline_the_default_budget_applies() -> None:
     """grpc's synchronous server reports "no deadline" as billions of years; tether reads it
     as none, so the default budget applies (and a new request id is made). The handler's own

@@ -249,6 +249,7 @@ class _Call:
     """One call's bookkeeping: its ids and budget made ambient, and the log line at its end."""
 
     __slots__ = (
+        "_context",
         "_id_token",
         "_trace_token",
         "budget",
@@ -281,6 +282,7 @@ class _Call:
         self.request_id = request_id
         self.method = method
         self.code = _OK  # what the call ended with, for the log line
+        self._context = context
         remaining = context.time_remaining()
         budget: float | None
         if remaining is None or remaining > _NO_DEADLINE_ABOVE:
@@ -329,6 +331,8 @@ class _Call:
         reset_request_id(self._id_token)
         if not log.isEnabledFor(logging.INFO):
             return
+        if code is _OK:  # or what the handler set with context.set_code() and then returned
+            code = _code_of(self._context, default=_OK)
         elapsed = (_clock.monotonic() - self.started) * 1000
         budget = "none" if self.budget is None else f"{self.budget * 1000:.1f}ms"
         log_fields(
@@ -483,20 +487,29 @@ def _run_in_thread(
 
 
 class _ThreadContext:
-    """grpc's context for a synchronous handler, noting the status an abort ends the call with
-    (grpc's context for threads cannot tell it afterwards; its abort raises a plain Exception
-    on grpc's synchronous server). Everything else is grpc's."""
+    """grpc's context for a synchronous handler, noting the status an abort or `set_code` ends
+    the call with, which `code()` tells (grpc.aio's context for threads has no `code()`, and
+    its abort raises a plain Exception on grpc's synchronous server). Everything else is
+    grpc's."""
 
-    __slots__ = ("_context", "aborted_with")
+    __slots__ = ("_context", "_set", "aborted_with")
 
     def __init__(self, context: Any) -> None:
         self._context = context
         self.aborted_with: grpc.StatusCode | None = None
+        self._set: grpc.StatusCode | None = None
 
     def abort(self, code: grpc.StatusCode, *args: Any, **kwargs: Any) -> NoReturn:
         self.aborted_with = code
         self._context.abort(code, *args, **kwargs)
         raise AssertionError("context.abort returns only by raising")  # pragma: no cover
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._set = code
+        self._context.set_code(code)
+
+    def code(self) -> grpc.StatusCode | None:
+        return self.aborted_with or self._set
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
@@ -605,9 +618,12 @@ def _details_for(code: grpc.StatusCode) -> str:
     return _GENERIC
 
 
-def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+def _code_of(
+    context: Any, *, default: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+) -> grpc.StatusCode:
+    """The status the handler set on `context` (`abort`, `set_code`), or `default`."""
     code = context.code()
-    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+    return code if isinstance(code, grpc.StatusCode) else default
 
 
 def server(
