@@ -263,8 +263,9 @@ def test_handler_is_cancelled_at_the_deadline_and_client_gets_504(clock: Virtual
         ({}, {"body": b"partial", "more_body": True}),
         # With trailers (ASGI's extension) the last body message is not the end: they are.
         ({"trailers": True}, {"body": b"all of it"}),
+        ({"trailers": True}, {"type": "http.response.pathsend", "path": "/srv/file"}),
     ],
-    ids=["body", "trailers"],
+    ids=["body", "trailers", "pathsend-then-trailers"],
 )
 def test_deadline_after_response_started_closes_the_connection(
     clock: VirtualClock, start: Message, sent: Message
@@ -273,7 +274,7 @@ def test_deadline_after_response_started_closes_the_connection(
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [], **start})
-        await send({"type": "http.response.body", **sent})
+        await send({"type": "http.response.body", **sent})  # or the type `sent` names
         await asyncio.sleep(5)
         await send({"type": "http.response.trailers", "headers": [], "more_trailers": False})
 
@@ -903,3 +904,110 @@ def test_any_header_values_get_the_app_or_a_clean_refusal(
             REQUEST_DEADLINE,
             GRPC_TIMEOUT,
         )
+
+
+# An app's response, step by step: ("sleep", seconds) or a message to send; the messages form
+# a valid ASGI response (start, body chunks, then the last body or a pathsend, then trailers
+# when announced), and the app may raise instead of taking any step.
+_Step = tuple[str, Any]
+
+
+@st.composite
+def _app_scripts(draw: st.DrawFn) -> list[_Step]:
+    trailers = draw(st.booleans())
+    messages: list[_Step] = [("start", trailers)]
+    messages += [("chunk", None)] * draw(st.integers(0, 2))
+    messages.append(draw(st.sampled_from([("last", None), ("pathsend", None)])))
+    if trailers:
+        messages.append(("trailers", None))
+    steps: list[_Step] = []
+    for message in messages:
+        steps += [("sleep", draw(st.sampled_from([0.0, 0.003, 0.02, 0.2])))] * draw(
+            st.integers(0, 1)
+        )
+        steps.append(message)
+    if draw(st.booleans()):  # background work after the response
+        steps.append(("sleep", draw(st.sampled_from([0.003, 0.02, 0.2]))))
+    failure = draw(st.sampled_from([None, RuntimeError, tether.UpstreamUnavailable]))
+    if failure is not None:
+        steps.insert(draw(st.integers(0, len(steps))), ("raise", failure))
+    return steps
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    _app_scripts(),
+    st.sampled_from([None, b"10", b"100", b"250"]),
+    st.sampled_from([None, 0.001, 0.01, 0.15, 0.5]),
+)
+def test_any_app_behaviour_ends_in_one_whole_answer_or_a_closed_connection(
+    script: list[_Step], budget: bytes | None, leaves_at: float | None
+) -> None:
+    """Whatever an app does (answers in pieces, sends a file, announces trailers, works on
+    after its answer, raises anywhere) under any budget and with its client leaving at any
+    moment: the server gets one response start at most; the middleware raises only while a
+    started response is incomplete (the server then closes the connection); a response it did
+    not complete is the client leaving, or else the app's failure before it started answered
+    with a problem; nothing ambient is left behind."""
+    sent_by_app: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        for kind, value in script:
+            if kind == "sleep":
+                await asyncio.sleep(value)
+            elif kind == "raise":
+                raise value("secret")
+            elif kind == "start":
+                start = {"type": "http.response.start", "status": 200, "headers": []}
+                await send({**start, "trailers": True} if value else start)
+            elif kind == "chunk":
+                await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            elif kind == "last":
+                await send({"type": "http.response.body", "body": b"end"})
+            elif kind == "pathsend":
+                await send({"type": "http.response.pathsend", "path": "/srv/file"})
+            else:
+                await send(
+                    {"type": "http.response.trailers", "headers": [], "more_trailers": False}
+                )
+            if kind != "sleep":
+                sent_by_app.append(kind)
+
+    headers = [] if budget is None else [(b"x-request-timeout", budget)]
+    with VirtualClock() as clock:
+        exchange = Exchange(clock)
+
+        async def main() -> BaseException | None:
+            async def leave() -> None:
+                if leaves_at is not None:
+                    await asyncio.sleep(leaves_at)
+                    exchange.disconnect.set()
+
+            leaving = asyncio.create_task(leave())
+            try:
+                await exchange.run(TetherMiddleware(app), headers)
+            except Exception as exc:
+                return exc
+            finally:
+                leaving.cancel()
+                assert current_request_id() is None
+                assert current_deadline() is None
+            return None
+
+        raised = clock.run(main())
+    kinds = [m["type"] for m in exchange.sent]
+    assert kinds.count("http.response.start") <= 1
+    app_done = "last" in sent_by_app or "pathsend" in sent_by_app
+    complete = app_done and (("start", True) not in script or "trailers" in sent_by_app)
+    if raised is not None:
+        assert "start" in sent_by_app, (script, raised)
+        assert not complete, (script, raised)
+        return
+    if not exchange.sent or complete:
+        return  # nothing sent (the client left first) or the app's whole answer
+    if "start" not in sent_by_app:  # the middleware answered: a problem
+        assert exchange.status in (500, 503, 504)
+        assert exchange.headers[b"content-type"] == b"application/problem+json"
+        assert "secret" not in json.dumps(exchange.body)
+        return
+    assert leaves_at is not None, (script, budget, kinds)  # cut short: only by the client

@@ -392,9 +392,10 @@ class _Exchange:
         elif kind == "http.response.body":
             if not message.get("more_body", False) and not self._trailers:
                 self.response_done = True
-        elif kind == "http.response.pathsend" or (
-            kind == "http.response.trailers" and not message.get("more_trailers", False)
-        ):  # ASGI's extensions: a file, the whole body; the last trailers
+        elif kind == "http.response.pathsend":  # ASGI's extension: a file, the whole body
+            if not self._trailers:
+                self.response_done = True
+        elif kind == "http.response.trailers" and not message.get("more_trailers", False):
             self.response_done = True
         return self._send(message)
 
