@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -986,3 +987,88 @@ async def test_random_metadata_gets_an_answer_or_invalid_argument_never_internal
     assert outcomes["OK"] > 0
     assert outcomes["INVALID_ARGUMENT"] > 0  # the values reach both sides
     assert outcomes["INVALID_ARGUMENT"] > 0, outcomes
+
+
+# What a scripted handler does, in order: ("sleep", s), ("raise", kind), ("abort", code),
+# ("set_code", code); then it returns. Sleeps are far from the budgets below (0 or 0.3 s
+# against 0.1 s or none), so no outcome hangs on a race with the deadline.
+_HANDLER_STEPS = [
+    ("sleep", 0.0),
+    ("sleep", 0.3),
+    ("raise", "RuntimeError"),
+    ("raise", "TimeoutError"),
+    ("raise", "UpstreamUnavailable"),
+    ("abort", "NOT_FOUND"),
+    ("set_code", "FAILED_PRECONDITION"),
+]
+_RAISED = {
+    "RuntimeError": (RuntimeError, Code.INTERNAL),
+    "TimeoutError": (TimeoutError, Code.DEADLINE_EXCEEDED),
+    "UpstreamUnavailable": (tether.UpstreamUnavailable, Code.UNAVAILABLE),
+}
+
+
+def _expected_status(steps: list[tuple[str, str | float]], budget: float | None) -> Code:
+    """The status a call of `steps` ends with: the first step that ends it, the budget running
+    out during a long sleep, or the status set last."""
+    set_code = Code.OK
+    for kind, value in steps:
+        if kind == "sleep" and value and budget is not None:
+            return Code.DEADLINE_EXCEEDED
+        if kind == "raise":
+            return _RAISED[str(value)][1]
+        if kind == "abort":
+            return Code[str(value)]
+        if kind == "set_code":
+            set_code = Code[str(value)]
+    return set_code
+
+
+async def test_random_handler_behaviour_ends_with_its_status_told_alike_to_client_and_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """150 calls (seeded) to a handler that does a random script of sleeps, raises, aborts and
+    set_code, under a 0.1 s budget or none: each ends with the status the script calls for
+    (the safety net's for a raise, the budget's for a long sleep), its details never carry the
+    exception's text, the call's log line says the same status as the client got, and the
+    server serves a plain call afterwards."""
+    rng = random.Random(fuzz_seed())
+
+    async def scripted(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        for kind, value in json.loads(request):
+            if kind == "sleep":
+                await asyncio.sleep(value)
+            elif kind == "raise":
+                raise _RAISED[value][0]("secret: the handler's own words")
+            elif kind == "abort":
+                await context.abort(Code[value], "not found here")
+            else:
+                context.set_code(Code[value])
+        return b"done"
+
+    handlers = {"Scripted": grpc.unary_unary_rpc_method_handler(scripted)}
+    outcomes: list[tuple[Any, float | None, Code, str, str]] = []
+    with caplog.at_level(logging.INFO, logger="tether.grpc"):
+        async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+            call = channel.unary_unary(method("Scripted"))
+            for number in range(150):
+                steps = [rng.choice(_HANDLER_STEPS) for _ in range(rng.randint(0, 3))]
+                budget = rng.choice([None, None, 0.1])
+                request_id = f"fuzz-{number}"
+                metadata = (("x-request-id", request_id),)
+                try:
+                    await call(json.dumps(steps).encode(), timeout=budget, metadata=metadata)
+                    code, details = Code.OK, ""
+                except grpc.aio.AioRpcError as failed:
+                    code, details = failed.code(), failed.details() or ""
+                (line,) = await call_lines(caplog, 1, request_id)
+                caplog.clear()
+                outcomes.append((steps, budget, code, details, line.grpc_code))  # type: ignore[attr-defined]
+            assert await call(b"[]") == b"done"
+    for steps, budget, code, details, logged in outcomes:
+        where = (steps, budget, code, details, logged)
+        assert code is _expected_status(steps, budget), where
+        assert "secret" not in details, where
+        assert logged == code.name, where
+    seen = {code for _, _, code, _, _ in outcomes}
+    assert {Code.OK, Code.INTERNAL, Code.DEADLINE_EXCEEDED, Code.NOT_FOUND} <= seen
