@@ -37,7 +37,7 @@ from tether import TaskGroup, chain, current_deadline, deadline_after, detached,
 from tether.http import TetherMiddleware
 
 from .grpc_services import grpc_server, method
-from .servers import free_port, listening, uvicorn_serving
+from .servers import free_port, listening, raw_exchange, uvicorn_serving
 
 pytestmark = pytest.mark.integration
 
@@ -419,3 +419,34 @@ async def test_background_tasks_run_under_the_request_budget_unless_detached() -
                 break
             await asyncio.sleep(0.01)
     assert outcome == {"bounded": "cancelled", "detached": "done"}
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+async def test_a_body_the_app_refuses_unread_is_never_asked_for(http: str) -> None:
+    """`Expect: 100-continue` under uvicorn: an app that refuses an upload after 50 ms of
+    checks, without reading it, answers 413 and uvicorn never tells the client to send the
+    10 MB body (the disconnect watch, which reads from 5 ms on, made it send `100 Continue`);
+    an app that reads the body gets it as usual, `100 Continue` included."""
+
+    async def upload(request: Request) -> Response:
+        await asyncio.sleep(0.05)
+        if request.url.path == "/refused":
+            return Response(status_code=413)
+        return Response(f"{len(await request.body())}")
+
+    app = app_with(
+        Route("/refused", upload, methods=["POST"]), Route("/taken", upload, methods=["POST"])
+    )
+    async with uvicorn_serving(app, http=http) as (url, _server):
+        port = int(url.rsplit(":", 1)[1])
+        head = "POST {} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n"
+        refused, _ = await raw_exchange(port, head.format("/refused", 10_000_000).encode(), wait=1)
+        assert refused.startswith(b"HTTP/1.1 413"), refused[:80]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head.format("/taken", 5).encode())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100")
+        writer.write(b"hello")
+        answer = await reader.readuntil(b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert (await reader.read(1)) == b"5"
+        writer.close()

@@ -68,6 +68,16 @@ class Exchange:
         return json.loads(b"".join(m.get("body", b"") for m in self.sent[1:]))
 
 
+async def client_leaves(exchange: Exchange, request: asyncio.Task[None], after: float) -> float:
+    """`after` seconds on, the request's client leaves; once the request has ended, returns
+    when it left."""
+    await asyncio.sleep(after)
+    gone_at = exchange.clock.monotonic()
+    exchange.disconnect.set()
+    await request
+    return gone_at
+
+
 def ok_app(seen: dict[str, Any] | None = None) -> App:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if seen is not None:
@@ -391,11 +401,7 @@ def test_client_disconnect_cancels_the_handler_at_once(clock: VirtualClock) -> N
         task = asyncio.create_task(
             exchange.run(TetherMiddleware(sleeping_app(60, cancelled, clock)), [])
         )
-        await asyncio.sleep(1)
-        gone_at = clock.monotonic()
-        exchange.disconnect.set()
-        await task
-        return gone_at
+        return await client_leaves(exchange, task, 1)
 
     gone_at = clock.run(main())
     assert cancelled == [gone_at]
@@ -522,6 +528,56 @@ def test_app_reads_the_body_through_the_watcher(clock: VirtualClock) -> None:
     assert exchange.status == 200
 
 
+@pytest.mark.parametrize("reads_at", [None, 0.02])
+def test_a_request_that_expects_100_continue_is_watched_only_once_the_app_reads(
+    clock: VirtualClock, reads_at: float | None
+) -> None:
+    """`Expect: 100-continue`: servers send `100 Continue` at the first `receive()`, so the
+    watch does not read before the app does. An app that refuses the request without reading
+    its body (None) leaves the server's `receive` untouched: the client is never asked for
+    the body. One that reads it (after 20 ms, past WATCH_AFTER) is watched from then on: its
+    client leaving still cancels it."""
+    reads: list[float] = []
+    cancelled: list[float] = []
+    exchange = Exchange(clock)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if reads_at is None:
+            await asyncio.sleep(0.05)  # an auth check, say
+            await send({"type": "http.response.start", "status": 413, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await asyncio.sleep(reads_at)
+        await receive()
+        await sleeping_app(60, cancelled, clock)(scope, receive, send)
+
+    began = clock.monotonic()
+
+    async def main() -> float:
+        async def receive() -> Message:
+            reads.append(clock.monotonic() - began)
+            if len(reads) == 1:
+                return {"type": "http.request", "body": b"x" * 10, "more_body": False}
+            await exchange.disconnect.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            exchange.sent.append(message)
+
+        headers = [(b"content-length", b"10"), (b"expect", b"100-continue")]
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
+        task = asyncio.create_task(TetherMiddleware(app)(scope, receive, send))
+        return await client_leaves(exchange, task, 0.5)
+
+    gone_at = clock.run(main())
+    if reads_at is None:
+        assert reads == []
+        assert exchange.status == 413
+    else:
+        assert reads[0] == pytest.approx(reads_at)  # the app's own read came first
+        assert cancelled == [gone_at]
+
+
 def test_watch_falling_due_while_the_app_waits_in_receive_starts_after_it(
     clock: VirtualClock,
 ) -> None:
@@ -553,11 +609,7 @@ def test_watch_falling_due_while_the_app_waits_in_receive_starts_after_it(
         task = asyncio.create_task(TetherMiddleware(app)(scope, receive, send))
         await asyncio.sleep(0.5)  # the watch fell due at 5 ms, while the app was in receive
         body_ready.set()
-        await asyncio.sleep(1)
-        gone_at = clock.monotonic()
-        exchange.disconnect.set()
-        await task
-        return gone_at
+        return await client_leaves(exchange, task, 1)
 
     gone_at = clock.run(main())
     assert cancelled == [gone_at]

@@ -22,6 +22,8 @@ context variables). For each HTTP request, in this order:
    `upstream-unavailable`).
 4. A client that disconnects cancels the app (the middleware listens for `http.disconnect`
    from 5 ms into the request on; faster requests are never watched, which keeps them cheap).
+   A request that expects `100 Continue` is watched only once the app reads its body:
+   listening earlier would make the server ask the client for a body the app may refuse.
 5. Safety net: any other exception becomes 500 `internal-error` without its text; the traceback
    is logged with the request id; the server keeps serving.
 6. The response carries `Server-Timing: app;dur=<ms in this hop>, budget;dur=<ms received>`
@@ -97,8 +99,10 @@ _DEADLINE_HEADERS = frozenset(
 _DISCONNECT: Message = {"type": "http.disconnect"}
 _current_task = asyncio.current_task
 
-# Whether the app is inside the server's own `receive` (before watching starts).
-_NOT_READING, _READING, _READING_PAST_DUE = 0, 1, 2
+# Whether the app is inside the server's own `receive` (before watching starts); or, for a
+# request that expects `100 Continue` and whose body the app has not asked for yet, that the
+# watch fell due and waits for the app's first read.
+_NOT_READING, _READING, _READING_PAST_DUE, _WAITING_FOR_FIRST_READ = 0, 1, 2, 3
 
 # How long a request runs before the middleware starts watching for its client to leave.
 WATCH_AFTER = 0.005
@@ -133,7 +137,7 @@ class TetherMiddleware:
         request_id, ids_differ, traceparent, asks_deadline = read_incoming(
             headers, b"x-request-id", b"traceparent", _DEADLINE_HEADERS
         )
-        exchange = _Exchange(send, receive, started)
+        exchange = _Exchange(send, receive, started, headers)
         if request_id is None:
             exchange.request_id = new_request_id()
         elif _REQUEST_ID.fullmatch(request_id) and not ids_differ:
@@ -284,6 +288,11 @@ def _with_request_id(headers: Iterable[Header], request_id: str) -> list[Header]
     return out
 
 
+def _expects_continue(headers: Iterable[Header]) -> bool:
+    """Whether the request asks for `100 Continue` before it sends its body."""
+    return any(name == b"expect" and value.lower() == b"100-continue" for name, value in headers)
+
+
 def _route_path(scope: Scope) -> str:
     """The path as the app routes it: the scope's `path` without the server's `root_path`
     (servers such as uvicorn put it in front of `path`, ASGI's rule; `unbounded_paths` are
@@ -346,6 +355,8 @@ class _Exchange:
 
     __slots__ = (
         "__weakref__",  # for tests that check a finished request is freed
+        "_has_read",
+        "_headers",
         "_reading",
         "_receive",
         "_send",
@@ -360,9 +371,13 @@ class _Exchange:
         "watching",
     )
 
-    def __init__(self, send: Send, receive: Receive, started: float) -> None:
+    def __init__(
+        self, send: Send, receive: Receive, started: float, headers: Iterable[Header]
+    ) -> None:
         self._send = send
         self._receive = receive
+        self._headers = headers
+        self._has_read = False
         self.started = started
         self.budget_timing = b""  # b", budget;dur=<ms>" once the budget is known
         self.request_id = ""
@@ -419,11 +434,19 @@ class _Exchange:
         return watchlist
 
     def start_watching(self) -> None:
-        """Called by the watchlist once the request has run `WATCH_AFTER`."""
+        """Called by the watchlist once the request has run `WATCH_AFTER`.
+
+        Rule: a request that expects `100 Continue` is watched only from the app's first read
+        of its body on. Servers send `100 Continue` at the first `receive()`, and the client
+        then sends the body, which the app may be about to refuse (413, 401) without reading.
+        """
         if self.finished or self.response_done or self.watching is not None:
             return
         if self._reading:  # two readers of `receive` at once are not allowed: after the app's
             self._reading = _READING_PAST_DUE
+            return
+        if not self._has_read and _expects_continue(self._headers):
+            self._reading = _WAITING_FOR_FIRST_READ
             return
         self.watching = _Watch(self._receive, self.task, self)
 
@@ -431,11 +454,13 @@ class _Exchange:
         """The app's `receive`: the server's own until watching starts, then the read-ahead."""
         if self.watching is not None:
             return await self.watching.receive()
+        past_due = self._reading == _WAITING_FOR_FIRST_READ
+        self._has_read = True
         self._reading = _READING
         try:
             return await self._receive()
         finally:
-            past_due = self._reading == _READING_PAST_DUE
+            past_due = past_due or self._reading == _READING_PAST_DUE
             self._reading = _NOT_READING
             if past_due:
                 self.start_watching()
