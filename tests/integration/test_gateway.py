@@ -251,6 +251,45 @@ async def test_an_upstream_that_echoes_the_request_id_gives_the_client_one(
     assert timings[1].startswith("gateway;dur=")
 
 
+async def test_a_client_that_expects_100_continue_is_told_to_send_its_body(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    """`Expect: 100-continue` (curl sends it for large bodies and then waits up to 1 s): once
+    the request passes the gateway's checks, the gateway answers `100 Continue` at once, reads
+    the body and proxies it; the upstream gets the body without the expectation. A request
+    the checks refuse gets its final answer instead, and no 100."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in GOOD.items())
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(
+            (
+                "POST /api/user/v1/items HTTP/1.1\r\nhost: x\r\n"
+                + head
+                + "content-type: application/json; charset=utf-8\r\ncontent-length: 9\r\n"
+                "expect: 100-continue\r\n\r\n"
+            ).encode()
+        )
+        sent = time.monotonic()
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert time.monotonic() - sent < 0.2
+        writer.write(b'{"n": 42}')
+        final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert final.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+    seen = upstream.requests[-1]
+    assert seen["body"] == '{"n": 42}'
+    assert "expect" not in seen["headers"]
+    refused, _ = await raw(
+        gateway,
+        b"POST /api/user/v1/items HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\n"
+        b"expect: 100-continue\r\n\r\n",
+        wait=1,
+    )
+    assert refused.startswith(b"HTTP/1.1 400"), refused[:60]
+
+
 async def test_budgets_are_clamped_and_defaulted(gateway: Gateway, upstream: Upstream) -> None:
     """An hour asked for is clamped to deadline.max; no header gives deadline.default."""
     _, _, clamped = await get(gateway, "/api/user/v1/a", {**GOOD, "X-Request-Timeout": "3600000"})

@@ -572,6 +572,7 @@ class Exchange:
                 )
             )
         self.deadline = deadline
+        self._continue_if_expected()
         # The budget is enforced like a deadline block (the task is cancelled at the deadline
         # and only that cancellation is turned into a 504) but with one timer and no ambient
         # context: nothing in the gateway reads the ambient deadline, and a block's
@@ -594,6 +595,21 @@ class Exchange:
         if self.response_started:
             return False
         return await self.answer_problem(self._budget_ran_out())
+
+    def _continue_if_expected(self) -> None:
+        """Tell a client that waits for `100 Continue` before sending its body (curl waits up to
+        1 s) to send it: the request has passed the checks and the gateway reads bodies before
+        forwarding them (RFC 9110, 10.1.1). Written straight to the client, as an interim
+        answer: the final one is still to come. Not forwarded: the upstream gets the body."""
+        request = self.request
+        if (
+            request.has_body
+            and request.version != "1.0"
+            and (expect := _first(self.headers, b"expect")) is not None
+            and expect.strip().lower() == b"100-continue"
+            and self.connection.transport is not None
+        ):
+            self.connection.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _expire(self) -> None:
         self._expired = True
@@ -1139,7 +1155,8 @@ def _labels(service: str) -> tuple[str]:
     return labels
 
 
-_NOT_FORWARDED = _HOP_BY_HOP | _REPLACED | {b"x-tether-attempt"}
+# `expect`: the gateway answers `100 Continue` itself and forwards the whole body.
+_NOT_FORWARDED = _HOP_BY_HOP | _REPLACED | {b"x-tether-attempt", b"expect"}
 # Upstream answer headers the gateway does not pass back: framing is its own, and X-Request-ID
 # is the gateway's one (a tether service echoes the id it was given: the client would get it
 # twice). The upstream's Server-Timing is kept, beside the gateway's: each hop's own.
