@@ -22,7 +22,9 @@ REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID_PATTERN = r"[A-Za-z0-9._:/+=-]{1,128}"
 REQUEST_ID_RULE = "1-128 characters of letters, digits and . _ : / + = -"
 
-REPEATED_REQUEST_ID = "given more than once, with different values"
+# What a header or metadata entry given twice with different values is told (request ids in
+# the middleware and gRPC servers; every calling-convention header in the gateway).
+REPEATED_WITH_DIFFERENT_VALUES = "given more than once, with different values"
 
 _current: ContextVar[str | None] = ContextVar("tether.request_id", default=None)
 

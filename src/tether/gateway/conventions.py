@@ -27,7 +27,7 @@ from tether.problems import (
     VALIDATION_FAILED,
     Problem,
 )
-from tether.request_id import new_request_id
+from tether.request_id import REPEATED_WITH_DIFFERENT_VALUES, new_request_id
 
 # The one form of X-Request-ID the gateway accepts (and echoes, even on early refusals).
 REQUEST_ID_FORM = re.compile(
@@ -98,7 +98,7 @@ def _single(headers: Headers, name: bytes) -> bytes | Problem | None:
         return None
     if len(values) > 1 and values.count(values[0]) != len(values):
         shown = name.decode().title()
-        return _invalid(f"{shown} is given more than once, with different values", shown)
+        return _invalid(f"{shown} is {REPEATED_WITH_DIFFERENT_VALUES}", shown)
     return values[0]
 
 

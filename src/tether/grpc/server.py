@@ -71,7 +71,7 @@ from tether.deadline import (
 from tether.errors import DeadlineExceeded, UpstreamUnavailable
 from tether.grpc._sync_streams import run_in_threads
 from tether.request_id import (
-    REPEATED_REQUEST_ID,
+    REPEATED_WITH_DIFFERENT_VALUES,
     REQUEST_ID_HEADER,
     REQUEST_ID_PATTERN,
     REQUEST_ID_RULE,
@@ -362,7 +362,7 @@ class MalformedRequestId(ValueError):
 
     def __init__(self, value: str, repeated: bool = False) -> None:
         if repeated:
-            super().__init__(f"{REQUEST_ID_HEADER} is {REPEATED_REQUEST_ID}")
+            super().__init__(f"{REQUEST_ID_HEADER} is {REPEATED_WITH_DIFFERENT_VALUES}")
             return
         shown = value if len(value) <= 64 else value[:64] + "..."
         super().__init__(f"invalid {REQUEST_ID_HEADER} {shown!r}: must be {REQUEST_ID_RULE}")

@@ -70,7 +70,7 @@ from tether.problems import (
     problem_for_exception,
 )
 from tether.request_id import (
-    REPEATED_REQUEST_ID,
+    REPEATED_WITH_DIFFERENT_VALUES,
     REQUEST_ID_PATTERN,
     REQUEST_ID_RULE,
     new_request_id,
@@ -92,7 +92,7 @@ log = logging.getLogger("tether.http")
 
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN.encode())
 _BAD_REQUEST_ID = f"X-Request-ID must be {REQUEST_ID_RULE}"
-_REPEATED_REQUEST_ID = f"X-Request-ID is {REPEATED_REQUEST_ID}"
+_REPEATED_REQUEST_ID = f"X-Request-ID is {REPEATED_WITH_DIFFERENT_VALUES}"
 _DEADLINE_HEADERS = frozenset(
     name.encode() for name in (REQUEST_TIMEOUT, REQUEST_DEADLINE, GRPC_TIMEOUT)
 )

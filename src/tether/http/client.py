@@ -233,8 +233,8 @@ class Client:
                     response = Response(answer.status, answer.headers, body, full_url, timings)
         except TimeoutError as exc:
             raise _timeout_error(full_url, limit, budget_bound) from exc
-        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:  # the caller's
-            # mistake, found before anything is sent
+        # A URL aiohttp cannot send to is the caller's mistake, found before anything is sent.
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
             hint = " (a path needs the client's base_url)" if url.startswith("/") else ""
             raise ValueError(
                 f"{method} {full_url!r}: not an absolute http or https URL{hint}"
