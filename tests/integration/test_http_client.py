@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from tether import DeadlineExceeded, UpstreamTimeout, UpstreamUnavailable, deadline_after
 from tether.http import Client
@@ -289,3 +290,107 @@ async def test_every_method_passes_the_budget_on_and_carries_its_body() -> None:
         method_, sent, timeout, request_id = answer.split()
         assert (method_, sent, request_id) == (verb, body, "req-m")
         assert 1900 <= int(timeout) <= 1995
+
+
+def redirecting_app(hops: dict[str, tuple[float, bytes]]) -> Any:
+    """`hops`: path -> (seconds to wait, where to redirect with 302); any other path echoes the
+    request's headers."""
+    echo = echo_headers_app()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        hop = hops.get(scope["path"]) if scope["type"] == "http" else None
+        if hop is None:
+            await echo(scope, receive, send)
+            return
+        wait, location = hop
+        await asyncio.sleep(wait)
+        headers = [(b"location", location), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 302, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+@pytest.mark.parametrize("explicit", [None, 1.0])
+async def test_a_redirect_is_sent_what_is_left_of_the_call(explicit: float | None) -> None:
+    """A redirect followed 200 ms into the call: the second request's X-Request-Timeout is what
+    is left of the call's time (budget or explicit timeout), not the first request's figure."""
+    app = redirecting_app({"/old": (0.2, b"/new")})
+    async with uvicorn_server(app) as url, Client(base_url=url, margin=0.005) as client:
+        with request_id_scope("req-r"):
+            async with deadline_after(1.0):
+                seen = (await client.get("/old", timeout=explicit)).json()
+    assert seen["x-request-id"] == "req-r"
+    assert 700 <= int(seen["x-request-timeout"]) <= 795
+
+
+async def test_redirects_that_cannot_be_followed_are_upstream_unavailable() -> None:
+    """A redirect loop, and a redirect to another scheme, are the upstream's failures
+    (UpstreamUnavailable saying which), not the caller's bad URL (ValueError)."""
+    app = redirecting_app({"/loop": (0, b"/loop"), "/ftp": (0, b"ftp://files.internal/a")})
+    async with uvicorn_server(app) as url, Client(base_url=url) as client:
+        with pytest.raises(UpstreamUnavailable, match="still redirected after 10 redirects"):
+            await client.get("/loop")
+        with pytest.raises(UpstreamUnavailable, match=r"'ftp://files\.internal/a'.*cannot be"):
+            await client.get("/ftp")
+        assert (await client.get("/loop", allow_redirects=False)).status == 302
+
+
+async def test_raise_for_status_raises_tethers_errors_with_the_whole_answer() -> None:
+    """raise_for_status=True, per call or on a session of the caller's own: an error status is
+    tether's error for it (HTTPStatusError with the body read, UpstreamTimeout for 504), never
+    aiohttp's ClientResponseError reported as a malformed answer. A callable check is the
+    caller's own: what it raises arrives unchanged."""
+    from tether.http import HTTPStatusError
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        status = int(scope["path"].strip("/"))
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"why"})
+
+    class Refused(Exception):
+        pass
+
+    async def refuse_404(answer: aiohttp.ClientResponse) -> None:
+        if answer.status == 404:
+            raise Refused
+
+    async def aiohttps_own(answer: aiohttp.ClientResponse) -> None:
+        answer.raise_for_status()
+
+    async with AsyncExitStack() as stack:
+        url = await stack.enter_async_context(uvicorn_server(app))
+        client = await stack.enter_async_context(Client(base_url=url))
+        session = await stack.enter_async_context(aiohttp.ClientSession(raise_for_status=True))
+        theirs = await stack.enter_async_context(Client(base_url=url, session=session))
+        for calling in (client.get("/404", raise_for_status=True), theirs.get("/404")):
+            with pytest.raises(HTTPStatusError) as failed:
+                await calling
+            assert failed.value.response.body == b"why"
+        with pytest.raises(UpstreamTimeout):
+            await client.get("/504", raise_for_status=True)
+        assert (await client.get("/404")).status == 404
+        assert (await theirs.get("/404", raise_for_status=False)).status == 404
+        assert (await client.get("/200", raise_for_status=True)).status == 200
+        with pytest.raises(Refused):
+            await client.get("/404", raise_for_status=refuse_404)
+        with pytest.raises(aiohttp.ClientResponseError):
+            await client.get("/404", raise_for_status=aiohttps_own)
+
+
+async def test_text_is_decoded_with_the_answers_charset() -> None:
+    """Response.text() uses the charset Content-Type names; UTF-8 without one or for one
+    Python does not know."""
+    from tether.http import CallTimings, Response
+
+    def answer(body: bytes, content_type: str) -> Response:
+        headers = CIMultiDictProxy(CIMultiDict({"Content-Type": content_type}))
+        return Response(200, headers, body, "http://x/", CallTimings())
+
+    assert answer("café".encode("latin-1"), "text/plain; charset=ISO-8859-1").text() == "café"
+    assert answer("café".encode("latin-1"), 'text/plain;Charset="latin1"').text() == "café"
+    assert answer("café".encode(), "text/plain").text() == "café"
+    assert answer("café".encode(), "text/plain; charset=no-such").text() == "café"
+    with pytest.raises(UnicodeDecodeError):
+        answer(b"caf\xe9", "text/plain").text()
+    assert answer(b"caf\xe9", "text/plain").text(errors="replace") == "caf\ufffd"

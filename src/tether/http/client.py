@@ -10,9 +10,16 @@ Every call:
 
 Errors are mapped at this edge: running out of the ambient budget is `DeadlineExceeded`; running
 out of an explicit per-call timeout is `UpstreamTimeout`; a refused, reset or broken connection,
-and an answer that is not well-formed HTTP (a bad status line, bad chunk sizes, headers over
-aiohttp's limits, conflicting lengths), is `UpstreamUnavailable`. HTTP error statuses are
-answers, not exceptions: see `Response.raise_for_status()`.
+an answer that is not well-formed HTTP (a bad status line, bad chunk sizes, headers over
+aiohttp's limits, conflicting lengths), too many redirects and a redirect to a URL that cannot
+be followed are `UpstreamUnavailable`. HTTP error statuses are answers, not exceptions: see
+`Response.raise_for_status()`, which `raise_for_status=True` (per call, or on a session of the
+caller's own) applies to every answer once its body is read. A `raise_for_status` callable is
+the caller's own check: aiohttp runs it, and what it raises reaches the caller unchanged.
+
+A redirect is followed within the same call: the same timeout covers all of it, and each
+request sends what is left of it as `X-Request-Timeout` (with a session of the caller's own,
+whose request class is not tether's, every request of the call sends the first one's).
 
 The body is read whole before the call returns (the timeout covers it). For large bodies, use
 aiohttp directly with `tether.wire.call_timeout()` and `outgoing_headers()`.
@@ -21,6 +28,7 @@ aiohttp directly with `tether.wire.call_timeout()` and `outgoing_headers()`.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json as jsonlib
 import logging
@@ -33,6 +41,7 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -88,8 +97,10 @@ class Response:
     def json(self) -> Any:
         return jsonlib.loads(self.body)
 
-    def text(self) -> str:
-        return self.body.decode()
+    def text(self, errors: str = "strict") -> str:
+        """The body decoded with the charset its `Content-Type` names (UTF-8 when it names
+        none, or one Python does not know)."""
+        return self.body.decode(_charset(self.headers.get("Content-Type", "")), errors)
 
     def raise_for_status(self) -> None:
         """Raise for an error answer: 504 is `UpstreamTimeout` (the upstream's own time ran
@@ -190,20 +201,29 @@ class Client:
     ) -> Response:
         """Send one request within the budget; the keyword arguments go to aiohttp."""
         explicit = self._timeout if timeout is None else positive_seconds("timeout", timeout)
+        # aiohttp raises its own error for an error status, before the body is read; tether's
+        # check runs on the whole answer instead (a callable check stays aiohttp's to run).
+        session = self._session_for_call()
+        check_status = kwargs.pop("raise_for_status", None)
+        if check_status is None and not self._owns_session:
+            check_status = session.raise_for_status
+        if check_status is not None:
+            kwargs["raise_for_status"] = check_status if callable(check_status) else False
         limit = call_timeout(explicit, margin=self._margin)  # raises when nothing is left
         budget_bound = limit is not None and (explicit is None or limit < explicit)
         if limit is None:
-            timeout_header = None
+            seconds = timeout_header = None
         else:
             # Whole milliseconds: what the header says is what the call waits.
             milliseconds = budget_milliseconds(limit)
+            seconds = milliseconds / 1000
             timeout_header = str(milliseconds)
         request_id = current_request_id()
         passed_on = outgoing_trace_headers()
         if request_id is not None:
             passed_on.append((REQUEST_ID_HEADER, request_id))
         timings = CallTimings(_start=time.perf_counter())
-        call = _Call(timings, timeout_header, passed_on)
+        call = _Call(timings, seconds, timeout_header, passed_on)
         extra: Mapping[str, str] | None = headers
         if not self._owns_session:  # the caller's session: its request class adds nothing
             extra = CIMultiDict(headers or ())
@@ -216,13 +236,12 @@ class Client:
             # instant, for one entry in the loop's shared deadline heap instead of a loop timer
             # and a ClientTimeout per call (timed in place: ~4.7 us per call for aiohttp's,
             # ~3.3 us for tether's). Inside, the ambient deadline stays the caller's.
-            session = self._session_for_call()
             timer: AbstractContextManager[object]
-            if limit is None:
+            if seconds is None:
                 timer = _NO_TIMER
             else:
                 loop = self._loop or self._loop_of_session()
-                timer = CallTimer(loop, milliseconds / 1000)
+                timer = CallTimer(loop, seconds)
             with timer:
                 async with session.request(
                     method, full_url, headers=extra, timeout=_NO_TIMEOUT, **kwargs
@@ -233,6 +252,15 @@ class Client:
                     response = Response(answer.status, answer.headers, body, full_url, timings)
         except TimeoutError as exc:
             raise _timeout_error(full_url, limit, budget_bound) from exc
+        # Before the caller's URL: aiohttp's errors for a bad redirect are URL errors too.
+        except aiohttp.RedirectClientError as exc:
+            raise UpstreamUnavailable(
+                f"{method} {full_url} failed: redirected to {str(exc)!r}, which cannot be followed"
+            ) from exc
+        except aiohttp.TooManyRedirects as exc:
+            raise UpstreamUnavailable(
+                f"{method} {full_url} failed: still redirected after {len(exc.history)} redirects"
+            ) from exc
         # A URL aiohttp cannot send to is the caller's mistake, found before anything is sent.
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
             hint = " (a path needs the client's base_url)" if url.startswith("/") else ""
@@ -241,13 +269,21 @@ class Client:
             ) from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise UpstreamUnavailable(f"{method} {full_url} failed: {exc}") from exc
-        except aiohttp.ClientResponseError as exc:  # an answer aiohttp could not parse
+        except aiohttp.ClientHttpProxyError as exc:
             raise UpstreamUnavailable(
+                f"{method} {full_url} failed: the proxy answered {exc.status}"
+            ) from exc
+        except aiohttp.ClientResponseError as exc:
+            if not isinstance(exc.__cause__, HttpProcessingError):
+                raise  # a `raise_for_status` callable's: the caller's own check
+            raise UpstreamUnavailable(  # an answer aiohttp could not parse
                 f"{method} {full_url} failed: a malformed answer: {one_line(str(exc.message))}"
             ) from exc
         finally:
             _current_call.reset(token)
         log.debug("%s %s -> %s %s", method, full_url, response.status, timings)
+        if check_status is True:
+            response.raise_for_status()
         return response
 
     # Plain functions handing back `request()`'s coroutine: one coroutine per call, not two.
@@ -280,6 +316,18 @@ def _absolute_http(url: str) -> bool:
     return parsed.scheme in ("http", "https") and bool(parsed.host)
 
 
+def _charset(content_type: str) -> str:
+    """The charset a `Content-Type` value names, if Python knows it; else UTF-8."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            try:
+                return codecs.lookup(value.strip().strip('"')).name
+            except LookupError:
+                break
+    return "utf-8"
+
+
 def _timeout_error(url: str, limit: float | None, budget_bound: bool) -> Exception:
     waited = format_seconds(limit or 0.0)
     if budget_bound:
@@ -292,25 +340,37 @@ def _timeout_error(url: str, limit: float | None, budget_bound: bool) -> Excepti
 class _Call:
     """The call the running task is making, as the request and connector classes below need it.
 
-    Rule: tether's headers are added to the request aiohttp builds (`add_headers_to`), not
+    Rules: tether's headers are added to the request aiohttp builds (`add_headers_to`), not
     handed to aiohttp as a dict of extra headers, which it would convert and merge first (about
     9,000 CPU instructions per call). `X-Request-Timeout` replaces any the caller set: the
     budget is not the caller's to extend. `X-Request-ID` and `traceparent` are added only when
-    the caller set none (header names compare case-insensitively).
+    the caller set none (header names compare case-insensitively). A call's later requests (a
+    redirect followed, aiohttp's resend on a pooled connection that was closed) send what is
+    left of the call's timeout, never the first request's figure.
     """
 
-    __slots__ = ("passed_on", "timeout_header", "timings")
+    __slots__ = ("built", "passed_on", "seconds", "timeout_header", "timings")
 
     def __init__(
-        self, timings: CallTimings, timeout_header: str | None, passed_on: list[tuple[str, str]]
+        self,
+        timings: CallTimings,
+        seconds: float | None,
+        timeout_header: str | None,
+        passed_on: list[tuple[str, str]],
     ) -> None:
         self.timings = timings
+        self.seconds = seconds  # the call's timeout, from `timings._start` on
         self.timeout_header = timeout_header
         self.passed_on = passed_on
+        self.built = False
 
     def add_headers_to(self, headers: CIMultiDict[str]) -> None:
         if self.timeout_header is not None:
+            if self.built and self.seconds is not None:
+                spent = time.perf_counter() - self.timings._start
+                self.timeout_header = str(budget_milliseconds(self.seconds - spent))
             headers[REQUEST_TIMEOUT] = self.timeout_header
+        self.built = True
         for name, value in self.passed_on:
             headers.setdefault(name, value)
 
