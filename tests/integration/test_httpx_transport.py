@@ -150,3 +150,26 @@ async def test_the_sync_transport_passes_the_budget_on_in_a_worker_thread() -> N
                     await asyncio.to_thread(client.get, slow + "/", timeout=0.05)
         finally:
             await asyncio.to_thread(client.close)
+
+
+async def test_a_configured_phase_timeout_is_httpxs_own_when_the_budget_capped_another() -> None:
+    """A read timeout of 0.2 s configured, the other phases unset and so capped by a 5 s budget:
+    the read timing out is httpx's ReadTimeout (the budget had 4.8 s left), not
+    DeadlineExceeded; a read timeout longer than the budget is capped and reported as the
+    budget's. Both transports."""
+    timeout = httpx.Timeout(None, read=0.2)
+    async with uvicorn_server(echo_headers_app(delay=2)) as slow:
+        async with httpx.AsyncClient(transport=TetherTransport(), timeout=timeout) as client:
+            async with deadline_after(5):
+                with pytest.raises(httpx.ReadTimeout):
+                    await client.get(slow + "/")
+            async with deadline_after(0.3):
+                with pytest.raises(DeadlineExceeded):
+                    await client.get(slow + "/", timeout=httpx.Timeout(None, read=10))
+        sync = httpx.Client(transport=TetherSyncTransport(), timeout=timeout)
+        try:
+            async with deadline_after(5):
+                with pytest.raises(httpx.ReadTimeout):
+                    await asyncio.to_thread(sync.get, slow + "/")
+        finally:
+            await asyncio.to_thread(sync.close)

@@ -9,7 +9,9 @@ Every request through it:
 - sends `X-Request-Timeout`, `X-Request-ID` and (when tracing) `traceparent`;
 - is not sent at all when less than the margin + 1 ms is left (`DeadlineExceeded`);
 - raises `DeadlineExceeded` instead of `httpx.TimeoutException` when it was the budget, not a
-  configured httpx timeout, that ran out.
+  configured httpx timeout, that ran out: when the phase that timed out (connect, read, write,
+  pool) had its timeout capped by the budget. A configured timeout shorter than the budget
+  stays httpx's to report.
 
 In synchronous code (a `def` endpoint's worker thread) no cancellation can stop a call: the
 capped timeouts are what end it. Each phase is capped at what is left when the call starts, so
@@ -48,6 +50,13 @@ log = logging.getLogger("tether.http.httpx")
 __all__ = ["TetherSyncTransport", "TetherTransport"]
 
 _PHASES = ("connect", "read", "write", "pool")
+# The phase each of httpx's timeout errors is for.
+_PHASE_OF: dict[type[httpx.TimeoutException], str] = {
+    httpx.ConnectTimeout: "connect",
+    httpx.ReadTimeout: "read",
+    httpx.WriteTimeout: "write",
+    httpx.PoolTimeout: "pool",
+}
 
 
 class TetherTransport(httpx.AsyncBaseTransport):
@@ -61,13 +70,13 @@ class TetherTransport(httpx.AsyncBaseTransport):
         self._closing: set[asyncio.Task[None]] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        budget_bound = _pass_budget_on(request, self._margin)
+        capped = _pass_budget_on(request, self._margin)
         try:
             response = await self._wrapped.handle_async_request(request)
         except httpx.TimeoutException as exc:
             self.reclaim_orphaned_connections()
-            if budget_bound:
-                raise _budget_ran_out(request) from exc
+            if _budget_ran_out(exc, capped):
+                raise _deadline_exceeded(request) from exc
             raise
         except BaseException:  # cancellation included: clean up the pool, then re-raise
             self.reclaim_orphaned_connections()
@@ -134,12 +143,12 @@ class TetherSyncTransport(httpx.BaseTransport):
         self._margin = margin_seconds(margin)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        budget_bound = _pass_budget_on(request, self._margin)
+        capped = _pass_budget_on(request, self._margin)
         try:
             return self._wrapped.handle_request(request)
         except httpx.TimeoutException as exc:
-            if budget_bound:
-                raise _budget_ran_out(request) from exc
+            if _budget_ran_out(exc, capped):
+                raise _deadline_exceeded(request) from exc
             raise
 
     def close(self) -> None:
@@ -158,33 +167,40 @@ class TetherSyncTransport(httpx.BaseTransport):
         self.close()
 
 
-def _pass_budget_on(request: httpx.Request, margin: float) -> bool:
+def _pass_budget_on(request: httpx.Request, margin: float) -> list[str]:
     """Cap `request`'s timeouts at the budget and add tether's headers (see the module
-    docstring); True when the budget, not a configured timeout, binds. Raises
-    `DeadlineExceeded` when less than the margin is left."""
+    docstring); returns the phases whose timeout the budget capped. Raises `DeadlineExceeded`
+    when less than the margin is left."""
     left = call_timeout(margin=margin)
-    budget_bound = False
+    capped: list[str] = []
     if left is not None:
         configured = request.extensions.get("timeout") or {}
-        capped: dict[str, float] = {}
+        timeouts: dict[str, float] = {}
         for phase in _PHASES:
             value = configured.get(phase)
             if value is None or value > left:
-                capped[phase] = left
-                budget_bound = True
+                timeouts[phase] = left
+                capped.append(phase)
             else:
-                capped[phase] = value
-        request.extensions["timeout"] = capped
+                timeouts[phase] = value
+        request.extensions["timeout"] = timeouts
         request.headers[REQUEST_TIMEOUT] = str(budget_milliseconds(left))
     request_id = current_request_id()
     if request_id is not None and REQUEST_ID_HEADER not in request.headers:
         request.headers[REQUEST_ID_HEADER] = request_id
     for name, value in outgoing_trace_headers():
         request.headers.setdefault(name, value)
-    return budget_bound
+    return capped
 
 
-def _budget_ran_out(request: httpx.Request) -> DeadlineExceeded:
+def _budget_ran_out(exc: httpx.TimeoutException, capped: list[str]) -> bool:
+    """Whether `exc` is for a phase whose timeout the budget capped (an httpx timeout error of
+    no known phase: whether the budget capped any)."""
+    phase = _PHASE_OF.get(type(exc))
+    return phase in capped if phase is not None else bool(capped)
+
+
+def _deadline_exceeded(request: httpx.Request) -> DeadlineExceeded:
     return DeadlineExceeded(f"deadline exceeded: no answer from {request.url} within the budget")
 
 
