@@ -635,6 +635,42 @@ async def test_budget_running_out_on_a_call_is_deadline_exceeded() -> None:
     assert isinstance(caught.value.__cause__, grpc.aio.AioRpcError)
 
 
+async def test_deadline_exceeded_answered_early_is_the_callees_own_timeout() -> None:
+    """A callee that answers DEADLINE_EXCEEDED after 50 ms (its own shorter limit ran out) while
+    the call had seconds left: UpstreamTimeout saying so, not DeadlineExceeded claiming the
+    budget ran out. Through tether's channel and the interceptor form alike; a call whose own
+    deadline passes is still DeadlineExceeded."""
+
+    async def gives_up(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(0.05)
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "its query timed out")
+        return b""
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(2)
+        return b""
+
+    handlers = {
+        "GivesUp": grpc.unary_unary_rpc_method_handler(gives_up),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+    }
+    interceptors = tether.grpc.TetherClientInterceptor()
+    async with (
+        grpc_server(handlers) as target,
+        tether.grpc.insecure_channel(target) as channel,
+        grpc.aio.insecure_channel(target, interceptors=interceptors) as intercepted,
+    ):
+        for calls in (channel, intercepted):
+            async with deadline_after(5):
+                with pytest.raises(tether.UpstreamTimeout, match="s of the call's time left"):
+                    await calls.unary_unary(method("GivesUp"))(b"")
+                with pytest.raises(tether.UpstreamTimeout, match="its query timed out"):
+                    await calls.unary_unary(method("GivesUp"))(b"", timeout=3)
+            with pytest.raises(DeadlineExceeded, match="left of the budget"):
+                async with deadline_after(0.2):
+                    await calls.unary_unary(method("Slow"))(b"")
+
+
 async def test_unavailable_server_is_upstream_unavailable() -> None:
     """Nothing listening: UpstreamUnavailable for unary calls."""
     from .servers import free_port

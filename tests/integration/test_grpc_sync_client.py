@@ -317,3 +317,28 @@ def test_bad_margins_are_refused(margin: Any) -> None:
         tether.grpc.sync_insecure_channel("127.0.0.1:1", margin=margin)
     with grpc.insecure_channel("127.0.0.1:1") as plain, pytest.raises(ValueError, match="margin"):
         tether.grpc.SyncChannel(plain, margin=margin)
+
+
+async def test_deadline_exceeded_answered_early_is_the_callees_own_timeout() -> None:
+    """From a thread with 5 s left, a callee that answers DEADLINE_EXCEEDED after 50 ms: the
+    thread gets UpstreamTimeout (the callee's own limit), not DeadlineExceeded."""
+
+    async def gives_up(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(0.05)
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "its query timed out")
+        return b""
+
+    async with grpc_server({"GivesUp": grpc.unary_unary_rpc_method_handler(gives_up)}) as target:
+        channel = tether.grpc.sync_insecure_channel(target)
+        call = channel.unary_unary(method("GivesUp"))
+
+        def gives_up_early() -> BaseException:
+            with pytest.raises(UpstreamTimeout) as caught:
+                call(b"")
+            return caught.value
+
+        try:
+            failed = await in_thread(5, gives_up_early)
+        finally:
+            channel.close()
+    assert "s of the call's time left: its query timed out" in str(failed)

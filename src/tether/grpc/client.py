@@ -10,7 +10,9 @@ sends no deadline at all unless it sets `timeout=` on every call. These intercep
 
 Errors are mapped at this edge for unary-unary calls: a `DEADLINE_EXCEEDED` caused by the
 ambient budget becomes `DeadlineExceeded`; one caused by an explicit, shorter `timeout=` becomes
-`UpstreamTimeout`; `UNAVAILABLE` becomes `UpstreamUnavailable`. The original
+`UpstreamTimeout`, and so does one the callee answered before the call's deadline (its own
+limit ran out, not this call's: as an HTTP upstream's 504); `UNAVAILABLE` becomes
+`UpstreamUnavailable`. The original
 `grpc.aio.AioRpcError` is the `__cause__`. Other statuses, and all statuses of the streaming
 shapes (grpc.aio lets only unary-unary interceptors answer in place of the call), stay
 `AioRpcError`.
@@ -72,7 +74,9 @@ class _Budgeted:
         try:
             return await call
         except grpc.aio.AioRpcError as exc:
-            raise_mapped(exc, details.method, budgeted.timeout, details.timeout)
+            raise_mapped(
+                exc, details.method, budgeted.timeout, details.timeout, call.time_remaining()
+            )
 
 
 def pass_budget_on(
@@ -128,15 +132,31 @@ def timeout_for_grpc(seconds: float) -> float:
     return ((millis // step) * step - 2.0) / 1000.0
 
 
+# How much of a call's time may be left when its DEADLINE_EXCEEDED still counts as the call's own
+# deadline passing: grpc's client timer rings a little late, never early.
+_CALLS_OWN_DEADLINE = 0.002
+
+
 def raise_mapped(
-    exc: grpc.RpcError, method: str, sent: float | None, explicit: float | None
+    exc: grpc.RpcError,
+    method: str,
+    sent: float | None,
+    explicit: float | None,
+    left: float | None,
 ) -> NoReturn:
     """Raise the failure of a call that ends with an answer (unary response) as tether's error:
-    DEADLINE_EXCEEDED is `DeadlineExceeded` when the budget set the timeout grpc was given
-    (`sent`), `UpstreamTimeout` when the caller's own, shorter `explicit` timeout did;
-    UNAVAILABLE is `UpstreamUnavailable`. Other statuses: `exc` itself."""
+    DEADLINE_EXCEEDED is `DeadlineExceeded` when the call's deadline passed and the budget set
+    the timeout grpc was given (`sent`), `UpstreamTimeout` when the caller's own, shorter
+    `explicit` timeout did, or when the callee answered it while the call had time `left` (its
+    own limit, a shorter one, ran out; None: no deadline); UNAVAILABLE is `UpstreamUnavailable`.
+    Other statuses: `exc` itself."""
     code = exc.code()
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        if left is not None and left > _CALLS_OWN_DEADLINE:
+            raise UpstreamTimeout(
+                f"{method} reported DEADLINE_EXCEEDED with {format_seconds(left)} of the "
+                f"call's time left: {exc.details()}"
+            ) from exc
         if sent is not None and (explicit is None or sent < explicit):
             raise DeadlineExceeded(
                 f"deadline exceeded: {method} did not answer within the "
@@ -254,7 +274,7 @@ class _MappedCall:
         try:
             return (yield from self._call.__await__())
         except grpc.aio.AioRpcError as exc:
-            raise_mapped(exc, self._method, self._sent, self._explicit)
+            raise_mapped(exc, self._method, self._sent, self._explicit, self._call.time_remaining())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)

@@ -26,6 +26,7 @@ thread), or the one of any task whose context the thread runs in (`asyncio.to_th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -124,6 +125,7 @@ class _Callable:
         kwargs: dict[str, Any],
     ) -> Any:
         sent, merged = pass_budget_on(timeout, metadata, self._margin)
+        started = time.monotonic()
         try:
             return form(
                 request, timeout=sent, metadata=metadata if merged is None else merged, **kwargs
@@ -131,7 +133,9 @@ class _Callable:
         except grpc.RpcError as exc:
             if mapped_as is None:
                 raise
-            raise_mapped(exc, mapped_as, sent, timeout)
+            # grpc's synchronous errors do not say how much of the call's time was left.
+            left = None if sent is None else sent - (time.monotonic() - started)
+            raise_mapped(exc, mapped_as, sent, timeout, left)
 
 
 def sync_insecure_channel(
