@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import random
@@ -23,7 +24,7 @@ from tether.grpc.client import timeout_for_grpc
 from tether.request_id import request_id_scope
 
 from .grpc_services import grpc_server, method, self_signed_certificate
-from .servers import fuzz_seed
+from .servers import fuzz_seed, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -1108,3 +1109,71 @@ async def test_random_handler_behaviour_ends_with_its_status_told_alike_to_clien
         assert logged == code.name, where
     seen = {code for _, _, code, _, _ in outcomes}
     assert {Code.OK, Code.INTERNAL, Code.DEADLINE_EXCEEDED, Code.NOT_FOUND} <= seen
+
+
+@pytest.mark.parametrize("shape", ["unary_stream", "stream_stream"])
+async def test_a_stream_whose_client_leaves_mid_write_ends_in_its_own_context(
+    shape: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server stream blocked on flow control (1 MB responses the client stops reading) when
+    its client cancels: the handler's generator is closed at once in the call's own task, with
+    the call's request id and deadline still ambient; the call logs CANCELLED; nothing of
+    tether's fails after it (grpc used to leave the generator suspended, to be closed later by
+    the garbage collector in another task, where resetting the call's context failed)."""
+    closed: list[tuple[str | None, bool]] = []
+
+    async def flood(request: Any, context: Any) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"x" * 1_000_000
+        finally:
+            closed.append((current_request_id(), time_remaining() is not None))
+
+    factory = getattr(grpc, f"{shape}_rpc_method_handler")
+    async with grpc_server({"Flood": factory(flood)}) as target:
+        async with grpc.aio.insecure_channel(target) as channel:
+            with caplog.at_level(logging.INFO):
+                callable_ = getattr(channel, shape)(method("Flood"))
+                request: Any = b"" if shape == "unary_stream" else iter([b""])
+                call = callable_(request, metadata=(("x-request-id", "req-flood"),), timeout=5)
+                await call.read()
+                await asyncio.sleep(0.2)  # the server's writes now wait on flow control
+                call.cancel()
+                lines = await call_lines(caplog, 1, "Flood")
+                await wait_until(lambda: closed, bool, 1)
+                gc.collect()
+                await asyncio.sleep(0.1)
+    assert closed == [("req-flood", True)]
+    assert lines[0].grpc_code == "CANCELLED"  # type: ignore[attr-defined]
+    failures = [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and r.name in ("asyncio", "tether.grpc")
+    ]
+    assert failures == []
+
+
+@pytest.mark.parametrize("shape", ["unary_stream", "stream_stream"])
+async def test_a_response_the_serializer_refuses_is_internal_without_its_text(
+    shape: str,
+) -> None:
+    """A streaming handler that yields what the response serializer cannot take (a dict where
+    bytes go): the safety net answers INTERNAL 'internal error', not grpc's UNKNOWN with the
+    exception's text; the server keeps serving."""
+
+    async def wrong(request: Any, context: Any) -> AsyncIterator[Any]:
+        yield b"first"
+        yield {"token": "s3cret"}
+
+    factory = getattr(grpc, f"{shape}_rpc_method_handler")
+    handlers = {"Wrong": factory(wrong), **counting_handler()[0]}
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        request: Any = b"" if shape == "unary_stream" else iter([b""])
+        got: list[bytes] = []
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for item in getattr(channel, shape)(method("Wrong"))(request, timeout=5):
+                got.append(item)
+        assert await channel.unary_unary(method("Count"))(b"", timeout=5) == b"counted"
+    assert got == [b"first"]
+    assert caught.value.code() is grpc.StatusCode.INTERNAL
+    assert caught.value.details() == "internal error"

@@ -5,7 +5,9 @@ For every call, of all four shapes, in this order (outermost first):
 1. Safety net: an exception from the handler *or from an interceptor after this one* becomes
    `INTERNAL` with a generic message (never the exception's text); `TimeoutError` and
    `DeadlineExceeded` become `DEADLINE_EXCEEDED`, `UpstreamUnavailable` becomes `UNAVAILABLE`;
-   `context.abort(...)` passes through untouched. The server keeps serving.
+   `context.abort(...)` passes through untouched. The server keeps serving. Streaming
+   handlers' responses are written here (see `_streaming`), so a response the serializer
+   refuses is caught by this net too.
 2. Request id: `x-request-id` from the metadata (or a new one) becomes the ambient request id,
    and the caller's `traceparent` is passed on by tether's clients (grpc itself hands the
    handler only the last of several). A malformed id (the rule of `tether.request_id`, as for
@@ -47,7 +49,7 @@ import inspect
 import logging
 import re
 from collections.abc import (
-    AsyncIterator,
+    AsyncGenerator,
     Awaitable,
     Callable,
     Iterable,
@@ -422,10 +424,15 @@ def _streaming(
     policy: TetherServerInterceptor,
     method: str,
     unbounded: bool,
-) -> Callable[..., AsyncIterator[Any]]:
-    async def guarded(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
+) -> Callable[..., Awaitable[None]]:
+    """Rule: the guard is a coroutine that writes the handler's responses itself (grpc.aio's
+    reader/writer form), never a generator that grpc iterates. grpc's own loop over a
+    generator leaves it suspended when a write fails (the client went away while the stream
+    waited on flow control): it is then closed later by the garbage collector, in another
+    task, where the call's context (request id, deadline) is not its own; and a response the
+    serializer refuses fails in grpc's code, which answers the exception's text."""
+
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
             call = _Call(policy, method, context, unbounded)
         except Refused as exc:
@@ -436,10 +443,11 @@ def _streaming(
             with call.block(task):
                 produced = behavior(request, context)
                 if inspect.isasyncgen(produced):
-                    async for response in produced:
-                        yield response
+                    await _write_all(produced, context, call)
                 else:  # a coroutine that writes with context.write()
                     await produced
+        except _CallOver as over:
+            raise over.error from None  # grpc's own error, for a call grpc has ended
         except BaseException as exc:
             await _failed(exc, call, context)
             raise
@@ -447,6 +455,31 @@ def _streaming(
             call.end()
 
     return guarded
+
+
+class _CallOver(Exception):
+    """A response could not be written because the call is over (its client went away, or
+    grpc ended it at its deadline): `error`, grpc's, which grpc handles itself."""
+
+    def __init__(self, error: grpc.aio.InternalError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+async def _write_all(
+    responses: AsyncGenerator[Any, Any], context: grpc.aio.ServicerContext[Any, Any], call: _Call
+) -> None:
+    """Write each response the handler's generator yields, and close the generator here, in
+    the call's task and context, however the call ends."""
+    try:
+        async for response in responses:
+            try:
+                await context.write(response)
+            except grpc.aio.InternalError as exc:  # the transport refused: the call is over
+                call.ended_early()
+                raise _CallOver(exc) from exc
+    finally:
+        await responses.aclose()
 
 
 def _sync_unary(
