@@ -1177,3 +1177,47 @@ async def test_a_response_the_serializer_refuses_is_internal_without_its_text(
     assert got == [b"first"]
     assert caught.value.code() is grpc.StatusCode.INTERNAL
     assert caught.value.details() == "internal error"
+
+
+def _protobuf_like(message: Any) -> bytes:
+    """A serializer as generated code's: `message.SerializeToString()`."""
+    return message.SerializeToString()  # type: ignore[no-any-return]
+
+
+async def test_a_unary_answer_the_serializer_refuses_is_internal_without_its_text() -> None:
+    """A unary handler (async or def) that answers the wrong type, or None (a forgotten
+    `return`): INTERNAL 'internal error', not grpc's UNKNOWN carrying the exception's text
+    ("'NoneType' object has no attribute 'SerializeToString'"). A handler that set its own
+    status with set_code() and returned None still ends with that status; the server keeps
+    serving."""
+
+    async def answers_none(request: bytes, context: Any) -> Any:
+        return None
+
+    def answers_a_dict(request: bytes, context: Any) -> Any:
+        return {"token": "s3cret"}
+
+    async def not_found(request: bytes, context: Any) -> Any:
+        context.set_code(grpc.StatusCode.NOT_FOUND)
+        context.set_details("no such item")
+        return None
+
+    unary = grpc.unary_unary_rpc_method_handler
+    handlers = {
+        "NoneProto": unary(answers_none, response_serializer=_protobuf_like),
+        "NoneRaw": unary(answers_none),
+        "DictSync": unary(answers_a_dict),
+        "NotFound": unary(not_found, response_serializer=_protobuf_like),
+        **counting_handler()[0],
+    }
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        for name in ("NoneProto", "NoneRaw", "DictSync"):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary(method(name))(b"", timeout=5)
+            assert caught.value.code() is grpc.StatusCode.INTERNAL, name
+            assert caught.value.details() == "internal error", name
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await channel.unary_unary(method("NotFound"))(b"", timeout=5)
+        assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+        assert caught.value.details() == "no such item"
+        assert await channel.unary_unary(method("Count"))(b"", timeout=5) == b"counted"

@@ -414,3 +414,43 @@ def test_bad_settings_are_refused(settings: dict[str, Any]) -> None:
         tether.grpc.sync_server(pool, **settings)
     with pytest.raises(ValueError, match=r"budget|unbounded"):
         tether.grpc.TetherSyncServerInterceptor(**settings)
+
+
+def test_an_answer_the_serializer_refuses_is_internal_at_once() -> None:
+    """On grpc's synchronous server, a handler that answers the wrong type (a dict where bytes
+    go): INTERNAL 'internal error' at once. grpc alone never answers such a call, unary or
+    stream: it hangs until the client's deadline (for good without one). The streaming
+    handler's generator is closed in the call's context."""
+    closed: list[str | None] = []
+
+    def wrong_unary(request: bytes, context: Any) -> Any:
+        return {"token": "s3cret"}
+
+    def wrong_stream(request: bytes, context: Any) -> Iterator[Any]:
+        try:
+            yield b"first"
+            yield {"token": "s3cret"}
+            yield b"never"
+        finally:
+            closed.append(current_request_id())
+
+    handlers = {
+        "WrongUnary": grpc.unary_unary_rpc_method_handler(wrong_unary),
+        "WrongStream": grpc.unary_stream_rpc_method_handler(wrong_stream),
+        **REPORTERS,
+    }
+    with sync_grpc_server(handlers) as target, grpc.insecure_channel(target) as channel:
+        start = time.monotonic()
+        unary = failure(lambda: channel.unary_unary(method("WrongUnary"))(b"", timeout=5))
+        got: list[bytes] = []
+        metadata = (("x-request-id", "req-wrong"),)
+        stream = channel.unary_stream(method("WrongStream"))(b"", timeout=5, metadata=metadata)
+        streamed = failure(lambda: got.extend(stream))
+        took = time.monotonic() - start
+        assert len(every_shape(channel, timeout=5)) == 6
+    for failed in (unary, streamed):
+        assert failed.code() is Code.INTERNAL
+        assert failed.details() == "internal error"
+    assert got == [b"first"]
+    assert took < 1
+    assert closed == ["req-wrong"]

@@ -201,19 +201,52 @@ def _wrap(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     unbounded = method in policy.unbounded_methods
     behavior, make, streams_responses = shape_of(handler)
-    guard: Callable[[Callable[..., Any], TetherServerInterceptor, str, bool], Any]
-    if not streams_responses:
+    if not streams_responses:  # the response is serialized by the guard (see `serializing`)
         guard = _unary if _is_async(behavior) else _sync_unary
-    else:
-        if not _is_async(behavior):  # stepped by tether, not grpc
-            behavior = run_in_threads(
-                behavior,
-                request_streaming=handler.stream_stream is not None,
-                thread_pool=policy.thread_pool,
-            )
-        guard = _streaming
-    guarded = guard(behavior, policy, method, unbounded)
-    return make(guarded, handler.request_deserializer, handler.response_serializer)
+        serialize = serializing(handler.response_serializer)
+        guarded = guard(behavior, policy, method, unbounded, serialize)
+        return make(guarded, handler.request_deserializer, None)
+    if not _is_async(behavior):  # stepped by tether, not grpc
+        behavior = run_in_threads(
+            behavior,
+            request_streaming=handler.stream_stream is not None,
+            thread_pool=policy.thread_pool,
+        )
+    # Responses go through `context.write()`, which serializes them in the guard's task.
+    streamed = _streaming(behavior, policy, method, unbounded)
+    return make(streamed, handler.request_deserializer, handler.response_serializer)
+
+
+Serialize = Callable[[Any], bytes]
+
+
+def serializing(serializer: Serialize | None) -> Serialize:
+    """A method's response serializer, for tether's guard to run on the handler's answer, so
+    that its failure (a handler answering the wrong type, or None) is caught by the safety net:
+    grpc runs it after the handler, outside any guard, and answers `UNKNOWN` with the
+    exception's text (grpc.aio), or, for a response that is not bytes, never answers (grpc's
+    synchronous server: the call hangs until its deadline). Without a serializer a response
+    must already be bytes."""
+    if serializer is None:
+        return _bytes_only
+    return serializer
+
+
+def _bytes_only(response: Any) -> bytes:
+    if isinstance(response, bytes):
+        return response
+    raise TypeError(f"a response must be bytes (no serializer), got {type(response).__name__}")
+
+
+def serialized(response: Any, serialize: Serialize, context: Any) -> bytes:
+    """`response` serialized; when that fails after the handler set a status other than OK
+    (`context.set_code()`), nothing: grpc sends no response with such a status."""
+    try:
+        return serialize(response)
+    except Exception:
+        if _code_of(context, default=_OK) is not _OK:
+            return b""
+        raise
 
 
 def shape_of(
@@ -399,8 +432,9 @@ def _unary(
     policy: TetherServerInterceptor,
     method: str,
     unbounded: bool,
-) -> Callable[..., Awaitable[Any]]:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    serialize: Serialize,
+) -> Callable[..., Awaitable[bytes]]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         try:
             call = _Call(policy, method, context, unbounded)
         except Refused as exc:
@@ -409,7 +443,7 @@ def _unary(
             task = _current_task()
             assert task is not None  # grpc.aio runs each call in its own task
             with call.block(task):
-                return await behavior(request, context)
+                return serialized(await behavior(request, context), serialize, context)
         except BaseException as exc:
             await _failed(exc, call, context)
             raise
@@ -487,14 +521,22 @@ def _sync_unary(
     policy: Budgets,
     method: str,
     unbounded: bool,
-) -> Callable[..., Any]:
+    serialize: Serialize,
+) -> Callable[..., bytes]:
     """`_unary` for a synchronous handler: grpc runs the returned function in its worker
     thread (grpc.aio's migration pool, or grpc's synchronous server), and the call is set up
     there, in a context of its own."""
 
-    def guarded(request: Any, context: Any) -> Any:
+    def guarded(request: Any, context: Any) -> bytes:
         return contextvars.copy_context().run(
-            _run_in_thread, behavior, request, _ThreadContext(context), policy, method, unbounded
+            _run_in_thread,
+            behavior,
+            request,
+            _ThreadContext(context),
+            policy,
+            method,
+            unbounded,
+            serialize,
         )
 
     return guarded
@@ -507,11 +549,12 @@ def _run_in_thread(
     policy: Budgets,
     method: str,
     unbounded: bool,
-) -> Any:
+    serialize: Serialize,
+) -> bytes:
     call = _call_in_thread(policy, method, context, unbounded)
     try:
         with deadline_for_thread(call.when):  # known in the thread, not enforced
-            return behavior(request, context)
+            return serialized(behavior(request, context), serialize, context)
     except BaseException as exc:
         _failed_in_thread(exc, call, context)
         raise

@@ -36,6 +36,7 @@ from tether._settings import server_budgets
 from tether.grpc._sync_streams import responses_under_deadline
 from tether.grpc.server import (
     _GENERIC,
+    Serialize,
     WrappedHandlers,
     _Call,
     _call_in_thread,
@@ -43,6 +44,7 @@ from tether.grpc.server import (
     _sync_unary,
     _ThreadContext,
     check_thread_pool,
+    serializing,
     shape_of,
     unbounded_methods_of,
     wrapped_once,
@@ -93,8 +95,10 @@ def _wrap(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     behavior, make, streams_responses = shape_of(handler)
     guard = _streaming if streams_responses else _sync_unary
-    guarded = guard(behavior, policy, method, method in policy.unbounded_methods)
-    return make(guarded, handler.request_deserializer, handler.response_serializer)
+    # Responses are serialized by the guard, inside the safety net (see `serializing`).
+    serialize = serializing(handler.response_serializer)
+    guarded = guard(behavior, policy, method, method in policy.unbounded_methods, serialize)
+    return make(guarded, handler.request_deserializer, None)
 
 
 def _streaming(
@@ -102,12 +106,13 @@ def _streaming(
     policy: TetherSyncServerInterceptor,
     method: str,
     unbounded: bool,
-) -> Callable[..., Iterator[Any]]:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    serialize: Serialize,
+) -> Callable[..., Iterator[bytes]]:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
         call_context = contextvars.copy_context()
         thread_context = _ThreadContext(context)
         call = call_context.run(_call_in_thread, policy, method, thread_context, unbounded)
-        return _stepped(call_context, call, behavior, request, thread_context)
+        return _stepped(call_context, call, behavior, request, thread_context, serialize)
 
     return guarded
 
@@ -118,10 +123,12 @@ def _stepped(
     behavior: Callable[..., Iterator[Any]],
     request: Any,
     context: _ThreadContext,
-) -> Iterator[Any]:
-    """The handler's responses, each made inside the call's context and deadline. Closed
-    early (grpc drops it when the call ends first), it closes the handler's generator in that
-    context too, and notes the call as expired or cancelled."""
+    serialize: Serialize,
+) -> Iterator[bytes]:
+    """The handler's responses, each made and serialized inside the call's context and
+    deadline. However the call ends (grpc drops this generator when the call ends first, or a
+    response fails), the handler's generator is closed in that context too; a call ended early
+    is noted as expired or cancelled."""
     run = call_context.run
     responses = responses_under_deadline(behavior, request, context, call.when)
     try:
@@ -130,15 +137,15 @@ def _stepped(
                 response = run(next, responses)
             except StopIteration:
                 return
-            yield response
+            yield run(serialize, response)
     except GeneratorExit:
         call.ended_early()
-        run(responses.close)
         raise
     except BaseException as exc:
         run(_failed_in_thread, exc, call, context)
         raise
     finally:
+        run(responses.close)
         run(call.end)
 
 
