@@ -1221,3 +1221,86 @@ async def test_a_unary_answer_the_serializer_refuses_is_internal_without_its_tex
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND
         assert caught.value.details() == "no such item"
         assert await channel.unary_unary(method("Count"))(b"", timeout=5) == b"counted"
+
+
+def _json_handlers(asynchronous: bool) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """One handler per call shape, decoding JSON requests (`{"n": ...}`) and answering the
+    sum of their numbers; async or `def`."""
+
+    def total(numbers: list[int]) -> bytes:
+        return str(sum(numbers)).encode()
+
+    if asynchronous:
+
+        async def uu(request: Any, context: Any) -> bytes:
+            return total([request["n"]])
+
+        async def us(request: Any, context: Any) -> AsyncIterator[bytes]:
+            yield total([request["n"]])
+
+        async def su(requests: Any, context: Any) -> bytes:
+            return total([r["n"] async for r in requests])
+
+        async def ss(requests: Any, context: Any) -> AsyncIterator[bytes]:
+            yield total([r["n"] async for r in requests])
+
+        behaviours: tuple[Any, ...] = (uu, us, su, ss)
+    else:
+
+        def suu(request: Any, context: Any) -> bytes:
+            return total([request["n"]])
+
+        def sus(request: Any, context: Any) -> Any:
+            yield total([request["n"]])
+
+        def ssu(requests: Any, context: Any) -> bytes:
+            return total([r["n"] for r in requests])
+
+        def sss(requests: Any, context: Any) -> Any:
+            yield total([r["n"] for r in requests])
+
+        behaviours = (suu, sus, ssu, sss)
+    shapes = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+    return {
+        shape: getattr(grpc, f"{shape}_rpc_method_handler")(
+            behaviour, request_deserializer=json.loads
+        )
+        for shape, behaviour in zip(shapes, behaviours, strict=True)
+    }
+
+
+async def _call_shape(channel: grpc.aio.Channel, shape: str, requests: list[bytes]) -> bytes:
+    callable_ = getattr(channel, shape)(method(shape))
+    if shape.startswith("unary"):
+        call = callable_(requests[0], timeout=5)
+    else:
+        call = callable_(iter(requests), timeout=5)
+    if shape.endswith("stream"):
+        return b"".join([item async for item in call])
+    return await call  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("asynchronous", [True, False], ids=["async", "def"])
+async def test_a_request_the_deserializer_refuses_is_invalid_argument(
+    asynchronous: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request message the method's deserializer refuses (not JSON, for a JSON method), in
+    every call shape, async and `def` handlers: INVALID_ARGUMENT 'a request message could not
+    be decoded', logged as a refusal with the call's own log line, not grpc's UNKNOWN carrying
+    the exception's text (a single request) or the safety net's INTERNAL (a stream's)."""
+    handlers = _json_handlers(asynchronous)
+    async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
+        with caplog.at_level(logging.INFO):
+            for shape in handlers:
+                assert await _call_shape(channel, shape, [b'{"n": 2}', b'{"n": 3}']) in (
+                    b"2",
+                    b"5",
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await _call_shape(channel, shape, [b"{not json", b'{"n": 3}'])
+                assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, shape
+                assert caught.value.details() == "a request message could not be decoded"
+            lines = await call_lines(caplog, 8)
+    codes = Counter(r.grpc_code for r in lines)  # type: ignore[attr-defined]
+    assert codes == {"OK": 4, "INVALID_ARGUMENT": 4}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

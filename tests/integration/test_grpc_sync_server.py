@@ -454,3 +454,25 @@ def test_an_answer_the_serializer_refuses_is_internal_at_once() -> None:
     assert got == [b"first"]
     assert took < 1
     assert closed == ["req-wrong"]
+
+
+def test_a_request_the_deserializer_refuses_is_invalid_argument() -> None:
+    """On grpc's synchronous server, every call shape: a request message the deserializer
+    refuses is INVALID_ARGUMENT 'a request message could not be decoded' (grpc alone answers
+    INTERNAL, as if the server had failed); good requests are decoded as before."""
+    from .test_grpc import _json_handlers
+
+    handlers = _json_handlers(asynchronous=False)
+    with sync_grpc_server(handlers) as target, grpc.insecure_channel(target) as channel:
+        for shape in handlers:
+            callable_ = getattr(channel, shape)(method(shape))
+
+            def call(requests: list[bytes], shape: str = shape, callable_: Any = callable_) -> Any:
+                sent = requests[0] if shape.startswith("unary") else iter(requests)
+                answer = callable_(sent, timeout=5)
+                return b"".join(answer) if shape.endswith("stream") else answer
+
+            assert call([b'{"n": 2}', b'{"n": 3}']) in (b"2", b"5")
+            failed = failure(lambda call=call: call([b"{not json", b'{"n": 3}']))
+            assert failed.code() is Code.INVALID_ARGUMENT, shape
+            assert failed.details() == "a request message could not be decoded"

@@ -7,7 +7,8 @@ For every call, of all four shapes, in this order (outermost first):
    `DeadlineExceeded` become `DEADLINE_EXCEEDED`, `UpstreamUnavailable` becomes `UNAVAILABLE`;
    `context.abort(...)` passes through untouched. The server keeps serving. Streaming
    handlers' responses are written here (see `_streaming`), so a response the serializer
-   refuses is caught by this net too.
+   refuses is caught by this net too. A request the deserializer refuses is the caller's
+   mistake: `INVALID_ARGUMENT` (see `decoding`).
 2. Request id: `x-request-id` from the metadata (or a new one) becomes the ambient request id,
    and the caller's `traceparent` is passed on by tether's clients (grpc itself hands the
    handler only the last of several). A malformed id (the rule of `tether.request_id`, as for
@@ -201,11 +202,18 @@ def _wrap(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     unbounded = method in policy.unbounded_methods
     behavior, make, streams_responses = shape_of(handler)
+    # Requests are decoded inside the safety net (see `decoding`): a single one by the guard;
+    # a stream's by grpc, through the wrapped deserializer, as the handler reads them.
+    decode = decoding(handler.request_deserializer)
+    if streams_requests(handler):
+        request_deserializer, decode = decode, None
+    else:
+        request_deserializer = None
     if not streams_responses:  # the response is serialized by the guard (see `serializing`)
         guard = _unary if _is_async(behavior) else _sync_unary
         serialize = serializing(handler.response_serializer)
-        guarded = guard(behavior, policy, method, unbounded, serialize)
-        return make(guarded, handler.request_deserializer, None)
+        guarded = guard(behavior, policy, method, unbounded, decode, serialize)
+        return make(guarded, request_deserializer, None)
     if not _is_async(behavior):  # stepped by tether, not grpc
         behavior = run_in_threads(
             behavior,
@@ -213,8 +221,36 @@ def _wrap(
             thread_pool=policy.thread_pool,
         )
     # Responses go through `context.write()`, which serializes them in the guard's task.
-    streamed = _streaming(behavior, policy, method, unbounded)
-    return make(streamed, handler.request_deserializer, handler.response_serializer)
+    streamed = _streaming(behavior, policy, method, unbounded, decode)
+    return make(streamed, request_deserializer, handler.response_serializer)
+
+
+def streams_requests(handler: grpc.RpcMethodHandler[Any, Any]) -> bool:
+    return handler.stream_unary is not None or handler.stream_stream is not None
+
+
+Decode = Callable[[bytes], Any]
+
+
+class UndecodableRequest(ValueError):
+    """A request message the method's deserializer refused: the caller's malformed input,
+    answered `INVALID_ARGUMENT` (grpc alone answers `UNKNOWN` with the exception's text, or
+    `INTERNAL`, as if the server had failed)."""
+
+
+def decoding(deserializer: Decode | None) -> Decode | None:
+    """The method's request deserializer, raising `UndecodableRequest` when it fails (None
+    without one: requests stay bytes)."""
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            raise UndecodableRequest(f"{type(exc).__name__} from the deserializer") from exc
+
+    return decode
 
 
 Serialize = Callable[[Any], bytes]
@@ -432,6 +468,7 @@ def _unary(
     policy: TetherServerInterceptor,
     method: str,
     unbounded: bool,
+    decode: Decode | None,
     serialize: Serialize,
 ) -> Callable[..., Awaitable[bytes]]:
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
@@ -440,6 +477,8 @@ def _unary(
         except Refused as exc:
             await _refuse(exc, method, context)
         try:
+            if decode is not None:
+                request = decode(request)
             task = _current_task()
             assert task is not None  # grpc.aio runs each call in its own task
             with call.block(task):
@@ -458,6 +497,7 @@ def _streaming(
     policy: TetherServerInterceptor,
     method: str,
     unbounded: bool,
+    decode: Decode | None,
 ) -> Callable[..., Awaitable[None]]:
     """Rule: the guard is a coroutine that writes the handler's responses itself (grpc.aio's
     reader/writer form), never a generator that grpc iterates. grpc's own loop over a
@@ -472,6 +512,8 @@ def _streaming(
         except Refused as exc:
             await _refuse(exc, method, context)
         try:
+            if decode is not None:
+                request = decode(request)
             task = _current_task()
             assert task is not None  # grpc.aio runs each call in its own task
             with call.block(task):
@@ -521,6 +563,7 @@ def _sync_unary(
     policy: Budgets,
     method: str,
     unbounded: bool,
+    decode: Decode | None,
     serialize: Serialize,
 ) -> Callable[..., bytes]:
     """`_unary` for a synchronous handler: grpc runs the returned function in its worker
@@ -536,6 +579,7 @@ def _sync_unary(
             policy,
             method,
             unbounded,
+            decode,
             serialize,
         )
 
@@ -549,10 +593,13 @@ def _run_in_thread(
     policy: Budgets,
     method: str,
     unbounded: bool,
+    decode: Decode | None,
     serialize: Serialize,
 ) -> bytes:
     call = _call_in_thread(policy, method, context, unbounded)
     try:
+        if decode is not None:
+            request = decode(request)
         with deadline_for_thread(call.when):  # known in the thread, not enforced
             return serialized(behavior(request, context), serialize, context)
     except BaseException as exc:
@@ -661,6 +708,9 @@ def _note_failure(exc: BaseException, call: _Call) -> grpc.StatusCode | None:
 
 
 def _status_for(exc: Exception, call: _Call) -> grpc.StatusCode:
+    if isinstance(exc, UndecodableRequest):  # the caller's malformed input, not a failure here
+        log.warning("grpc %s request_id=%s refused: %s", call.method, call.request_id, exc)
+        return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, TimeoutError):  # includes DeadlineExceeded
         if not isinstance(exc, DeadlineExceeded):
             log.warning("grpc %s request_id=%s: %r", call.method, call.request_id, exc)
@@ -691,7 +741,12 @@ def _details_for(code: grpc.StatusCode) -> str:
         return "deadline exceeded"
     if code is grpc.StatusCode.UNAVAILABLE:
         return "a dependency is unavailable"
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        return _UNDECODABLE
     return _GENERIC
+
+
+_UNDECODABLE = "a request message could not be decoded"
 
 
 def _code_of(

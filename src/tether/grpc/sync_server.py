@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, cast
 
@@ -36,6 +36,7 @@ from tether._settings import server_budgets
 from tether.grpc._sync_streams import responses_under_deadline
 from tether.grpc.server import (
     _GENERIC,
+    Decode,
     Serialize,
     WrappedHandlers,
     _Call,
@@ -44,8 +45,10 @@ from tether.grpc.server import (
     _sync_unary,
     _ThreadContext,
     check_thread_pool,
+    decoding,
     serializing,
     shape_of,
+    streams_requests,
     unbounded_methods_of,
     wrapped_once,
 )
@@ -95,10 +98,25 @@ def _wrap(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     behavior, make, streams_responses = shape_of(handler)
     guard = _streaming if streams_responses else _sync_unary
-    # Responses are serialized by the guard, inside the safety net (see `serializing`).
+    # Requests are decoded and responses serialized inside the safety net (see `decoding` and
+    # `serializing`): a single request by the guard, a stream's as the handler reads them.
+    decode = decoding(handler.request_deserializer)
+    if decode is not None and streams_requests(handler):
+        behavior = _reading_decoded(behavior, decode)
+        decode = None
     serialize = serializing(handler.response_serializer)
-    guarded = guard(behavior, policy, method, method in policy.unbounded_methods, serialize)
-    return make(guarded, handler.request_deserializer, None)
+    unbounded = method in policy.unbounded_methods
+    guarded = guard(behavior, policy, method, unbounded, decode, serialize)
+    return make(guarded, None, None)
+
+
+def _reading_decoded(behavior: Callable[..., Any], decode: Decode) -> Callable[..., Any]:
+    """`behavior`, handed its stream of requests decoded one by one as it reads them."""
+
+    def reading(requests: Iterator[bytes], context: Any) -> Any:
+        return behavior(map(decode, requests), context)
+
+    return reading
 
 
 def _streaming(
@@ -106,13 +124,14 @@ def _streaming(
     policy: TetherSyncServerInterceptor,
     method: str,
     unbounded: bool,
+    decode: Decode | None,
     serialize: Serialize,
 ) -> Callable[..., Iterator[bytes]]:
     def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
         call_context = contextvars.copy_context()
         thread_context = _ThreadContext(context)
         call = call_context.run(_call_in_thread, policy, method, thread_context, unbounded)
-        return _stepped(call_context, call, behavior, request, thread_context, serialize)
+        return _stepped(call_context, call, behavior, request, thread_context, decode, serialize)
 
     return guarded
 
@@ -123,6 +142,7 @@ def _stepped(
     behavior: Callable[..., Iterator[Any]],
     request: Any,
     context: _ThreadContext,
+    decode: Decode | None,
     serialize: Serialize,
 ) -> Iterator[bytes]:
     """The handler's responses, each made and serialized inside the call's context and
@@ -130,8 +150,11 @@ def _stepped(
     response fails), the handler's generator is closed in that context too; a call ended early
     is noted as expired or cancelled."""
     run = call_context.run
-    responses = responses_under_deadline(behavior, request, context, call.when)
+    responses: Generator[Any, None, None] | None = None
     try:
+        if decode is not None:
+            request = run(decode, request)
+        responses = responses_under_deadline(behavior, request, context, call.when)
         while True:
             try:
                 response = run(next, responses)
@@ -145,7 +168,8 @@ def _stepped(
         run(_failed_in_thread, exc, call, context)
         raise
     finally:
-        run(responses.close)
+        if responses is not None:
+            run(responses.close)
         run(call.end)
 
 
