@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
+from typing import Any
 
 import httpx
 import pytest
 
 from tether import DeadlineExceeded, deadline_after
-from tether.http.httpx_transport import TetherSyncTransport, TetherTransport
+from tether.http import CallTimings
+from tether.http.httpx_transport import TIMINGS, TetherSyncTransport, TetherTransport
 from tether.request_id import request_id_scope
 
 from .servers import echo_headers_app, uvicorn_server
@@ -173,3 +176,47 @@ async def test_a_configured_phase_timeout_is_httpxs_own_when_the_budget_capped_a
                     await asyncio.to_thread(sync.get, slow + "/")
         finally:
             await asyncio.to_thread(sync.close)
+
+
+async def test_each_call_records_its_phases_and_the_callers_trace_still_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`response.extensions[TIMINGS]`: a new connection has `connect`, a pooled one does not;
+    the phases are ordered; a streamed body's `body_done` is set once it is read; a debug
+    line says where the time went; a `trace` extension of the caller's own still sees every
+    event. Both transports."""
+    events: list[str] = []
+
+    async def theirs(event: str, info: dict[str, Any]) -> None:
+        events.append(event)
+
+    async with uvicorn_server(echo_headers_app()) as url:
+        async with httpx.AsyncClient(transport=TetherTransport()) as client:
+            with caplog.at_level(logging.DEBUG, logger="tether.http.httpx"):
+                first = (await client.get(url + "/", extensions={"trace": theirs})).extensions
+            pooled = (await client.get(url + "/")).extensions[TIMINGS]
+            async with client.stream("GET", url + "/") as streamed:
+                before_read = streamed.extensions[TIMINGS].body_done
+                await streamed.aread()
+            read = streamed.extensions[TIMINGS]
+
+        def sync_call() -> CallTimings:
+            with httpx.Client(transport=TetherSyncTransport()) as sync_client:
+                return sync_client.get(url + "/").extensions[TIMINGS]  # type: ignore[no-any-return]
+
+        sync = await asyncio.to_thread(sync_call)
+    timings = first[TIMINGS]
+    for new in (timings, sync):
+        assert new.dns is None  # httpx resolves the name while connecting
+        assert new.connect is not None
+        assert new.request_sent is not None
+        assert new.first_byte is not None
+        assert new.body_done is not None
+        assert 0 < new.connect <= new.request_sent <= new.first_byte <= new.body_done
+    assert pooled.connect is None
+    assert pooled.body_done is not None
+    assert before_read is None
+    assert read.body_done is not None
+    assert "connection.connect_tcp.complete" in events
+    assert "http11.receive_response_body.complete" in events
+    assert [r for r in caplog.records if r.name == "tether.http.httpx" and "GET" in r.getMessage()]

@@ -36,7 +36,7 @@ import time
 from collections.abc import Coroutine, Mapping
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -55,6 +55,7 @@ from tether.errors import (
     format_seconds,
     one_line,
 )
+from tether.http.timings import CallTimings
 from tether.request_id import REQUEST_ID_HEADER, current_request_id
 from tether.tracing import outgoing_trace_headers
 from tether.wire import DEFAULT_MARGIN, REQUEST_TIMEOUT, budget_milliseconds, call_timeout
@@ -62,26 +63,6 @@ from tether.wire import DEFAULT_MARGIN, REQUEST_TIMEOUT, budget_milliseconds, ca
 log = logging.getLogger("tether.http.client")
 
 __all__ = ["CallTimings", "Client", "HTTPStatusError", "Response"]
-
-
-@dataclass(slots=True)
-class CallTimings:
-    """When each phase of one call ended, in seconds from its start (None: did not happen).
-
-    `dns` and `connect` are None when a pooled connection was reused; `connect` includes TLS;
-    `request_sent` is when the request line, headers and (for small bodies) body were written;
-    `first_byte` is when the response headers had arrived; `body_done` when the body had.
-    """
-
-    dns: float | None = None
-    connect: float | None = None
-    request_sent: float | None = None
-    first_byte: float | None = None
-    body_done: float | None = None
-    _start: float = field(default=0.0, repr=False)
-
-    def mark(self, phase: str) -> None:
-        setattr(self, phase, time.perf_counter() - self._start)
 
 
 @dataclass(slots=True)

@@ -8,6 +8,9 @@ Every request through it:
   httpx gives up on its own just before tether's deadline would cancel it;
 - sends `X-Request-Timeout`, `X-Request-ID` and (when tracing) `traceparent`;
 - is not sent at all when less than the margin + 1 ms is left (`DeadlineExceeded`);
+- records when each phase ended (`response.extensions["tether.timings"]`, a `CallTimings`, as
+  the aiohttp client's `Response.timings`; a debug line on `tether.http.httpx` once the body is
+  read), through httpcore's `trace` extension (one of the caller's own is still called);
 - raises `DeadlineExceeded` instead of `httpx.TimeoutException` when it was the budget, not a
   configured httpx timeout, that ran out: when the phase that timed out (connect, read, write,
   pool) had its timeout capped by the budget. A configured timeout shorter than the budget
@@ -34,20 +37,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
+from typing import Any
 
 import httpx
 
 from tether._settings import margin_seconds
 from tether.errors import DeadlineExceeded
+from tether.http.timings import CallTimings
 from tether.request_id import REQUEST_ID_HEADER, current_request_id
 from tether.tracing import outgoing_trace_headers
 from tether.wire import DEFAULT_MARGIN, REQUEST_TIMEOUT, budget_milliseconds, call_timeout
 
 log = logging.getLogger("tether.http.httpx")
 
-__all__ = ["TetherSyncTransport", "TetherTransport"]
+__all__ = ["TIMINGS", "TetherSyncTransport", "TetherTransport"]
 
 _PHASES = ("connect", "read", "write", "pool")
 # The phase each of httpx's timeout errors is for.
@@ -71,6 +77,7 @@ class TetherTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         capped = _pass_budget_on(request, self._margin)
+        timings = _timed(request, asynchronous=True)
         try:
             response = await self._wrapped.handle_async_request(request)
         except httpx.TimeoutException as exc:
@@ -83,6 +90,7 @@ class TetherTransport(httpx.AsyncBaseTransport):
             raise
         if isinstance(response.stream, httpx.AsyncByteStream):
             response.stream = _CloseShielded(response.stream, self._closing)
+        response.extensions[TIMINGS] = timings
         return response
 
     def reclaim_orphaned_connections(self) -> int:
@@ -144,12 +152,15 @@ class TetherSyncTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         capped = _pass_budget_on(request, self._margin)
+        timings = _timed(request, asynchronous=False)
         try:
-            return self._wrapped.handle_request(request)
+            response = self._wrapped.handle_request(request)
         except httpx.TimeoutException as exc:
             if _budget_ran_out(exc, capped):
                 raise _deadline_exceeded(request) from exc
             raise
+        response.extensions[TIMINGS] = timings
+        return response
 
     def close(self) -> None:
         self._wrapped.close()
@@ -191,6 +202,57 @@ def _pass_budget_on(request: httpx.Request, margin: float) -> list[str]:
     for name, value in outgoing_trace_headers():
         request.headers.setdefault(name, value)
     return capped
+
+
+# Where a response's `CallTimings` are: `response.extensions[TIMINGS]`.
+TIMINGS = "tether.timings"
+
+# httpcore's trace events (after their `connection.`, `http11.`, `http2.` or proxy prefix) that
+# end a phase of `CallTimings`. Name resolution happens inside `connect_tcp`.
+_PHASE_ENDS = {
+    "connect_tcp.complete": "connect",
+    "connect_unix_socket.complete": "connect",
+    "start_tls.complete": "connect",
+    "send_request_body.complete": "request_sent",
+    "receive_response_headers.complete": "first_byte",
+    "receive_response_body.complete": "body_done",
+}
+
+Trace = Callable[[str, dict[str, Any]], Any]
+
+
+def _timed(request: httpx.Request, *, asynchronous: bool) -> CallTimings:
+    """Record `request`'s phases in a new `CallTimings`, through httpcore's `trace`
+    extension: a coroutine function for the async transport, a plain one for the sync one.
+    A trace of the caller's own is called after, with every event."""
+    timings = CallTimings(_start=time.perf_counter())
+    theirs: Trace | None = request.extensions.get("trace")
+
+    def note(event: str) -> None:
+        phase = _PHASE_ENDS.get(event.partition(".")[2])
+        if phase is None:
+            return
+        timings.mark(phase)
+        if phase == "body_done":
+            log.debug("%s %s -> %s", request.method, request.url, timings)
+
+    if asynchronous:
+
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            note(event)
+            if theirs is not None:
+                await theirs(event, info)
+
+        request.extensions["trace"] = trace
+    else:
+
+        def sync_trace(event: str, info: dict[str, Any]) -> None:
+            note(event)
+            if theirs is not None:
+                theirs(event, info)
+
+        request.extensions["trace"] = sync_trace
+    return timings
 
 
 def _budget_ran_out(exc: httpx.TimeoutException, capped: list[str]) -> bool:
