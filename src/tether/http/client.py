@@ -235,8 +235,9 @@ class Client:
             raise _timeout_error(full_url, limit, budget_bound) from exc
         # Before the caller's URL: aiohttp's errors for a bad redirect are URL errors too.
         except aiohttp.RedirectClientError as exc:
+            location = one_line(str(getattr(exc, "url", exc)))
             raise UpstreamUnavailable(
-                f"{method} {full_url} failed: redirected to {str(exc)!r}, which cannot be followed"
+                f"{method} {full_url} failed: redirected to {location!r}, which cannot be followed"
             ) from exc
         except aiohttp.TooManyRedirects as exc:
             raise UpstreamUnavailable(
@@ -248,8 +249,12 @@ class Client:
             raise ValueError(
                 f"{method} {full_url!r}: not an absolute http or https URL{hint}"
             ) from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise UpstreamUnavailable(f"{method} {full_url} failed: {exc}") from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise UpstreamUnavailable(f"{method} {full_url} failed: {one_line(str(exc))}") from exc
+        except aiohttp.ClientPayloadError as exc:  # a body cut short, or not in its encoding
+            raise UpstreamUnavailable(
+                f"{method} {full_url} failed: a malformed answer body: {_reason(exc)}"
+            ) from exc
         except aiohttp.ClientHttpProxyError as exc:
             raise UpstreamUnavailable(
                 f"{method} {full_url} failed: the proxy answered {exc.status}"
@@ -307,6 +312,15 @@ def _charset(content_type: str) -> str:
             except LookupError:
                 break
     return "utf-8"
+
+
+def _reason(exc: aiohttp.ClientPayloadError) -> str:
+    """What was wrong with an answer's body, on one line: the parser's own words where it
+    gave them (not its '400, message=' wrapping, which reads as an HTTP status)."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else None
+    if cause is None and exc.args and isinstance(exc.args[-1], HttpProcessingError):
+        cause = exc.args[-1]
+    return one_line(cause.message if cause is not None else str(exc))
 
 
 def _timeout_error(url: str, limit: float | None, budget_bound: bool) -> Exception:
