@@ -54,6 +54,28 @@ async def call_lines(
     return lines
 
 
+def sleeps(seconds: float) -> grpc.RpcMethodHandler[Any, Any]:
+    """A unary handler that answers b"" after `seconds`."""
+
+    async def sleep(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(seconds)
+        return b""
+
+    return grpc.unary_unary_rpc_method_handler(sleep)
+
+
+def gives_up_after_50_ms() -> grpc.RpcMethodHandler[Any, Any]:
+    """A unary handler that answers DEADLINE_EXCEEDED of its own after 50 ms (as a service
+    whose query hit its own, shorter limit)."""
+
+    async def gives_up(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(0.05)
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "its query timed out")
+        return b""
+
+    return grpc.unary_unary_rpc_method_handler(gives_up)
+
+
 def budget_reporter() -> grpc.RpcMethodHandler[Any, Any]:
     async def report(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         left = time_remaining()
@@ -642,19 +664,7 @@ async def test_deadline_exceeded_answered_early_is_the_callees_own_timeout() -> 
     budget ran out. Through tether's channel and the interceptor form alike; a call whose own
     deadline passes is still DeadlineExceeded."""
 
-    async def gives_up(request: bytes, context: Any) -> bytes:
-        await asyncio.sleep(0.05)
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "its query timed out")
-        return b""
-
-    async def slow(request: bytes, context: Any) -> bytes:
-        await asyncio.sleep(2)
-        return b""
-
-    handlers = {
-        "GivesUp": grpc.unary_unary_rpc_method_handler(gives_up),
-        "Slow": grpc.unary_unary_rpc_method_handler(slow),
-    }
+    handlers = {"GivesUp": gives_up_after_50_ms(), "Slow": sleeps(2)}
     interceptors = tether.grpc.TetherClientInterceptor()
     async with (
         grpc_server(handlers) as target,

@@ -26,12 +26,23 @@ from tether.request_id import request_id_scope
 
 from .grpc_services import grpc_server, method
 from .servers import LATE, free_port, wait_until
-from .test_grpc import budget_reporter, counting_handler
+from .test_grpc import budget_reporter, counting_handler, gives_up_after_50_ms
 from .test_grpc_sync_handlers import report
 
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
+
+
+def raising(error: type[BaseException], call: Callable[[], Any]) -> Callable[[], BaseException]:
+    """Work for a thread: `call()`, which must raise `error`; returns what it raised."""
+
+    def work() -> BaseException:
+        with pytest.raises(error) as caught:
+            call()
+        return caught.value
+
+    return work
 
 
 async def in_thread(budget: float | None, work: Callable[[], T], request_id: str = "") -> T:
@@ -181,19 +192,10 @@ async def test_a_blocking_call_ends_at_the_budget_and_the_callee_is_cancelled() 
         channel = tether.grpc.sync_insecure_channel(target)
         slow_call = channel.unary_unary(method("Slow"))
 
-        def over_budget() -> BaseException:
-            with pytest.raises(DeadlineExceeded) as caught:
-                slow_call(b"")
-            return caught.value
-
-        def over_timeout() -> BaseException:
-            with pytest.raises(UpstreamTimeout) as caught:
-                slow_call.with_call(b"", timeout=0.1)
-            return caught.value
-
+        over_timeout = raising(UpstreamTimeout, lambda: slow_call.with_call(b"", timeout=0.1))
         try:
             start = time.perf_counter()
-            exceeded = await in_thread(0.3, over_budget)
+            exceeded = await in_thread(0.3, raising(DeadlineExceeded, lambda: slow_call(b"")))
             took = time.perf_counter() - start
             await wait_until(lambda: cancelled_at, bool, 2)
             timed_out = await in_thread(5, over_timeout)
@@ -323,22 +325,11 @@ async def test_deadline_exceeded_answered_early_is_the_callees_own_timeout() -> 
     """From a thread with 5 s left, a callee that answers DEADLINE_EXCEEDED after 50 ms: the
     thread gets UpstreamTimeout (the callee's own limit), not DeadlineExceeded."""
 
-    async def gives_up(request: bytes, context: Any) -> bytes:
-        await asyncio.sleep(0.05)
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "its query timed out")
-        return b""
-
-    async with grpc_server({"GivesUp": grpc.unary_unary_rpc_method_handler(gives_up)}) as target:
+    async with grpc_server({"GivesUp": gives_up_after_50_ms()}) as target:
         channel = tether.grpc.sync_insecure_channel(target)
         call = channel.unary_unary(method("GivesUp"))
-
-        def gives_up_early() -> BaseException:
-            with pytest.raises(UpstreamTimeout) as caught:
-                call(b"")
-            return caught.value
-
         try:
-            failed = await in_thread(5, gives_up_early)
+            failed = await in_thread(5, raising(UpstreamTimeout, lambda: call(b"")))
         finally:
             channel.close()
     assert "s of the call's time left: its query timed out" in str(failed)
