@@ -1047,6 +1047,8 @@ _HANDLER_STEPS = [
     ("raise", "UpstreamUnavailable"),
     ("abort", "NOT_FOUND"),
     ("set_code", "FAILED_PRECONDITION"),
+    ("respond", "bytes"),
+    ("respond", "dict"),
 ]
 _RAISED = {
     "RuntimeError": (RuntimeError, Code.INTERNAL),
@@ -1055,69 +1057,111 @@ _RAISED = {
 }
 
 
-def _expected_status(steps: list[tuple[str, str | float]], budget: float | None) -> Code:
-    """The status a call of `steps` ends with: the first step that ends it, the budget running
-    out during a long sleep, or the status set last."""
+def _expected(
+    steps: list[tuple[str, str | float]], budget: float | None, streams: bool
+) -> tuple[Code, int]:
+    """The status a call of `steps` ends with, and how many responses its client gets: the
+    first step that ends it, the budget running out during a long sleep, or the status set
+    last. A unary handler answers at its first `respond` (a dict fails serialization: INTERNAL,
+    unless a status was set before, which grpc then sends without a response); a streaming one
+    yields each (a dict fails the write: INTERNAL)."""
     set_code = Code.OK
+    responses = 0
     for kind, value in steps:
         if kind == "sleep" and value and budget is not None:
-            return Code.DEADLINE_EXCEEDED
+            return Code.DEADLINE_EXCEEDED, responses
         if kind == "raise":
-            return _RAISED[str(value)][1]
+            return _RAISED[str(value)][1], responses
         if kind == "abort":
-            return Code[str(value)]
+            return Code[str(value)], responses
         if kind == "set_code":
             set_code = Code[str(value)]
-    return set_code
+        if kind == "respond":
+            if value == "dict" and (streams or set_code is Code.OK):
+                return Code.INTERNAL, responses
+            if not streams:
+                return set_code, 0
+            responses += 1
+    return set_code, responses
 
 
+async def _run_script(steps: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    """Run a handler script's steps up to its first `respond`; returns what it responds with
+    (None when it ends without one)."""
+    for kind, value in steps:
+        if kind == "sleep":
+            await asyncio.sleep(value)
+        elif kind == "raise":
+            raise _RAISED[value][0]("secret: the handler's own words")
+        elif kind == "abort":
+            await context.abort(Code[value], "not found here")
+        elif kind == "set_code":
+            context.set_code(Code[value])
+        else:
+            return b"response" if value == "bytes" else {"secret": "the handler's own data"}
+    return None
+
+
+@pytest.mark.parametrize("shape", ["unary_unary", "unary_stream"])
 async def test_random_handler_behaviour_ends_with_its_status_told_alike_to_client_and_log(
-    caplog: pytest.LogCaptureFixture,
+    shape: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """150 calls (seeded) to a handler that does a random script of sleeps, raises, aborts and
-    set_code, under a 0.1 s budget or none: each ends with the status the script calls for
-    (the safety net's for a raise, the budget's for a long sleep), its details never carry the
-    exception's text, the call's log line says the same status as the client got, and the
-    server serves a plain call afterwards."""
+    """150 calls (seeded) to a handler that does a random script of sleeps, raises, aborts,
+    set_code and responses (bytes, or a dict the serializer refuses), under a 0.1 s budget or
+    none, unary or streaming its responses: each ends with the status the script calls for
+    (the safety net's for a raise or a refused response, the budget's for a long sleep), the
+    client gets the responses sent before the end, details never carry the exception's text,
+    the call's log line says the same status as the client got, and the server serves a
+    plain call afterwards."""
     rng = random.Random(fuzz_seed())
+    streams = shape == "unary_stream"
 
-    async def scripted(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        for kind, value in json.loads(request):
-            if kind == "sleep":
-                await asyncio.sleep(value)
-            elif kind == "raise":
-                raise _RAISED[value][0]("secret: the handler's own words")
-            elif kind == "abort":
-                await context.abort(Code[value], "not found here")
-            else:
-                context.set_code(Code[value])
-        return b"done"
+    async def unary(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        response = await _run_script(json.loads(request), context)
+        return b"done" if response is None else response
 
-    handlers = {"Scripted": grpc.unary_unary_rpc_method_handler(scripted)}
-    outcomes: list[tuple[Any, float | None, Code, str, str]] = []
+    async def streaming(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        steps = json.loads(request)
+        while steps:
+            response = await _run_script(steps, context)
+            if response is None:
+                return
+            yield response
+            steps = steps[steps.index(["respond", "bytes"]) + 1 :]
+
+    factory = getattr(grpc, f"{shape}_rpc_method_handler")
+    handlers = {"Scripted": factory(streaming if streams else unary), **counting_handler()[0]}
+    outcomes: list[tuple[Any, float | None, Code, int, str, str]] = []
     with caplog.at_level(logging.INFO, logger="tether.grpc"):
         async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as channel:
-            call = channel.unary_unary(method("Scripted"))
+            call = getattr(channel, shape)(method("Scripted"))
             for number in range(150):
                 steps = [rng.choice(_HANDLER_STEPS) for _ in range(rng.randint(0, 3))]
                 budget = rng.choice([None, None, 0.1])
                 request_id = f"fuzz-{number}"
                 metadata = (("x-request-id", request_id),)
+                received = 0
                 try:
-                    await call(json.dumps(steps).encode(), timeout=budget, metadata=metadata)
+                    answer = call(json.dumps(steps).encode(), timeout=budget, metadata=metadata)
+                    if streams:
+                        async for _ in answer:
+                            received += 1
+                    else:
+                        await answer
                     code, details = Code.OK, ""
                 except grpc.aio.AioRpcError as failed:
                     code, details = failed.code(), failed.details() or ""
                 (line,) = await call_lines(caplog, 1, request_id)
                 caplog.clear()
-                outcomes.append((steps, budget, code, details, line.grpc_code))  # type: ignore[attr-defined]
-            assert await call(b"[]") == b"done"
-    for steps, budget, code, details, logged in outcomes:
-        where = (steps, budget, code, details, logged)
-        assert code is _expected_status(steps, budget), where
+                logged = line.grpc_code  # type: ignore[attr-defined]
+                outcomes.append((steps, budget, code, received, details, logged))
+            assert await channel.unary_unary(method("Count"))(b"") == b"counted"
+    for steps, budget, code, received, details, logged in outcomes:
+        where = (steps, budget, code, received, details, logged)
+        assert (code, received) == _expected(steps, budget, streams), where
         assert "secret" not in details, where
         assert logged == code.name, where
-    seen = {code for _, _, code, _, _ in outcomes}
+    seen = {code for _, _, code, _, _, _ in outcomes}
     assert {Code.OK, Code.INTERNAL, Code.DEADLINE_EXCEEDED, Code.NOT_FOUND} <= seen
 
 
