@@ -450,3 +450,32 @@ async def test_a_body_the_app_refuses_unread_is_never_asked_for(http: str) -> No
         assert answer.startswith(b"HTTP/1.1 200"), answer
         assert (await reader.read(1)) == b"5"
         writer.close()
+
+
+async def test_a_http_budget_stops_a_slow_grpc_stream_with_a_504() -> None:
+    """(a) for a server-streaming gRPC call read through tether's channel: the budget running
+    out while the stream is read is answered 504 `deadline-exceeded`, as for a unary call (a
+    raw AioRpcError reached the safety net as an unknown failure: 500)."""
+
+    async def slow_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield b"first"
+        await asyncio.sleep(5)
+        yield b"late"
+
+    handlers = {"Stream": grpc.unary_stream_rpc_method_handler(slow_stream)}
+    async with grpc_server(handlers) as target, tether.grpc.insecure_channel(target) as channel:
+
+        async def report(request: Request) -> Response:
+            parts = [part async for part in channel.unary_stream(method("Stream"))(b"")]
+            return Response(b"".join(parts))
+
+        app = app_with(Route("/report", report))
+        async with uvicorn_serving(app) as (url, _), aiohttp.ClientSession() as client:
+            started = time.perf_counter()
+            headers = {"x-request-timeout": "300"}
+            async with client.get(url + "/report", headers=headers) as answer:
+                took = time.perf_counter() - started
+                body = await answer.json()
+    assert answer.status == 504
+    assert body["type"].endswith("deadline-exceeded")
+    assert took < 0.3 + 0.05

@@ -1358,3 +1358,64 @@ async def test_a_request_the_deserializer_refuses_is_invalid_argument(
     codes = Counter(r.grpc_code for r in lines)  # type: ignore[attr-defined]
     assert codes == {"OK": 4, "INVALID_ARGUMENT": 4}
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def _slow_streams() -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """The three streaming shapes, each answering nothing for 2 s."""
+
+    async def unary_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        await asyncio.sleep(2)
+        yield b"late"
+
+    async def stream_unary(requests: Any, context: Any) -> bytes:
+        await asyncio.sleep(2)
+        return b"late"
+
+    async def stream_stream(requests: Any, context: Any) -> AsyncIterator[bytes]:
+        await asyncio.sleep(2)
+        yield b"late"
+
+    return {
+        "US": grpc.unary_stream_rpc_method_handler(unary_stream),
+        "SU": grpc.stream_unary_rpc_method_handler(stream_unary),
+        "SS": grpc.stream_stream_rpc_method_handler(stream_stream),
+    }
+
+
+async def test_streaming_calls_through_tethers_channel_raise_tethers_errors() -> None:
+    """Through tether's Channel, the streaming shapes fail as unary calls do: the budget
+    running out is DeadlineExceeded (iterating, `read()`, awaiting a stream-unary call), an
+    explicit shorter timeout is UpstreamTimeout, a server that is not there
+    UpstreamUnavailable; grpc's AioRpcError is the cause. (A service's safety net answers
+    those 504 and 503; a raw AioRpcError it could only answer 500.)"""
+    from .servers import free_port
+
+    async with (
+        grpc_server(_slow_streams()) as target,
+        tether.grpc.insecure_channel(target) as channel,
+    ):
+        us = channel.unary_stream(method("US"))
+        su = channel.stream_unary(method("SU"))
+        ss = channel.stream_stream(method("SS"))
+        ways: dict[str, Callable[..., Awaitable[Any]]] = {
+            "iterating": lambda **kw: _drain(us(b"", **kw)),
+            "read()": lambda **kw: us(b"", **kw).read(),
+            "stream-unary": lambda **kw: su(iter([b"a"]), **kw),
+            "stream-stream": lambda **kw: _drain(ss(iter([b"a"]), **kw)),
+        }
+        for way, calling in ways.items():
+            with pytest.raises(DeadlineExceeded) as exceeded:
+                async with deadline_after(0.2):
+                    await calling()
+            assert isinstance(exceeded.value.__cause__, grpc.aio.AioRpcError), way
+            async with deadline_after(5):
+                with pytest.raises(tether.UpstreamTimeout):
+                    await calling(timeout=0.1)
+    async with tether.grpc.insecure_channel(f"127.0.0.1:{free_port()}") as nowhere:
+        async with deadline_after(2):
+            with pytest.raises(tether.UpstreamUnavailable):
+                await _drain(nowhere.unary_stream(method("US"))(b""))
+
+
+async def _drain(call: Any) -> list[Any]:
+    return [item async for item in call]

@@ -333,3 +333,24 @@ async def test_deadline_exceeded_answered_early_is_the_callees_own_timeout() -> 
         finally:
             channel.close()
     assert "s of the call's time left: its query timed out" in str(failed)
+
+
+async def test_streaming_calls_from_a_thread_raise_tethers_errors() -> None:
+    """From a thread with 300 ms left, through tether's synchronous channel: a server stream
+    that stalls fails with DeadlineExceeded as it is iterated, and a stream-unary call with
+    DeadlineExceeded (grpc's RpcError the cause); an explicit shorter timeout is
+    UpstreamTimeout."""
+    from .test_grpc import _slow_streams
+
+    async with grpc_server(_slow_streams()) as target:
+        channel = tether.grpc.sync_insecure_channel(target)
+        us = channel.unary_stream(method("US"))
+        su = channel.stream_unary(method("SU"))
+        try:
+            for calling in (lambda: list(us(b"")), lambda: su(iter([b"a"]))):
+                exceeded = await in_thread(0.3, raising(DeadlineExceeded, calling))
+                assert isinstance(exceeded.__cause__, grpc.RpcError)
+            timed_out = raising(UpstreamTimeout, lambda: list(us(b"", timeout=0.1)))
+            await in_thread(5, timed_out)
+        finally:
+            channel.close()

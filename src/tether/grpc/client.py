@@ -8,14 +8,15 @@ sends no deadline at all unless it sets `timeout=` on every call. These intercep
 - `x-request-id` and `traceparent` go along in the metadata;
 - no call is started when the budget is gone: `DeadlineExceeded` is raised instead.
 
-Errors are mapped at this edge for unary-unary calls: a `DEADLINE_EXCEEDED` caused by the
-ambient budget becomes `DeadlineExceeded`; one caused by an explicit, shorter `timeout=` becomes
-`UpstreamTimeout`, and so does one the callee answered before the call's deadline (its own
-limit ran out, not this call's: as an HTTP upstream's 504); `UNAVAILABLE` becomes
-`UpstreamUnavailable`. The original
-`grpc.aio.AioRpcError` is the `__cause__`. Other statuses, and all statuses of the streaming
-shapes (grpc.aio lets only unary-unary interceptors answer in place of the call), stay
-`AioRpcError`.
+Errors are mapped at this edge, for every call shape through tether's `Channel` (a stream's
+as it is read, written or awaited) and for unary-unary calls through the interceptors: a
+`DEADLINE_EXCEEDED` caused by the ambient budget becomes `DeadlineExceeded`; one caused by an
+explicit, shorter `timeout=` becomes `UpstreamTimeout`, and so does one the callee answered
+before the call's deadline (its own limit ran out, not this call's: as an HTTP upstream's
+504); `UNAVAILABLE` becomes `UpstreamUnavailable`. The original
+`grpc.aio.AioRpcError` is the `__cause__`. Other statuses stay `AioRpcError`, and so do all
+statuses of the streaming shapes through the interceptors (grpc.aio lets only unary-unary
+interceptors answer in place of the call).
 
 `insecure_channel()` / `secure_channel()` return a `Channel`: a grpc.aio channel whose
 callables do all of this directly, without grpc.aio's client-interceptor machinery (which adds
@@ -209,13 +210,14 @@ class Channel:
         )
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> _Callable:
-        return _Callable(self._channel.unary_stream(method, *args, **kwargs), self._budget)
+        return _Callable(self._channel.unary_stream(method, *args, **kwargs), method, self._budget)
 
     def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> _Callable:
-        return _Callable(self._channel.stream_unary(method, *args, **kwargs), self._budget)
+        return _Callable(self._channel.stream_unary(method, *args, **kwargs), method, self._budget)
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> _Callable:
-        return _Callable(self._channel.stream_stream(method, *args, **kwargs), self._budget)
+        inner = self._channel.stream_stream(method, *args, **kwargs)
+        return _Callable(inner, method, self._budget)
 
     async def __aenter__(self) -> Channel:
         await self._channel.__aenter__()
@@ -229,27 +231,26 @@ class Channel:
 
 
 class _Callable:
-    """A grpc.aio multi-callable whose calls get the budget as timeout and tether's metadata."""
+    """A grpc.aio multi-callable of a streaming shape whose calls get the budget as timeout and
+    tether's metadata, and map their failures (`_MappedStream`)."""
 
-    __slots__ = ("_budget", "_inner")
+    __slots__ = ("_budget", "_inner", "_method")
 
-    def __init__(self, inner: Any, budget: _Budgeted) -> None:
+    def __init__(self, inner: Any, method: str, budget: _Budgeted) -> None:
         self._inner = inner
+        self._method = method
         self._budget = budget
 
     def __call__(
         self, request: Any, *, timeout: float | None = None, metadata: Any = None, **kwargs: Any
     ) -> Any:
-        timeout, metadata = self._budget.timeout_and_metadata(timeout, metadata)
-        return self._inner(request, timeout=timeout, metadata=metadata, **kwargs)
+        sent, metadata = self._budget.timeout_and_metadata(timeout, metadata)
+        call = self._inner(request, timeout=sent, metadata=metadata, **kwargs)
+        return _MappedStream(call, self._method, sent, timeout)
 
 
 class _UnaryUnaryCallable(_Callable):
-    __slots__ = ("_method",)
-
-    def __init__(self, inner: Any, method: str, budget: _Budgeted) -> None:
-        super().__init__(inner, budget)
-        self._method = method
+    __slots__ = ()
 
     def __call__(
         self, request: Any, *, timeout: float | None = None, metadata: Any = None, **kwargs: Any
@@ -274,10 +275,49 @@ class _MappedCall:
         try:
             return (yield from self._call.__await__())
         except grpc.aio.AioRpcError as exc:
-            raise_mapped(exc, self._method, self._sent, self._explicit, self._call.time_remaining())
+            self._raise_mapped(exc)
+
+    def _raise_mapped(self, exc: grpc.aio.AioRpcError) -> NoReturn:
+        raise_mapped(exc, self._method, self._sent, self._explicit, self._call.time_remaining())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
+
+
+class _MappedStream(_MappedCall):
+    """A call of a streaming shape whose failures are mapped as a unary call's: when its
+    responses are read (`async for`, `read()`), its requests written (`write()`,
+    `done_writing()`) or its one response awaited (stream-unary)."""
+
+    __slots__ = ("_responses",)
+
+    def __aiter__(self) -> _MappedStream:
+        self._responses = self._call.__aiter__()
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._responses.__anext__()
+        except grpc.aio.AioRpcError as exc:
+            self._raise_mapped(exc)
+
+    async def read(self) -> Any:
+        try:
+            return await self._call.read()
+        except grpc.aio.AioRpcError as exc:
+            self._raise_mapped(exc)
+
+    async def write(self, request: Any) -> None:
+        try:
+            await self._call.write(request)
+        except grpc.aio.AioRpcError as exc:
+            self._raise_mapped(exc)
+
+    async def done_writing(self) -> None:
+        try:
+            await self._call.done_writing()
+        except grpc.aio.AioRpcError as exc:
+            self._raise_mapped(exc)
 
 
 def TetherClientInterceptor(  # noqa: N802 - reads as the interceptor it builds

@@ -9,11 +9,12 @@ call, and it blocks for as long as that service takes. `SyncChannel` wraps any s
   grpc's rounding does not send more; see `timeout_for_grpc`);
 - `x-request-id` and `traceparent` go along in the metadata, unless the caller set them;
 - no call is started when the budget is gone: `DeadlineExceeded` is raised instead;
-- unary-unary calls (`stub.Method(request)` and `.with_call()`) that fail raise tether's
-  errors: `DeadlineExceeded` when the budget ran out, `UpstreamTimeout` when an explicit,
-  shorter timeout did, `UpstreamUnavailable` for `UNAVAILABLE`; grpc's `RpcError` is the
-  `__cause__`. Other statuses, `.future()` calls and the streaming shapes raise grpc's own
-  `RpcError`.
+- calls that fail raise tether's errors: `DeadlineExceeded` when the budget ran out,
+  `UpstreamTimeout` when an explicit, shorter timeout did (or the callee answered
+  `DEADLINE_EXCEEDED` with time left), `UpstreamUnavailable` for `UNAVAILABLE`; grpc's
+  `RpcError` is the `__cause__`. That holds for the blocking forms (`stub.Method(request)`,
+  `.with_call()`) of the unary-response shapes and for the responses of the streaming ones as
+  they are iterated. Other statuses and `.future()` calls raise grpc's own `RpcError`.
 
 Nothing can cancel a thread, so the timeout is what ends a blocking call at the deadline: the
 callee sees the same deadline and is cancelled by grpc when it passes.
@@ -61,13 +62,15 @@ class SyncChannel:
         return _Callable(inner, self._margin, method)
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> _Callable:
-        return _Callable(self._channel.unary_stream(method, *args, **kwargs), self._margin)
+        inner = self._channel.unary_stream(method, *args, **kwargs)
+        return _Callable(inner, self._margin, method, streams_responses=True)
 
     def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> _Callable:
-        return _Callable(self._channel.stream_unary(method, *args, **kwargs), self._margin)
+        return _Callable(self._channel.stream_unary(method, *args, **kwargs), self._margin, method)
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> _Callable:
-        return _Callable(self._channel.stream_stream(method, *args, **kwargs), self._margin)
+        inner = self._channel.stream_stream(method, *args, **kwargs)
+        return _Callable(inner, self._margin, method, streams_responses=True)
 
     def close(self) -> None:
         self._channel.close()
@@ -92,17 +95,25 @@ class _Callable:
     `future`), get the budget as timeout and tether's metadata. A form the call shape lacks
     (`with_call` on a stream) raises AttributeError as grpc's own does."""
 
-    __slots__ = ("_inner", "_margin", "_method")
+    __slots__ = ("_inner", "_margin", "_method", "_streams_responses")
 
-    def __init__(self, inner: Any, margin: float, method: str | None = None) -> None:
+    def __init__(
+        self, inner: Any, margin: float, method: str, *, streams_responses: bool = False
+    ) -> None:
         self._inner = inner
         self._margin = margin
-        # Unary-unary only: its blocking forms raise tether's errors (see the module docstring).
         self._method = method
+        self._streams_responses = streams_responses
 
     def __call__(
         self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
     ) -> Any:
+        if self._streams_responses:
+            sent, merged = pass_budget_on(timeout, metadata, self._margin)
+            started = time.monotonic()
+            metadata = metadata if merged is None else merged
+            responses = self._inner(request, timeout=sent, metadata=metadata, **kwargs)
+            return _MappedResponses(responses, self._method, sent, timeout, started)
         return self._send(self._inner, self._method, request, timeout, metadata, kwargs)
 
     def with_call(
@@ -133,9 +144,46 @@ class _Callable:
         except grpc.RpcError as exc:
             if mapped_as is None:
                 raise
-            # grpc's synchronous errors do not say how much of the call's time was left.
-            left = None if sent is None else sent - (time.monotonic() - started)
-            raise_mapped(exc, mapped_as, sent, timeout, left)
+            raise_mapped(exc, mapped_as, sent, timeout, _left(sent, started))
+
+
+def _left(sent: float | None, started: float) -> float | None:
+    """What was left of a call's time (grpc's synchronous errors do not say)."""
+    return None if sent is None else sent - (time.monotonic() - started)
+
+
+class _MappedResponses:
+    """The responses of a synchronous streaming call, whose failure, as they are iterated,
+    is mapped as a blocking call's. Everything else is grpc's call (`cancel()`, `code()`)."""
+
+    __slots__ = ("_explicit", "_method", "_responses", "_sent", "_started")
+
+    def __init__(
+        self,
+        responses: Any,
+        method: str,
+        sent: float | None,
+        explicit: float | None,
+        started: float,
+    ) -> None:
+        self._responses = responses
+        self._method = method
+        self._sent = sent
+        self._explicit = explicit
+        self._started = started
+
+    def __iter__(self) -> _MappedResponses:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._responses)
+        except grpc.RpcError as exc:
+            left = _left(self._sent, self._started)
+            raise_mapped(exc, self._method, self._sent, self._explicit, left)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._responses, name)
 
 
 def sync_insecure_channel(
