@@ -102,3 +102,45 @@ def test_what_grpc_may_send_is_within_the_budget(seconds: float, stale_ms: float
 )
 def test_timeout_for_grpc_examples(seconds: float, expected: float) -> None:
     assert timeout_for_grpc(seconds) == pytest.approx(expected, abs=1e-9)
+
+
+class AbortReturnsContext(Context):
+    """grpc.aio's context for a worker thread before grpc 1.85: `abort()` sends the status and
+    returns, so a handler would run on after it."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+        self.aborted: list[tuple[grpc.StatusCode, str]] = []
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        self.aborted.append((code, details))
+
+
+def test_a_def_handler_stops_at_an_abort_that_returns() -> None:
+    """A `def` handler's `context.abort()` that returns (grpc.aio before 1.85) stops the
+    handler all the same; the guard then gives grpc an empty answer (grpc sends the abort's
+    status instead), and the safety net's own abort ends the same way: no AssertionError for
+    grpc to log, no code after the abort run."""
+    ran_on: list[str] = []
+
+    def aborts(request: bytes, context: Any) -> bytes:
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such order")
+        ran_on.append("after the abort")
+        return b"too late"
+
+    def fails(request: bytes, context: Any) -> bytes:
+        raise ValueError("secret")
+
+    policy = server.TetherServerInterceptor()
+    for handler, expected in (
+        (aborts, (grpc.StatusCode.NOT_FOUND, "no such order")),
+        (fails, (grpc.StatusCode.INTERNAL, "internal error")),
+    ):
+        context = AbortReturnsContext()
+        guarded = server._sync_unary(handler, policy, "/s/M", False, None, server._bytes_only)
+        assert guarded(b"", context) == b""
+        assert context.aborted == [expected]
+    assert ran_on == []
