@@ -26,7 +26,7 @@ channels you build yourself.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Awaitable, Coroutine, Generator, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -295,27 +295,24 @@ class _MappedStream(_MappedCall):
         self._responses = self._call.__aiter__()
         return self
 
-    async def __anext__(self) -> Any:
-        try:
-            return await self._responses.__anext__()
-        except grpc.aio.AioRpcError as exc:
-            self._raise_mapped(exc)
+    # Plain functions handing back `_mapped`'s coroutine: one coroutine per step, not two.
 
-    async def read(self) -> Any:
-        try:
-            return await self._call.read()
-        except grpc.aio.AioRpcError as exc:
-            self._raise_mapped(exc)
+    def __anext__(self) -> Coroutine[Any, Any, Any]:
+        return self._mapped(self._responses.__anext__())
 
-    async def write(self, request: Any) -> None:
-        try:
-            await self._call.write(request)
-        except grpc.aio.AioRpcError as exc:
-            self._raise_mapped(exc)
+    def read(self) -> Coroutine[Any, Any, Any]:
+        return self._mapped(self._call.read())
 
-    async def done_writing(self) -> None:
+    def write(self, request: Any) -> Coroutine[Any, Any, Any]:
+        return self._mapped(self._call.write(request))
+
+    def done_writing(self) -> Coroutine[Any, Any, Any]:
+        return self._mapped(self._call.done_writing())
+
+    async def _mapped(self, step: Awaitable[Any]) -> Any:
+        """What `step` (one of grpc's operations on the call) gives, its failure mapped."""
         try:
-            await self._call.done_writing()
+            return await step
         except grpc.aio.AioRpcError as exc:
             self._raise_mapped(exc)
 
