@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from tether._logging import log_fields
-from tether.errors import ChainError, TetherError
+from tether.errors import ChainError, TetherError, failure_summary, reported_failure
 from tether.request_id import current_request_id
 
 __all__ = ["Filter", "Handler", "SafetyNet", "chain", "server_chain"]
@@ -65,14 +65,15 @@ class SafetyNet(Generic[Req, Resp]):
 
     def _report(self, exc: Exception) -> None:
         request_id = current_request_id()
-        if isinstance(exc, TetherError):  # an expected outcome, not a bug: no traceback
+        failure = reported_failure(exc)  # a group of tether's errors: its first one
+        if isinstance(failure, TetherError):  # an expected outcome, not a bug: no traceback
             log_fields(
                 self._log,
                 logging.WARNING,
                 "request %s ended with %s: %s",
                 request_id,
-                type(exc).__name__,
-                exc,
+                type(failure).__name__,
+                failure_summary(failure, exc),
                 fields={"request_id": request_id},
             )
             return

@@ -26,6 +26,7 @@ through.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -83,6 +84,53 @@ class UpstreamUnavailable(UpstreamError):
 
 class ChainError(TetherError, TypeError):
     """A filter chain was assembled in an order that would break its guarantees."""
+
+
+def reported_failure(
+    exc: BaseException, expected: Callable[[BaseException], bool] | None = None
+) -> BaseException:
+    """The exception a server answers for when `exc` ends a request.
+
+    Rule: an exception group (from `asyncio.TaskGroup`, an anyio task group, `tether.TaskGroup`:
+    a handler that fans out) stands for its first exception when every exception in it, nested
+    groups included, is `expected` (by default: one of tether's errors, an outcome such as an
+    upstream being down, which a server answers precisely). A fan-out whose one upstream is down
+    is then answered as the same call made alone. A group holding anything else stands for
+    itself: a bug, answered as an internal error. Any other exception stands for itself.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    is_expected = _is_tether_error if expected is None else expected
+    leaves = _leaves(exc)
+    if all(is_expected(leaf) for leaf in leaves):
+        return leaves[0]
+    return exc
+
+
+def failure_summary(failure: BaseException, exc: BaseException) -> str:
+    """The text of `failure`, which `reported_failure` chose for `exc`, for a log line: when
+    it is the first of a group's exceptions, the others are named (none goes unlogged)."""
+    if failure is exc or not isinstance(exc, BaseExceptionGroup):
+        return str(failure)
+    others = [type(leaf).__name__ for leaf in _leaves(exc)[1:]]
+    if not others:
+        return str(failure)
+    return f"{failure} (the first of an exception group; also {', '.join(others)})"
+
+
+def _is_tether_error(exc: BaseException) -> bool:
+    return isinstance(exc, TetherError)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions in `group`, nested groups flattened, in the group's order."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        else:
+            found.append(exc)
+    return found
 
 
 def format_seconds(seconds: float) -> str:

@@ -20,6 +20,7 @@ from tether.errors import (
     InvalidDeadlineHeader,
     UpstreamTimeout,
     UpstreamUnavailable,
+    reported_failure,
 )
 
 MEDIA_TYPE: Final = "application/problem+json"
@@ -172,10 +173,13 @@ def problem_for_exception(
 ) -> Problem:
     """The problem a server answers with when `exc` ended a request.
 
-    Only tether's own errors get a specific type and a detail; anything else is an internal
-    error whose detail says nothing about the exception (its text may hold secrets).
+    Only tether's own errors get a specific type and a detail, also when an exception group
+    holds only them (`tether.errors.reported_failure`: the first one answers); anything else
+    is an internal error whose detail says nothing about the exception (its text may hold
+    secrets).
     """
     kind, detail = INTERNAL_ERROR, "the server failed to handle this request"
+    exc = reported_failure(exc)  # a fan-out's upstream failure: as the call made alone
     if isinstance(exc, DeadlineExceeded):
         kind, detail = DEADLINE_EXCEEDED, exc.detail
     elif isinstance(exc, InvalidDeadlineHeader):

@@ -108,6 +108,99 @@ async def test_a_http_budget_stops_a_slow_grpc_service() -> None:
     assert open_connections == 0
 
 
+async def test_a_fanned_out_call_that_runs_out_of_budget_is_still_a_504() -> None:
+    """(a) as a fan-out: the handler calls the slow gRPC service and a fast one at once, in an
+    asyncio.TaskGroup. The slow call's own timer ends it (at 97% of the budget, before the
+    request's), so its DeadlineExceeded leaves the group inside an ExceptionGroup: the client
+    gets the same 504 as for the call made alone, not a 500."""
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(5)
+        return b"late"
+
+    async def fast(request: bytes, context: Any) -> bytes:
+        return b"fast"
+
+    handlers = {
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        "Fast": grpc.unary_unary_rpc_method_handler(fast),
+    }
+    async with grpc_server(handlers) as target, tether.grpc.insecure_channel(target) as channel:
+
+        async def check(name: str) -> bytes:
+            answer: bytes = await channel.unary_unary(method(name))(b"")
+            return answer
+
+        async def orders(request: Request) -> Response:
+            async with asyncio.TaskGroup() as group:
+                for name in ("Fast", "Slow"):
+                    group.create_task(check(name))
+            return Response(b"never")
+
+        app = app_with(Route("/orders", orders))
+        async with uvicorn_serving(app) as (url, _), aiohttp.ClientSession() as client:
+            sent = time.perf_counter()
+            async with client.get(url + "/orders", headers={"x-request-timeout": "300"}) as answer:
+                answered = time.perf_counter()
+                body = await answer.json()
+    assert answer.status == 504, body
+    assert body["type"].endswith("deadline-exceeded")
+    assert 0.28 <= answered - sent <= 0.33, f"answered after {answered - sent:.3f} s"
+
+
+async def test_a_fan_out_whose_upstream_is_down_is_a_503_not_a_bug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler fans out with an anyio task group (Starlette's own) to an upstream that
+    answers and one that refuses connections: the client gets the 503 of the refused call made
+    alone, and the log says so at INFO, naming it, with no traceback. A group that also holds
+    a bug (a child whose clean-up fails when the group cancels it) stays a 500, logged with its
+    traceback."""
+    import anyio
+
+    from tether.http import Client
+
+    async def fine(request: Request) -> Response:
+        return Response(b"fine")
+
+    closed = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+
+    async def report(request: Request) -> Response:
+        async with Client() as client, anyio.create_task_group() as group:
+            group.start_soon(client.get, str(request.url_for("fine")))
+            group.start_soon(client.get, closed)
+            if request.query_params.get("bug"):
+                group.start_soon(_fails_when_cancelled)
+        return Response(b"never")
+
+    app = app_with(Route("/fine", fine, name="fine"), Route("/report", report))
+    with caplog.at_level(logging.INFO, logger="tether.http"):
+        async with uvicorn_serving(app) as (url, _), aiohttp.ClientSession() as client:
+            async with client.get(url + "/report") as answer:
+                body = await answer.json()
+            async with client.get(url + "/report?bug=1") as buggy:
+                buggy_body = await buggy.json()
+    assert answer.status == 503, body
+    assert body["type"].endswith("upstream-unavailable")
+    assert buggy.status == 500, buggy_body
+    assert buggy_body["type"].endswith("internal-error")
+    outcome, bug = [r for r in caplog.records if r.name == "tether.http"]
+    assert outcome.levelno == logging.INFO
+    assert outcome.getMessage().startswith(f"request {body['request_id']} ended with Upstream")
+    assert closed.rstrip("/") in outcome.getMessage()
+    assert outcome.exc_info is None
+    assert bug.levelno == logging.ERROR
+    assert bug.exc_info is not None
+
+
+async def _fails_when_cancelled() -> None:
+    """A child whose clean-up has a bug: cancelled, it raises instead."""
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        raise KeyError("a bug in clean-up") from None
+
+
 def _grpc_internal(tasks: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
     """grpc.aio's own loop tasks (compiled coroutines; the server replaces one per call)."""
     return {t for t in tasks if not isinstance(t.get_coro(), types.CoroutineType)}

@@ -775,15 +775,39 @@ async def front_calling_back(
             "a dependency is unavailable",
         ),
         (ValueError("secret: hunter2"), Code.INTERNAL, "internal error"),
+        (
+            ExceptionGroup("a fan-out", [tether.UpstreamUnavailable("secret: down")]),
+            Code.UNAVAILABLE,
+            "a dependency is unavailable",
+        ),
+        (
+            ExceptionGroup("g", [DeadlineExceeded("secret"), tether.UpstreamUnavailable("x")]),
+            Code.DEADLINE_EXCEEDED,
+            "deadline exceeded",
+        ),
+        (
+            ExceptionGroup("g", [tether.UpstreamUnavailable("x"), ValueError("secret: bug")]),
+            Code.INTERNAL,
+            "internal error",
+        ),
     ],
-    ids=["TimeoutError", "DeadlineExceeded", "UpstreamUnavailable", "ValueError"],
+    ids=[
+        "TimeoutError",
+        "DeadlineExceeded",
+        "UpstreamUnavailable",
+        "ValueError",
+        "group-of-UpstreamUnavailable",
+        "group-of-outcomes",
+        "group-with-a-bug",
+    ],
 )
 async def test_handler_exceptions_map_to_their_statuses_without_their_text(
     raised: Exception, code: grpc.StatusCode, details: str
 ) -> None:
     """The safety net's mapping: a timeout of any kind is DEADLINE_EXCEEDED, an unavailable
-    dependency UNAVAILABLE, anything else INTERNAL; the details are tether's generic words,
-    never the exception's; the next call is served."""
+    dependency UNAVAILABLE, anything else INTERNAL; an exception group of such outcomes (a
+    handler that fans out) as its first one, a group holding anything else INTERNAL; the
+    details are tether's generic words, never the exception's; the next call is served."""
 
     async def fail(request: bytes, context: Any) -> bytes:
         if request == b"fail":
@@ -893,6 +917,46 @@ async def test_a_failed_downstream_call_is_passed_on_only_as_deadline_or_unavail
             await call(b"")
     assert caught.value.code() is answered
     assert "secret" not in (caught.value.details() or "")
+
+
+@pytest.mark.parametrize("channel_to_back", ["tether", "grpc"])
+async def test_a_fan_out_whose_downstream_is_unavailable_is_answered_unavailable(
+    channel_to_back: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler calls a downstream twice at once in an asyncio.TaskGroup, through tether's
+    channel (UpstreamUnavailable) or grpc's own (AioRpcError): the downstream's UNAVAILABLE
+    leaves the group in an ExceptionGroup, and the caller gets UNAVAILABLE as for one call,
+    logged as a warning without a traceback."""
+
+    async def back(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        await context.abort(Code.UNAVAILABLE, "secret: the back service's own words")
+        return b""
+
+    make = (
+        tether.grpc.insecure_channel if channel_to_back == "tether" else grpc.aio.insecure_channel
+    )
+    async with grpc_server({"Back": grpc.unary_unary_rpc_method_handler(back)}) as back_target:
+        async with make(back_target) as to_back:
+
+            async def once(request: bytes) -> None:
+                await to_back.unary_unary(method("Back"))(request)
+
+            async def front(request: bytes, context: Any) -> bytes:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(once(b"a"))
+                    group.create_task(once(b"b"))
+                return b"never"
+
+            handlers = {"Front": grpc.unary_unary_rpc_method_handler(front)}
+            with caplog.at_level(logging.INFO, logger="tether.grpc"):
+                async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as ch:
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await ch.unary_unary(method("Front"))(b"")
+    assert caught.value.code() is Code.UNAVAILABLE
+    assert caught.value.details() == "a dependency is unavailable"
+    front_records = [r for r in caplog.records if "/Front" in r.getMessage()]
+    assert front_records
+    assert all(r.levelno < logging.ERROR and r.exc_info is None for r in front_records)
 
 
 async def test_an_unknown_method_is_unimplemented_and_the_server_keeps_serving() -> None:

@@ -215,12 +215,14 @@ def test_exceptions_become_statuses_without_their_text(caplog: pytest.LogCapture
     """The safety net: a plain exception is INTERNAL "internal error" (grpc's synchronous
     server alone answers UNKNOWN with the exception's text), logged with its traceback and
     request id; TimeoutError and DeadlineExceeded are DEADLINE_EXCEEDED, UpstreamUnavailable
-    UNAVAILABLE; an abort passes through as it is; the server keeps serving. For streams too."""
+    UNAVAILABLE (also in an exception group); an abort passes through as it is; the server
+    keeps serving. For streams too."""
     raised: dict[str, BaseException] = {
         "Secret": RuntimeError("secret: password=hunter2"),
         "Timeout": TimeoutError("took too long"),
         "Exceeded": DeadlineExceeded("deadline exceeded: budget ran out"),
         "Unavailable": UpstreamUnavailable("db down"),
+        "Group": ExceptionGroup("fanned out", [UpstreamUnavailable("db down")]),
     }
 
     def raising(request: bytes, context: Any) -> bytes:
@@ -254,12 +256,13 @@ def test_exceptions_become_statuses_without_their_text(caplog: pytest.LogCapture
         streamed = failure(lambda: next(stream))
         aborted = failure(lambda: channel.unary_unary(method("Abort"))(b""))
         still_serving = parsed(channel.unary_unary(method("UnaryUnary"))(b""))
-        lines = log_lines(caplog, 7)
+        lines = log_lines(caplog, 8)
     assert statuses == {
         "Secret": (Code.INTERNAL, "internal error"),
         "Timeout": (Code.DEADLINE_EXCEEDED, "deadline exceeded"),
         "Exceeded": (Code.DEADLINE_EXCEEDED, "deadline exceeded"),
         "Unavailable": (Code.UNAVAILABLE, "a dependency is unavailable"),
+        "Group": (Code.UNAVAILABLE, "a dependency is unavailable"),
     }
     assert (streamed.code(), streamed.details()) == (Code.INTERNAL, "internal error")
     assert (aborted.code(), aborted.details()) == (Code.NOT_FOUND, "no such order")
@@ -270,7 +273,7 @@ def test_exceptions_become_statuses_without_their_text(caplog: pytest.LogCapture
     assert codes == sorted(
         [
             *("INTERNAL", "DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", "UNAVAILABLE"),
-            *("INTERNAL", "NOT_FOUND", "OK"),
+            *("UNAVAILABLE", "INTERNAL", "NOT_FOUND", "OK"),
         ]
     )
 

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from tether import ChainError, SafetyNet, chain, request_id_scope, server_chain
+from tether import (
+    ChainError,
+    SafetyNet,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    chain,
+    request_id_scope,
+    server_chain,
+)
 from tether.chain import Handler
 
 
@@ -116,6 +124,41 @@ def test_the_safety_net_and_short_circuits_log_under_an_apps_record_factory(
         assert asyncio.run(server_chain(SafetyNet(internal_error), crash)("x")).status == 500
         assert asyncio.run(chain(refuse, ok)("x")).answered_by is not None
     assert [r.request_id for r in caplog.records] == [apps_record_factory] * 2  # type: ignore[attr-defined]
+
+
+def test_safety_net_logs_a_fan_outs_outcomes_as_outcomes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler whose fan-out failed with tether's errors only: a warning naming the first
+    (and the others), no traceback, as for the one error alone; a group holding a bug is
+    logged as the bug it is."""
+
+    async def fan_out(request: str) -> Response:
+        errors: list[Exception] = [UpstreamUnavailable("db down"), UpstreamTimeout("slow")]
+        if request == "bug":
+            errors.append(KeyError("k"))
+        raise ExceptionGroup("unhandled errors in a TaskGroup", errors)
+
+    answered: list[Exception] = []
+
+    def answer(request: object, exc: Exception) -> Response:
+        answered.append(exc)
+        return Response(503, "unavailable")
+
+    handler = server_chain(SafetyNet(answer), fan_out)
+    with caplog.at_level(logging.INFO), request_id_scope("req-7"):
+        asyncio.run(handler("outcomes"))
+        asyncio.run(handler("bug"))
+    outcomes, bug = caplog.records
+    assert outcomes.levelno == logging.WARNING
+    assert outcomes.exc_info is None
+    assert outcomes.getMessage() == (
+        "request req-7 ended with UpstreamUnavailable: "
+        "db down (the first of an exception group; also UpstreamTimeout)"
+    )
+    assert bug.levelno == logging.ERROR
+    assert bug.exc_info is not None
+    assert all(isinstance(exc, ExceptionGroup) for exc in answered)  # the answer sees it all
 
 
 def test_safety_net_keeps_serving_after_many_failures() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tether import DeadlineExceeded, InvalidDeadlineHeader, UpstreamTimeout, UpstreamUnavailable
-from tether.errors import one_line
+from tether.errors import failure_summary, one_line, reported_failure
 from tether.problems import (
     CATALOGUE,
     DEADLINE_EXCEEDED,
@@ -129,6 +129,58 @@ def test_problem_for_exception_never_leaks_exception_text() -> None:
     assert "KeyError" not in problem.detail
     upstream = problem_for_exception(UpstreamTimeout(secret))
     assert "hunter2" not in upstream.to_json().decode()
+
+
+def test_a_group_of_tethers_errors_is_answered_as_its_first() -> None:
+    """A handler that fans out (asyncio.TaskGroup, anyio) and whose children fail with tether's
+    errors is answered as the first child's call made alone; nested groups count too."""
+    down, late = UpstreamUnavailable("refused"), UpstreamTimeout("504")
+    spent = DeadlineExceeded("deadline exceeded: x")
+    cases: list[tuple[BaseExceptionGroup[BaseException], BaseException, str]] = [
+        (ExceptionGroup("unhandled errors in a TaskGroup", [down]), down, "upstream-unavailable"),
+        (ExceptionGroup("g", [down, late]), down, "upstream-unavailable"),
+        (ExceptionGroup("g", [late, down]), late, "upstream-timeout"),
+        (
+            ExceptionGroup("outer", [ExceptionGroup("inner", [late]), down]),
+            late,
+            "upstream-timeout",
+        ),
+        (ExceptionGroup("g", [spent]), spent, "deadline-exceeded"),
+    ]
+    for group, first, slug in cases:
+        assert reported_failure(group) is first
+        problem = problem_for_exception(group)
+        assert problem.type.endswith(slug), (group, problem)
+
+
+def test_a_group_holding_anything_else_is_an_internal_error() -> None:
+    """One error that is not tether's makes the whole group a bug: 500, no text."""
+    secret = "token=abc123"
+    groups: list[BaseExceptionGroup[BaseException]] = [
+        ExceptionGroup("g", [UpstreamUnavailable("refused"), KeyError(secret)]),
+        ExceptionGroup("g", [KeyError(secret), UpstreamUnavailable("refused")]),
+        ExceptionGroup("g", [ExceptionGroup("inner", [ValueError(secret)]), UpstreamTimeout()]),
+        BaseExceptionGroup("g", [UpstreamUnavailable("refused"), KeyboardInterrupt()]),
+    ]
+    for group in groups:
+        problem = problem_for_exception(group)
+        assert problem.status == 500, group
+        assert secret not in problem.to_json().decode()
+        assert reported_failure(group) is group
+
+
+def test_the_log_names_the_rest_of_a_group() -> None:
+    """The first error of a group answers; the log line still names the others."""
+    group = ExceptionGroup("g", [UpstreamUnavailable("a refused"), UpstreamTimeout("b late")])
+    failure = reported_failure(group)
+    assert failure_summary(failure, group) == (
+        "a refused (the first of an exception group; also UpstreamTimeout)"
+    )
+    alone = ExceptionGroup("g", [UpstreamUnavailable("a refused")])
+    assert failure_summary(reported_failure(alone), alone) == "a refused"
+    plain = KeyError("k")
+    assert reported_failure(plain) is plain
+    assert failure_summary(plain, plain) == "'k'"
 
 
 def test_one_line_makes_a_parsers_message_fit_a_detail() -> None:

@@ -4,8 +4,9 @@ For every call, of all four shapes, in this order (outermost first):
 
 1. Safety net: an exception from the handler *or from an interceptor after this one* becomes
    `INTERNAL` with a generic message (never the exception's text); `TimeoutError` and
-   `DeadlineExceeded` become `DEADLINE_EXCEEDED`, `UpstreamUnavailable` becomes `UNAVAILABLE`;
-   `context.abort(...)` passes through untouched. The server keeps serving. Streaming
+   `DeadlineExceeded` become `DEADLINE_EXCEEDED`, `UpstreamUnavailable` becomes `UNAVAILABLE`
+   (an exception group holding only such outcomes, from a handler that fans out, as its first
+   one); `context.abort(...)` passes through untouched. The server keeps serving. Streaming
    handlers' responses are written here (see `_streaming`), so a response the serializer
    refuses is caught by this net too. A request the deserializer refuses is the caller's
    mistake: `INVALID_ARGUMENT` (see `decoding`).
@@ -71,7 +72,12 @@ from tether.deadline import (
     deadline_for_request,
     deadline_for_thread,
 )
-from tether.errors import DeadlineExceeded, UpstreamUnavailable
+from tether.errors import (
+    DeadlineExceeded,
+    UpstreamUnavailable,
+    failure_summary,
+    reported_failure,
+)
 from tether.grpc._sync_streams import run_in_threads
 from tether.request_id import (
     REPEATED_WITH_DIFFERENT_VALUES,
@@ -724,18 +730,22 @@ def _note_failure(exc: BaseException, call: _Call) -> grpc.StatusCode | None:
 
 
 def _status_for(exc: Exception, call: _Call) -> grpc.StatusCode:
-    if isinstance(exc, UndecodableRequest):  # the caller's malformed input, not a failure here
-        log.warning("grpc %s request_id=%s refused: %s", call.method, call.request_id, exc)
+    failure = reported_failure(exc, _answered_precisely)  # a fan-out's: as the call made alone
+    if isinstance(failure, UndecodableRequest):  # the caller's malformed input, not a failure
+        log.warning("grpc %s request_id=%s refused: %s", call.method, call.request_id, failure)
         return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, TimeoutError):  # includes DeadlineExceeded
-        if not isinstance(exc, DeadlineExceeded):
-            log.warning("grpc %s request_id=%s: %r", call.method, call.request_id, exc)
+    if isinstance(failure, TimeoutError):  # includes DeadlineExceeded
+        if not isinstance(failure, DeadlineExceeded) or failure is not exc:
+            summary = failure_summary(failure, exc)
+            log.warning("grpc %s request_id=%s: %s", call.method, call.request_id, summary)
         return grpc.StatusCode.DEADLINE_EXCEEDED
-    if isinstance(exc, UpstreamUnavailable):
+    if isinstance(failure, UpstreamUnavailable):
+        if failure is not exc:
+            summary = failure_summary(failure, exc)
+            log.warning("grpc %s request_id=%s: %s", call.method, call.request_id, summary)
         return grpc.StatusCode.UNAVAILABLE
-    # A downstream call's failure (grpc.aio's, or the synchronous API's, which is a grpc.Call)
-    if isinstance(exc, grpc.aio.AioRpcError | grpc.Call) and exc.code() in _PASSED_ON:
-        return exc.code()
+    if _passed_on(failure):
+        return failure.code()  # type: ignore[attr-defined, no-any-return]
     log_fields(
         log,
         logging.ERROR,
@@ -750,6 +760,18 @@ def _status_for(exc: Exception, call: _Call) -> grpc.StatusCode:
 
 # Statuses from a downstream call that a service may pass on as its own.
 _PASSED_ON = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE})
+
+
+def _passed_on(exc: BaseException) -> bool:
+    """A downstream call's failure (grpc.aio's, or the synchronous API's, which is a
+    grpc.Call) whose status a service passes on as its own."""
+    return isinstance(exc, grpc.aio.AioRpcError | grpc.Call) and exc.code() in _PASSED_ON
+
+
+def _answered_precisely(exc: BaseException) -> bool:
+    """Whether `exc` is answered with a status of its own, not `INTERNAL` (an outcome such as
+    a dependency being down, not a bug)."""
+    return isinstance(exc, TimeoutError | UpstreamUnavailable) or _passed_on(exc)
 
 
 def _details_for(code: grpc.StatusCode) -> str:

@@ -19,7 +19,8 @@ context variables). For each HTTP request, in this order:
    client gets 504 `deadline-exceeded`, or, if the response had already started, the
    connection is closed. tether's other errors escaping the app map to their problems
    (`UpstreamTimeout`: 504 `upstream-timeout`, `UpstreamUnavailable`: 503
-   `upstream-unavailable`).
+   `upstream-unavailable`), also from a task group that holds only tether's errors (its first
+   one answers: `tether.errors.reported_failure`).
 4. A client that disconnects cancels the app (the middleware listens for `http.disconnect`
    from 5 ms into the request on; faster requests are never watched, which keeps them cheap).
    A request that expects `100 Continue` is watched only once the app reads its body:
@@ -60,7 +61,12 @@ from tether._logging import log_fields
 from tether._loop_state import PerLoop
 from tether._settings import PathPrefixes, server_budgets
 from tether.deadline import deadline_for_request
-from tether.errors import InvalidDeadlineHeader, TetherError
+from tether.errors import (
+    InvalidDeadlineHeader,
+    TetherError,
+    failure_summary,
+    reported_failure,
+)
 from tether.problems import (
     EXPIRED_ON_ARRIVAL,
     INVALID_DEADLINE_HEADER,
@@ -322,15 +328,16 @@ def _budget_timing(budget: float) -> bytes:
 def _log_failure(request_id: str, exc: Exception, outcome: str) -> None:
     """Log an exception that escaped the app; `outcome` says what the client got."""
     fields = {"request_id": request_id}
-    if isinstance(exc, TetherError):  # an outcome (budget spent, upstream down), not a bug
+    failure = reported_failure(exc)
+    if isinstance(failure, TetherError):  # an outcome (budget spent, upstream down), not a bug
         log_fields(
             log,
             logging.INFO,
             "request %s ended with %s (%s): %s",
             request_id,
-            type(exc).__name__,
+            type(failure).__name__,
             outcome,
-            exc,
+            failure_summary(failure, exc),
             fields=fields,
         )
     else:
