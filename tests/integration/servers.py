@@ -202,9 +202,11 @@ async def raw_upstream(reply: Callable[[dict[str, Any]], Reply]) -> AsyncIterato
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream.connections += 1
+        connection = upstream.connections
         try:
             while True:
                 request = await read_request(reader)
+                request["connection"] = connection  # which of the upstream's connections
                 upstream.seen.append(request)
                 answer = reply(request)
                 if answer.delay:

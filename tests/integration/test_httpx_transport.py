@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tether import DeadlineExceeded, deadline_after
+from tether import DeadlineExceeded, _clock, deadline_after
+from tether.deadline import deadline_for_thread
 from tether.http import CallTimings
 from tether.http.httpx_transport import TIMINGS, TetherSyncTransport, TetherTransport
 from tether.request_id import request_id_scope
@@ -220,3 +221,97 @@ async def test_each_call_records_its_phases_and_the_callers_trace_still_runs(
     assert "connection.connect_tcp.complete" in events
     assert "http11.receive_response_body.complete" in events
     assert [r for r in caplog.records if r.name == "tether.http.httpx" and "GET" in r.getMessage()]
+
+
+async def _headers_then(body_pieces: int, every: float) -> asyncio.Server:
+    """A server that sends its headers at once and then its body one byte every `every`
+    seconds (`body_pieces` bytes: the Content-Length); 0 pieces: a 2-byte body that never
+    comes."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            length = body_pieces or 2
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length)
+            await writer.drain()
+            for _ in range(body_pieces):
+                await asyncio.sleep(every)
+                writer.write(b"x")
+                await writer.drain()
+            await reader.read()  # until the client closes the connection
+        except (OSError, asyncio.IncompleteReadError):
+            pass  # the client gave up
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0)
+
+
+def _url_of(server: asyncio.Server) -> str:
+    return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+
+
+async def test_a_body_that_does_not_come_within_the_budget_is_deadline_exceeded() -> None:
+    """Headers at once, then no body: the read timeout the budget capped runs out while the
+    body is read, and both transports raise DeadlineExceeded, as for headers that do not
+    come (httpx alone: ReadTimeout, which a service's safety net answers 500, not 504). A read
+    timeout configured shorter than the budget stays httpx's ReadTimeout."""
+    server = await _headers_then(0, 0)
+    url = _url_of(server)
+    try:
+        # A 50 ms margin: the capped read timeout runs out before the block would cancel.
+        async with httpx.AsyncClient(transport=TetherTransport(margin=0.05)) as client:
+            start = time.perf_counter()
+            with pytest.raises(DeadlineExceeded, match="within the budget"):
+                async with deadline_after(0.3):
+                    await client.get(url)
+            async_took = time.perf_counter() - start
+            async with deadline_after(2):
+                with pytest.raises(httpx.ReadTimeout):
+                    await client.get(url, timeout=0.1)
+
+        def sync_call(timeout: float | None = None) -> None:
+            with httpx.Client(transport=TetherSyncTransport()) as client:
+                with deadline_for_thread(_clock.monotonic() + 0.3):
+                    client.get(url, timeout=timeout)
+
+        start = time.perf_counter()
+        with pytest.raises(DeadlineExceeded, match="within the budget"):
+            await asyncio.to_thread(sync_call)
+        sync_took = time.perf_counter() - start
+        with pytest.raises(httpx.ReadTimeout):
+            await asyncio.to_thread(sync_call, 0.1)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert 0.24 <= async_took < 0.35
+    assert 0.25 <= sync_took < 0.35
+
+
+async def test_the_sync_transport_ends_a_body_that_trickles_past_the_deadline() -> None:
+    """No cancellation reaches a worker thread, and httpcore fixes each read's timeout when
+    the body starts. A server sending its body one byte every 0.1 s (30 bytes: 3 s) kept a
+    synchronous call under a 0.5 s budget going for the whole 3 s; now the first byte after
+    the deadline ends it (DeadlineExceeded), and the next call gets a fresh connection."""
+    server = await _headers_then(30, 0.1)
+    url = _url_of(server)
+
+    def call_under_budget(client: httpx.Client) -> tuple[float, BaseException | None]:
+        start = time.perf_counter()
+        try:
+            with deadline_for_thread(_clock.monotonic() + 0.5):
+                client.get(url)
+        except Exception as exc:
+            return time.perf_counter() - start, exc
+        return time.perf_counter() - start, None
+
+    try:
+        with httpx.Client(transport=TetherSyncTransport()) as client:
+            took, raised = await asyncio.to_thread(call_under_budget, client)
+            late, _ = await asyncio.to_thread(call_under_budget, client)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert isinstance(raised, DeadlineExceeded), raised
+    assert 0.5 <= took < 0.7, took
+    assert 0.5 <= late < 0.7, late  # the same again: the first call's connection was not reused

@@ -21,6 +21,9 @@ A redirect is followed within the same call: the same timeout covers all of it, 
 request sends what is left of it as `X-Request-Timeout` (with a session of the caller's own,
 whose request class is not tether's, every request of the call sends the first one's).
 
+Bytes that arrive on a connection waiting in the pool answer no request: the connection is
+closed rather than handing them to the next call as its answer (`_StrictResponseHandler`).
+
 The body is read whole before the call returns (the timeout covers it). For large bodies, use
 aiohttp directly with `tether.wire.call_timeout()` and `outgoing_headers()`.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import json as jsonlib
 import logging
 import time
@@ -38,9 +42,10 @@ from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -381,9 +386,48 @@ def _mark(phase: str) -> None:
         call.timings.mark(phase)
 
 
+class _StrictResponseHandler(ResponseHandler):
+    """aiohttp's connection protocol, closing a pooled connection that receives bytes.
+
+    Rule: a connection waiting in the pool answers no request, so bytes arriving on it (an
+    upstream that sent a second answer, or a body after a 304, 204 or HEAD answer, the rest
+    arriving after the connection went back to the pool) are out of step with the requests.
+    aiohttp alone parses them and hands them to the next call on that connection as its
+    answer: one call's caller would get an answer meant for nobody. The connection is closed
+    instead (a warning says so), and the next call gets a fresh one. An answer that arrives
+    after the next request has been sent cannot be told from a real one, in HTTP/1.1.
+    """
+
+    pooled = False  # set when the connector keeps the connection, cleared when a request takes it
+
+    def data_received(self, data: bytes) -> None:
+        if self.pooled and data:
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            log.warning(
+                "%d bytes from %s answer no request (the connection was idle); closing it",
+                len(data),
+                peer,
+            )
+            self.pooled = False
+            self.close()
+            return
+        super().data_received(data)
+
+
 class _TimedConnector(aiohttp.TCPConnector):
-    """Notes when name resolution and connecting (TLS included) end; only new connections
-    pass here, so pooled calls pay nothing."""
+    """Notes when name resolution and connecting (TLS included) end (only new connections
+    pass there, so pooled calls pay nothing); makes its connections `_StrictResponseHandler`s
+    and marks the ones it keeps as pooled."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        strict = functools.partial(_StrictResponseHandler, loop=self._loop)
+        self._factory = cast("functools.partial[ResponseHandler]", strict)
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        super()._release(key, protocol, should_close=should_close)
+        if protocol.is_connected():  # kept in the pool
+            protocol.pooled = True
 
     async def _resolve_host(self, host: str, port: int, traces: Any = None) -> Any:
         resolved = await super()._resolve_host(host, port, traces)
@@ -406,6 +450,9 @@ class _TimedRequest(aiohttp.ClientRequest):
             call.add_headers_to(self.headers)
 
     async def send(self, conn: Any) -> aiohttp.ClientResponse:
+        protocol = conn.protocol
+        if protocol is not None:  # out of the pool: what arrives now answers this request
+            protocol.pooled = False
         response = await super().send(conn)
         call = _current_call.get()  # once per call: written out, not through _mark
         if call is not None:

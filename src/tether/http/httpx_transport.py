@@ -16,9 +16,17 @@ Every request through it:
   pool) had its timeout capped by the budget. A configured timeout shorter than the budget
   stays httpx's to report.
 
+The body counts too: a read timeout the budget capped while the body is read is
+`DeadlineExceeded` as well (httpx alone raises `ReadTimeout`, which a service's safety net would
+answer 500 instead of 504).
+
 In synchronous code (a `def` endpoint's worker thread) no cancellation can stop a call: the
-capped timeouts are what end it. Each phase is capped at what is left when the call starts, so
-a call ends by the deadline unless the server answers in pieces, each within the time left.
+capped timeouts are what end it. Each phase is capped at what is left when the call starts
+(httpcore fixes a read's timeout when the headers, or the body, start to arrive), so a server
+answering in pieces, each within that timeout, could keep a call going past its deadline. A
+piece of the body that arrives after the deadline therefore ends the call (`DeadlineExceeded`,
+see `_SyncBody`): a call ends at most one read's wait after its deadline. Headers sent in
+pieces are not watched that way.
 
 httpcore's pool and cancellation (encode/httpcore#1093, also #658 and #830): a request that is
 cancelled after the pool gave it a new connection, but before that connection was established,
@@ -38,13 +46,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any
 
 import httpx
 
 from tether._settings import margin_seconds
+from tether.deadline import Deadline, current_deadline
 from tether.errors import DeadlineExceeded
 from tether.http.timings import CallTimings
 from tether.request_id import REQUEST_ID_HEADER, current_request_id
@@ -89,7 +98,7 @@ class TetherTransport(httpx.AsyncBaseTransport):
             self.reclaim_orphaned_connections()
             raise
         if isinstance(response.stream, httpx.AsyncByteStream):
-            response.stream = _CloseShielded(response.stream, self._closing)
+            response.stream = _Body(response.stream, self._closing, request, "read" in capped)
         response.extensions[TIMINGS] = timings
         return response
 
@@ -159,6 +168,9 @@ class TetherSyncTransport(httpx.BaseTransport):
             if _budget_ran_out(exc, capped):
                 raise _deadline_exceeded(request) from exc
             raise
+        if isinstance(response.stream, httpx.SyncByteStream):
+            body = _SyncBody(response.stream, request, "read" in capped, current_deadline())
+            response.stream = body
         response.extensions[TIMINGS] = timings
         return response
 
@@ -266,8 +278,10 @@ def _deadline_exceeded(request: httpx.Request) -> DeadlineExceeded:
     return DeadlineExceeded(f"deadline exceeded: no answer from {request.url} within the budget")
 
 
-class _CloseShielded(httpx.AsyncByteStream):
-    """A response body whose close cannot be interrupted by a cancellation.
+class _Body(httpx.AsyncByteStream):
+    """A response body whose read timeout is reported as the budget's when the budget capped
+    it (`DeadlineExceeded`, as for the headers), and whose close cannot be interrupted by a
+    cancellation.
 
     httpcore forgets a finished request only at the end of closing its response. A deadline
     that cancels the task in the middle of that close (httpcore shields it from anyio's
@@ -276,16 +290,68 @@ class _CloseShielded(httpx.AsyncByteStream):
     caller is cancelled while waiting for it.
     """
 
-    def __init__(self, inner: httpx.AsyncByteStream, closing: set[asyncio.Task[None]]) -> None:
+    def __init__(
+        self,
+        inner: httpx.AsyncByteStream,
+        closing: set[asyncio.Task[None]],
+        request: httpx.Request,
+        read_capped: bool,
+    ) -> None:
         self._inner = inner
         self._closing = closing
+        self._request = request
+        self._read_capped = read_capped
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
+        try:
+            async for chunk in self._inner:
+                yield chunk
+        except httpx.ReadTimeout as exc:
+            if self._read_capped:
+                raise _deadline_exceeded(self._request) from exc
+            raise
 
     async def aclose(self) -> None:
         task = asyncio.get_running_loop().create_task(self._inner.aclose())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
         await asyncio.shield(task)
+
+
+class _SyncBody(httpx.SyncByteStream):
+    """A synchronous response body read within the budget.
+
+    Rule: a piece of the body that arrives after the deadline ends the call with
+    `DeadlineExceeded` (the connection is closed, not reused). httpcore fixes each read's
+    timeout when the body starts, at what was left then, and no cancellation reaches a thread:
+    without this, a server sending its body in small pieces, each within that timeout, kept a
+    call going long past its deadline. A call thus ends at most one read's wait after its
+    deadline. A read timeout the budget capped is the budget's too (`DeadlineExceeded`).
+    """
+
+    def __init__(
+        self,
+        inner: httpx.SyncByteStream,
+        request: httpx.Request,
+        read_capped: bool,
+        deadline: Deadline | None,
+    ) -> None:
+        self._inner = inner
+        self._request = request
+        self._read_capped = read_capped
+        self._deadline = deadline
+
+    def __iter__(self) -> Iterator[bytes]:
+        deadline = self._deadline
+        try:
+            for chunk in self._inner:
+                if deadline is not None and deadline.expired:
+                    raise _deadline_exceeded(self._request)
+                yield chunk
+        except httpx.ReadTimeout as exc:
+            if self._read_capped:
+                raise _deadline_exceeded(self._request) from exc
+            raise
+
+    def close(self) -> None:
+        self._inner.close()
