@@ -22,7 +22,7 @@ request sends what is left of it as `X-Request-Timeout` (with a session of the c
 whose request class is not tether's, every request of the call sends the first one's).
 
 Bytes that arrive on a connection waiting in the pool answer no request: the connection is
-closed rather than handing them to the next call as its answer (`_StrictResponseHandler`).
+closed rather than handing them to the next call as its answer (`_Unsolicited`).
 
 The body is read whole before the call returns (the timeout covers it). For large bodies, use
 aiohttp directly with `tether.wire.call_timeout()` and `outgoing_headers()`.
@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import functools
 import json as jsonlib
 import logging
 import time
@@ -42,7 +41,7 @@ from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -386,48 +385,47 @@ def _mark(phase: str) -> None:
         call.timings.mark(phase)
 
 
-class _StrictResponseHandler(ResponseHandler):
-    """aiohttp's connection protocol, closing a pooled connection that receives bytes.
+class _Unsolicited:
+    """The parser of a connection waiting in the pool: any bytes it is fed answer no request.
 
-    Rule: a connection waiting in the pool answers no request, so bytes arriving on it (an
-    upstream that sent a second answer, or a body after a 304, 204 or HEAD answer, the rest
-    arriving after the connection went back to the pool) are out of step with the requests.
-    aiohttp alone parses them and hands them to the next call on that connection as its
-    answer: one call's caller would get an answer meant for nobody. The connection is closed
-    instead (a warning says so), and the next call gets a fresh one. An answer that arrives
-    after the next request has been sent cannot be told from a real one, in HTTP/1.1.
+    Rule: a connection in the pool answers no request, so bytes arriving on it (an upstream
+    that sent a second answer, or a body after a 304, 204 or HEAD answer, the rest arriving
+    after the first answer was read) are out of step with the requests. aiohttp alone parses
+    them and hands them to the next call on that connection as its answer. Here they close the
+    connection instead (a warning says so), and the next call gets a new one. aiohttp gives
+    each request a parser of its own (`set_response_params`, before the request is written),
+    which replaces this one: a pooled connection costs one object and nothing per read. An
+    answer that arrives after the next request has been sent cannot be told from a real one
+    in HTTP/1.1.
     """
 
-    pooled = False  # set when the connector keeps the connection, cleared when a request takes it
+    __slots__ = ("_protocol",)
 
-    def data_received(self, data: bytes) -> None:
-        if self.pooled and data:
-            peer = self.transport.get_extra_info("peername") if self.transport else None
-            log.warning(
-                "%d bytes from %s answer no request (the connection was idle); closing it",
-                len(data),
-                peer,
-            )
-            self.pooled = False
-            self.close()
-            return
-        super().data_received(data)
+    def __init__(self, protocol: ResponseHandler) -> None:
+        self._protocol = protocol
+
+    def feed_data(self, data: bytes) -> tuple[list[Any], bool, bytes]:
+        if not data:  # aiohttp resuming its reading: nothing arrived
+            return [], False, b""
+        protocol = self._protocol
+        transport = protocol.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        log.warning(
+            "%d bytes from %s answer no request (the connection was idle); closing it",
+            len(data),
+            peer,
+        )
+        protocol.close()
+        return [], False, b""
+
+    def feed_eof(self) -> None:  # the connection closed while idle: nothing was under way
+        return None
 
 
 class _TimedConnector(aiohttp.TCPConnector):
     """Notes when name resolution and connecting (TLS included) end (only new connections
-    pass there, so pooled calls pay nothing); makes its connections `_StrictResponseHandler`s
-    and marks the ones it keeps as pooled."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        strict = functools.partial(_StrictResponseHandler, loop=self._loop)
-        self._factory = cast("functools.partial[ResponseHandler]", strict)
-
-    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
-        super()._release(key, protocol, should_close=should_close)
-        if protocol.is_connected():  # kept in the pool
-            protocol.pooled = True
+    pass there, so pooled calls pay nothing); guards the connections it keeps in its pool
+    against bytes that answer no request (`_Unsolicited`)."""
 
     async def _resolve_host(self, host: str, port: int, traces: Any = None) -> Any:
         resolved = await super()._resolve_host(host, port, traces)
@@ -438,6 +436,11 @@ class _TimedConnector(aiohttp.TCPConnector):
         protocol = await super()._create_connection(req, traces, timeout)
         _mark("connect")
         return protocol
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        super()._release(key, protocol, should_close=should_close)
+        if protocol.is_connected():  # kept in the pool
+            protocol._parser = _Unsolicited(protocol)
 
 
 class _TimedRequest(aiohttp.ClientRequest):
@@ -450,9 +453,6 @@ class _TimedRequest(aiohttp.ClientRequest):
             call.add_headers_to(self.headers)
 
     async def send(self, conn: Any) -> aiohttp.ClientResponse:
-        protocol = conn.protocol
-        if protocol is not None:  # out of the pool: what arrives now answers this request
-            protocol.pooled = False
         response = await super().send(conn)
         call = _current_call.get()  # once per call: written out, not through _mark
         if call is not None:
