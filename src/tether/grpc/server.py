@@ -734,18 +734,20 @@ def _status_for(exc: Exception, call: _Call) -> grpc.StatusCode:
     if isinstance(failure, UndecodableRequest):  # the caller's malformed input, not a failure
         log.warning("grpc %s request_id=%s refused: %s", call.method, call.request_id, failure)
         return grpc.StatusCode.INVALID_ARGUMENT
+    code: grpc.StatusCode | None = None
     if isinstance(failure, TimeoutError):  # includes DeadlineExceeded
-        if not isinstance(failure, DeadlineExceeded) or failure is not exc:
-            summary = failure_summary(failure, exc)
+        code = grpc.StatusCode.DEADLINE_EXCEEDED
+    elif isinstance(failure, UpstreamUnavailable):
+        code = grpc.StatusCode.UNAVAILABLE
+    elif _passed_on(failure):
+        code = failure.code()  # type: ignore[attr-defined]
+    if code is not None:
+        # Worth a line of its own: a timeout that is not tether's budget, or a group's errors.
+        foreign = isinstance(failure, TimeoutError) and not isinstance(failure, DeadlineExceeded)
+        if failure is not exc or foreign:
+            summary = f"{type(failure).__name__}: {failure_summary(failure, exc)}"
             log.warning("grpc %s request_id=%s: %s", call.method, call.request_id, summary)
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    if isinstance(failure, UpstreamUnavailable):
-        if failure is not exc:
-            summary = failure_summary(failure, exc)
-            log.warning("grpc %s request_id=%s: %s", call.method, call.request_id, summary)
-        return grpc.StatusCode.UNAVAILABLE
-    if _passed_on(failure):
-        return failure.code()  # type: ignore[attr-defined, no-any-return]
+        return code
     log_fields(
         log,
         logging.ERROR,
