@@ -734,13 +734,7 @@ def _status_for(exc: Exception, call: _Call) -> grpc.StatusCode:
     if isinstance(failure, UndecodableRequest):  # the caller's malformed input, not a failure
         log.warning("grpc %s request_id=%s refused: %s", call.method, call.request_id, failure)
         return grpc.StatusCode.INVALID_ARGUMENT
-    code: grpc.StatusCode | None = None
-    if isinstance(failure, TimeoutError):  # includes DeadlineExceeded
-        code = grpc.StatusCode.DEADLINE_EXCEEDED
-    elif isinstance(failure, UpstreamUnavailable):
-        code = grpc.StatusCode.UNAVAILABLE
-    elif _passed_on(failure):
-        code = failure.code()  # type: ignore[attr-defined]
+    code = _outcome_status(failure)
     if code is not None:
         # Worth a line of its own: a timeout that is not tether's budget, or a group's errors.
         foreign = isinstance(failure, TimeoutError) and not isinstance(failure, DeadlineExceeded)
@@ -764,16 +758,21 @@ def _status_for(exc: Exception, call: _Call) -> grpc.StatusCode:
 _PASSED_ON = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE})
 
 
-def _passed_on(exc: BaseException) -> bool:
-    """A downstream call's failure (grpc.aio's, or the synchronous API's, which is a
-    grpc.Call) whose status a service passes on as its own."""
-    return isinstance(exc, grpc.aio.AioRpcError | grpc.Call) and exc.code() in _PASSED_ON
+def _outcome_status(exc: BaseException) -> grpc.StatusCode | None:
+    """The status of its own that `exc` is answered with, when it is an outcome (a timeout, a
+    dependency down) rather than a bug (None: `INTERNAL`)."""
+    if isinstance(exc, TimeoutError):  # includes DeadlineExceeded
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(exc, UpstreamUnavailable):
+        return grpc.StatusCode.UNAVAILABLE
+    # A downstream call's failure (grpc.aio's, or the synchronous API's, which is a grpc.Call)
+    if isinstance(exc, grpc.aio.AioRpcError | grpc.Call) and exc.code() in _PASSED_ON:
+        return exc.code()
+    return None
 
 
 def _answered_precisely(exc: BaseException) -> bool:
-    """Whether `exc` is answered with a status of its own, not `INTERNAL` (an outcome such as
-    a dependency being down, not a bug)."""
-    return isinstance(exc, TimeoutError | UpstreamUnavailable) or _passed_on(exc)
+    return _outcome_status(exc) is not None
 
 
 def _details_for(code: grpc.StatusCode) -> str:

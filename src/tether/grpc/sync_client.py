@@ -109,9 +109,7 @@ class _Callable:
         self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
     ) -> Any:
         if self._streams_responses:
-            sent, merged = pass_budget_on(timeout, metadata, self._margin)
-            started = time.monotonic()
-            metadata = metadata if merged is None else merged
+            sent, metadata, started = self._budgeted(timeout, metadata)
             responses = self._inner(request, timeout=sent, metadata=metadata, **kwargs)
             return _MappedResponses(responses, self._method, sent, timeout, started)
         return self._send(self._inner, self._method, request, timeout, metadata, kwargs)
@@ -135,16 +133,19 @@ class _Callable:
         metadata: Any,
         kwargs: dict[str, Any],
     ) -> Any:
-        sent, merged = pass_budget_on(timeout, metadata, self._margin)
-        started = time.monotonic()
+        sent, metadata, started = self._budgeted(timeout, metadata)
         try:
-            return form(
-                request, timeout=sent, metadata=metadata if merged is None else merged, **kwargs
-            )
+            return form(request, timeout=sent, metadata=metadata, **kwargs)
         except grpc.RpcError as exc:
             if mapped_as is None:
                 raise
             raise_mapped(exc, mapped_as, sent, timeout, _left(sent, started))
+
+    def _budgeted(self, timeout: float | None, metadata: Any) -> tuple[float | None, Any, float]:
+        """A call's timeout and metadata with the budget and tether's entries, and the instant
+        it starts (for what is left of it when it fails)."""
+        sent, merged = pass_budget_on(timeout, metadata, self._margin)
+        return sent, metadata if merged is None else merged, time.monotonic()
 
 
 def _left(sent: float | None, started: float) -> float | None:
