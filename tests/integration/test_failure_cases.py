@@ -515,6 +515,36 @@ async def test_background_tasks_run_under_the_request_budget_unless_detached() -
 
 
 @pytest.mark.parametrize("http", ["h11", "httptools"])
+async def test_background_work_reading_after_the_answer_hears_the_end_at_once(http: str) -> None:
+    """A background task that reads the request's `receive` after the answer (the watch has
+    been running since 5 ms in, and holds the body it read ahead) gets `http.disconnect` at
+    once under uvicorn, as without tether; it used to wait for the request's whole budget and
+    be cancelled at its end."""
+    heard: list[tuple[str, float]] = []
+
+    async def listen(request: Request) -> None:
+        started = time.perf_counter()
+        while not heard or heard[-1][0] != "http.disconnect":
+            message = await request.receive()
+            heard.append((message["type"], time.perf_counter() - started))
+
+    async def answer(request: Request) -> Response:
+        await asyncio.sleep(0.02)
+        return Response(b"ok", background=BackgroundTask(listen, request))
+
+    app = app_with(Route("/", answer), default_budget=2)
+    async with uvicorn_serving(app, http=http) as (url, _server):
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            assert (response.status, await response.read()) == (200, b"ok")
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.01)
+    assert [kind for kind, _ in heard][-1:] == ["http.disconnect"]
+    assert heard[-1][1] < 0.1
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
 async def test_a_body_the_app_refuses_unread_is_never_asked_for(http: str) -> None:
     """`Expect: 100-continue` under uvicorn: an app that refuses an upload after 50 ms of
     checks, without reading it, answers 413 and uvicorn never tells the client to send the

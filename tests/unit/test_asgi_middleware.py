@@ -493,6 +493,31 @@ def test_background_work_after_the_response_is_not_cancelled_by_the_end_of_the_e
     assert len(done) == 1
 
 
+def test_reading_after_the_exchange_is_over_gets_the_disconnect_at_once(
+    clock: VirtualClock,
+) -> None:
+    """An app that reads `receive` after its complete response (to see whether its client is
+    still there, or to drain what it did not read) while the disconnect watch runs gets what
+    the server gives: the message the watch already holds, then `http.disconnect` at every
+    read, at once. It used to wait for a message that never came, until the deadline."""
+    reads: list[tuple[str, float]] = []
+    exchange = Exchange(clock)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(0.01)  # past WATCH_AFTER: the watch has read the request's body
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+        exchange.disconnect.set()  # the server: the response is out, the exchange is over
+        answered_at = clock.monotonic()
+        for _ in range(3):
+            message = await receive()
+            reads.append((message["type"], round(clock.monotonic() - answered_at, 6)))
+
+    clock.run(exchange.run(TetherMiddleware(app), [(REQUEST_TIMEOUT.encode(), b"2000")]))
+    assert exchange.status == 200
+    assert reads == [("http.request", 0), ("http.disconnect", 0), ("http.disconnect", 0)]
+
+
 def test_an_exception_after_a_complete_response_is_logged_and_not_raised(
     clock: VirtualClock, caplog: pytest.LogCaptureFixture
 ) -> None:

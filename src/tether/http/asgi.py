@@ -491,7 +491,8 @@ class _Watch:
         self._task = task
         self._exchange = exchange
         self._cancelling = task.cancelling()
-        self.disconnected = False
+        self.disconnected = False  # the client left before the response was complete
+        self.ended = False  # the server reported `http.disconnect`: no message comes after it
         self._slot: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)
         self._pump = task.get_loop().create_task(self._read_ahead())
 
@@ -500,17 +501,20 @@ class _Watch:
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
-                if self._exchange.response_done:
-                    return  # servers report the end of the exchange as a disconnect too
-                self.disconnected = True
+                # Servers report the end of a complete exchange as a disconnect too: the app
+                # still gets the message (from then on at every read, as from the server), but
+                # only a client leaving before the response is complete cancels it.
+                self.ended = True
                 if slot.empty():
                     slot.put_nowait(message)
-                self._task.cancel()
+                if not self._exchange.response_done:
+                    self.disconnected = True
+                    self._task.cancel()
                 return
             await slot.put(message)
 
     async def receive(self) -> Message:
-        if self.disconnected and self._slot.empty():
+        if self.ended and self._slot.empty():
             return _DISCONNECT
         return await self._slot.get()
 
