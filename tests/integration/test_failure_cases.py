@@ -307,9 +307,12 @@ async def test_e_children_asking_for_more_time_end_by_the_request_deadline() -> 
     assert answered <= request_deadline[0] + 0.03
 
 
+@pytest.mark.parametrize("upload", [False, True], ids=["get", "mid-upload"])
 @pytest.mark.parametrize("http", ["h11", "httptools"])
-async def test_client_disconnect_cancels_the_handler_within_50ms(http: str) -> None:
-    """The client closes mid-request; the handler is cancelled within 50 ms (uvicorn)."""
+async def test_client_disconnect_cancels_the_handler_within_50ms(http: str, upload: bool) -> None:
+    """The client closes mid-request; the handler is cancelled within 50 ms (uvicorn). Also
+    in the middle of an upload the handler has not started reading (it used to run on: the
+    watch held the first piece for it and read no further)."""
     cancelled_at: list[float] = []
     started = asyncio.Event()
 
@@ -322,13 +325,21 @@ async def test_client_disconnect_cancels_the_handler_within_50ms(http: str) -> N
             raise
         return Response(b"late")
 
-    app = app_with(Route("/slow", slow))
+    app = app_with(Route("/slow", slow, methods=["GET", "POST"]))
     async with uvicorn_serving(app, http=http) as (url, _server):
         port = int(url.rsplit(":", 1)[1])
         _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        if upload:
+            writer.write(b"POST /slow HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n")
+            writer.write(b"a" * 1000)
+        else:
+            writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
         await writer.drain()
         await asyncio.wait_for(started.wait(), 2)
+        for piece in (b"b", b"c") if upload else ():
+            await asyncio.sleep(0.03)  # the watch is reading by now
+            writer.write(piece * 1000)
+            await writer.drain()
         writer.transport.get_extra_info("socket").setsockopt(
             socket.SOL_SOCKET, socket.SO_LINGER, b"\x00" * 8
         )

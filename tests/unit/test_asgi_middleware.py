@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import tether
 from tether import current_deadline, current_request_id, time_remaining
 from tether.http import TetherMiddleware
-from tether.http.asgi import WATCH_AFTER
+from tether.http.asgi import READ_AHEAD_LIMIT, WATCH_AFTER
 from tether.problems import EXPIRED_ON_ARRIVAL, INVALID_DEADLINE_HEADER, VALIDATION_FAILED
 from tether.testing import VirtualClock
 from tether.tracing import incoming_traceparent, outgoing_trace_headers
@@ -550,6 +550,96 @@ def test_app_reads_the_body_through_the_watcher(clock: VirtualClock) -> None:
     exchange = Exchange(clock)
     clock.run(exchange.run(TetherMiddleware(app), [], body=b'{"a": 1}'))
     assert received == [b'{"a": 1}']
+    assert exchange.status == 200
+
+
+def upload(
+    clock: VirtualClock, pieces: int, size: int, pulled: list[float], gone: asyncio.Event
+) -> Callable[[], Awaitable[Message]]:
+    """A server's `receive` for an upload of `pieces` pieces of `size` bytes, one every 10 ms
+    (each piece's bytes are its index), noting when each is pulled; the client leaves, once
+    `gone` is set, after the pieces it has sent."""
+    sent = 0
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent == pieces:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+        await asyncio.sleep(0.01)
+        if gone.is_set():
+            return {"type": "http.disconnect"}
+        pulled.append(clock.monotonic())
+        sent += 1
+        return {"type": "http.request", "body": bytes([sent]) * size, "more_body": sent < pieces}
+
+    return receive
+
+
+def test_a_client_leaving_mid_upload_cancels_an_app_that_has_not_read_it(
+    clock: VirtualClock,
+) -> None:
+    """An app busy elsewhere before it reads the body (an upstream call, say): the watch keeps
+    reading the upload and hears its client leave, cancelling the app at once. It used to hold
+    one piece, wait for the app to take it, and so hear nothing until the deadline."""
+    cancelled: list[float] = []
+    exchange = Exchange(clock)
+    pulled: list[float] = []
+
+    async def main() -> float:
+        receive = upload(clock, 100, 1000, pulled, exchange.disconnect)
+
+        async def send(message: Message) -> None:
+            exchange.sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+        app = TetherMiddleware(sleeping_app(60, cancelled, clock))
+        task = asyncio.create_task(app(scope, receive, send))
+        return await client_leaves(exchange, task, 0.255)
+
+    gone_at = clock.run(main())
+    assert len(cancelled) == 1
+    assert cancelled[0] - gone_at <= 0.01  # the server reports it at its next 10 ms step
+    assert exchange.sent == []
+    assert len(pulled) == 25
+
+
+def test_the_watch_reads_a_bounded_way_ahead_of_an_app_that_is_not_reading(
+    clock: VirtualClock,
+) -> None:
+    """Backpressure: an app that reads its upload late finds at most `READ_AHEAD_LIMIT` bytes
+    (and one more piece) read ahead for it, joined into one message, and then gets every byte,
+    in order, at its own pace."""
+    pulled: list[float] = []
+    received: list[Message] = []
+    pieces, size = 40, 10_000
+    exchange = Exchange(clock)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(2)  # 200 pieces' time: without a limit, all 40 would be read
+        pulled_before = len(pulled)
+        while not received or received[-1]["more_body"]:
+            received.append(await receive())
+        pulled.append(pulled_before)
+        await ok_app()(scope, receive, send)
+
+    async def main() -> None:
+        receive = upload(clock, pieces, size, pulled, exchange.disconnect)
+
+        async def send(message: Message) -> None:
+            exchange.sent.append(message)
+            exchange.disconnect.set()  # the server ends the exchange once the answer is out
+
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+        await TetherMiddleware(app)(scope, receive, send)
+
+    clock.run(main())
+    pulled_before = pulled.pop()
+    assert pulled_before == -(-READ_AHEAD_LIMIT // size) + 1  # 7 joined, 1 waiting for room
+    assert b"".join(m["body"] for m in received) == b"".join(
+        bytes([i]) * size for i in range(1, pieces + 1)
+    )
+    assert len(received[0]["body"]) == (pulled_before - 1) * size
     assert exchange.status == 200
 
 

@@ -113,6 +113,9 @@ _NOT_READING, _READING, _READING_PAST_DUE, _WAITING_FOR_FIRST_READ = 0, 1, 2, 3
 # How long a request runs before the middleware starts watching for its client to leave.
 WATCH_AFTER = 0.005
 
+# How many bytes of a request's body the watch reads ahead of an app that is not reading it.
+READ_AHEAD_LIMIT = 65_536
+
 
 class TetherMiddleware:
     """ASGI middleware that gives each request its budget; see the module docstring."""
@@ -480,11 +483,27 @@ class _Exchange:
 class _Watch:
     """The watch over one request's client, from `WATCH_AFTER` on.
 
-    It is the only reader of the server's `receive`, handing messages to the app one at a
-    time (so request bodies keep their backpressure) and cancelling the app's task when
-    `http.disconnect` arrives. A disconnect is therefore noticed at most about `WATCH_AFTER`
-    late.
+    It is the only reader of the server's `receive`, handing its messages to the app, and
+    cancels the app's task when `http.disconnect` arrives before the response is complete. A
+    disconnect is therefore noticed at most about `WATCH_AFTER` late.
+
+    Rule: it holds at most one message for the app, so it never reads far ahead of it. Body
+    pieces the app has not taken yet are joined into that one message, up to `READ_AHEAD_LIMIT`
+    bytes, so that the watch keeps reading (and hears a client that leaves mid-upload) while the
+    app is busy elsewhere; past the limit it waits for the app, and the upload its backpressure.
     """
+
+    __slots__ = (
+        "_cancelling",
+        "_exchange",
+        "_held",
+        "_pump",
+        "_receive",
+        "_task",
+        "_waiters",
+        "disconnected",
+        "ended",
+    )
 
     def __init__(self, receive: Receive, task: asyncio.Task[Any], exchange: _Exchange) -> None:
         self._receive = receive
@@ -493,11 +512,12 @@ class _Watch:
         self._cancelling = task.cancelling()
         self.disconnected = False  # the client left before the response was complete
         self.ended = False  # the server reported `http.disconnect`: no message comes after it
-        self._slot: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)
+        self._held: Message | None = None  # read from the server, not yet taken by the app
+        # Whoever waits for the other side: the app for a message, the pump for room.
+        self._waiters: list[asyncio.Future[None]] = []
         self._pump = task.get_loop().create_task(self._read_ahead())
 
     async def _read_ahead(self) -> None:
-        slot = self._slot
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
@@ -505,24 +525,57 @@ class _Watch:
                 # still gets the message (from then on at every read, as from the server), but
                 # only a client leaving before the response is complete cancels it.
                 self.ended = True
-                if slot.empty():
-                    slot.put_nowait(message)
                 if not self._exchange.response_done:
                     self.disconnected = True
                     self._task.cancel()
+                self._wake()
                 return
-            await slot.put(message)
+            while self._held is not None and not _joins(self._held, message):
+                await self._wait()
+            held = self._held
+            if held is None:
+                self._held = message
+            else:
+                body = held.get("body", b"") + message.get("body", b"")
+                more = message.get("more_body", False)
+                self._held = {"type": "http.request", "body": body, "more_body": more}
+            self._wake()
 
     async def receive(self) -> Message:
-        if self.ended and self._slot.empty():
-            return _DISCONNECT
-        return await self._slot.get()
+        while self._held is None:
+            if self.ended:
+                return _DISCONNECT
+            await self._wait()
+        message, self._held = self._held, None
+        self._wake()
+        return message
+
+    async def _wait(self) -> None:
+        waiter = self._task.get_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def disconnect_caused(self, task: asyncio.Task[Any]) -> bool:
         return self.disconnected and task.uncancel() <= self._cancelling
 
     def stop(self) -> None:
         self._pump.cancel()
+
+
+def _joins(held: Message, message: Message) -> bool:
+    """Whether body piece `message` may be joined to the `held` one the app has not taken."""
+    return bool(
+        held.get("more_body", False)
+        and held["type"] == "http.request"
+        and message["type"] == "http.request"
+        and len(held.get("body", b"")) < READ_AHEAD_LIMIT
+    )
 
 
 class _Watchlist:
