@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import random
 import time
@@ -14,7 +15,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from tether import DeadlineExceeded, UpstreamTimeout, UpstreamUnavailable, deadline_after
-from tether.http import Client, Response
+from tether.http import AnswerTooLarge, Client, Response
 from tether.request_id import request_id_scope
 from tether.tracing import incoming_traceparent
 
@@ -228,12 +229,18 @@ async def test_per_phase_timings() -> None:
         ({"base_url": "ftp://files.internal"}, "base_url"),
         ({"base_url": "http://"}, "base_url"),
         ({"base_url": "/orders"}, "base_url"),
+        ({"max_body": 0}, "max_body"),
+        ({"max_body": -1}, "max_body"),
+        ({"max_body": 1.5}, "max_body"),
+        ({"max_body": "1000"}, "max_body"),
+        ({"max_body": True}, "max_body"),
     ],
 )
 def test_bad_client_settings_are_refused(kwargs: dict[str, Any], match: str) -> None:
     """Zero, negative or NaN timeouts, negative margins, a pool limit that is not a whole
-    number >= 0 and a base_url that is not an absolute http(s) URL raise ValueError when the
-    client is made, not at its first call."""
+    number >= 0, a `max_body` that is not a whole number of bytes >= 1 and a base_url that is
+    not an absolute http(s) URL raise ValueError when the client is made, not at its first
+    call."""
     with pytest.raises(ValueError, match=match):
         Client(**kwargs)
 
@@ -444,6 +451,60 @@ async def test_bytes_on_an_idle_pooled_connection_never_become_the_next_calls_an
     assert upstream.connections == 2
     (warning,) = [r for r in caplog.records if r.name == "tether.http.client"]
     assert "answer no request" in warning.getMessage()
+
+
+def chunked(body: bytes, piece: int = 1000) -> bytes:
+    """`body` in HTTP/1.1 chunked encoding, `piece` bytes a chunk."""
+    chunks = [body[i : i + piece] for i in range(0, len(body), piece)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+async def test_an_answer_larger_than_max_body_is_refused_and_its_connection_closed() -> None:
+    """`max_body` caps what a call reads into memory: an answer of exactly that many bytes is
+    read (chunked or with a length); one byte more is `AnswerTooLarge` (an
+    `UpstreamUnavailable`), at once, without waiting for the rest of the answer: when the
+    upstream says so up front (a `Content-Length` of 10 GB), when its chunks pass the cap, and
+    when its gzip'd body inflates past it. A connection whose answer was cut short is closed;
+    the client's next call is answered in full either way. Without a cap (None) a big body
+    is read whole."""
+    cap = 50_000
+    bomb = gzip.compress(b"\0" * 10_000_000)  # ~10 KB on the wire, 10 MB inflated
+    rest = 1.0  # seconds before an upstream sends the rest of a cut-short answer
+    answers = {
+        "/exact": [b"content-length: %d\r\n\r\n%s" % (cap, b"a" * cap)],
+        "/exact-chunked": [b"transfer-encoding: chunked\r\n\r\n" + chunked(b"b" * cap)],
+        "/said": [b"content-length: 10000000000\r\n\r\n" + b"c" * 10, b"c" * 10],
+        "/chunked": [
+            b"transfer-encoding: chunked\r\n\r\n" + chunked(b"d" * (cap + 1))[:-5],
+            b"0\r\n\r\n",
+        ],
+        "/gzip": [b"content-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s" % (len(bomb), bomb)],
+        "/big": [b"content-length: 1000000\r\n\r\n" + b"e" * 1_000_000],
+    }
+
+    def reply(request: dict[str, Any]) -> Reply:
+        head, *later = answers[request["target"]]
+        return Reply([b"HTTP/1.1 200 OK\r\n" + head, *later], pause=rest)
+
+    async with raw_upstream(reply) as upstream:
+        url = f"http://127.0.0.1:{upstream.port}"
+        async with Client(base_url=url, max_body=cap) as client:
+            assert (await client.get("/exact")).body == b"a" * cap
+            assert (await client.get("/exact-chunked")).body == b"b" * cap
+            assert upstream.connections == 1
+            for path in ["/said", "/chunked", "/gzip"]:
+                connections = upstream.connections
+                started = time.perf_counter()
+                async with deadline_after(5):
+                    with pytest.raises(AnswerTooLarge, match=f"larger than max_body, {cap}"):
+                        await client.get(path)
+                assert time.perf_counter() - started < rest / 2
+                assert (await client.get("/exact")).body == b"a" * cap
+                if path != "/gzip":  # cut short: a new connection (the gzip'd one was whole)
+                    assert upstream.connections == connections + 1
+        async with Client(base_url=url, max_body=None) as unbounded:
+            assert len((await unbounded.get("/big")).body) == 1_000_000
+    assert issubclass(AnswerTooLarge, UpstreamUnavailable)
 
 
 async def test_randomly_broken_answers_end_as_answers_or_tethers_errors() -> None:

@@ -11,14 +11,21 @@ from tether.http.asgi import TetherMiddleware
 from tether.http.timings import CallTimings
 
 if TYPE_CHECKING:
-    from tether.http.client import Client, HTTPStatusError, Response
+    from tether.http.client import AnswerTooLarge, Client, HTTPStatusError, Response
 
-__all__ = ["CallTimings", "Client", "HTTPStatusError", "Response", "TetherMiddleware"]
+__all__ = [
+    "AnswerTooLarge",
+    "CallTimings",
+    "Client",
+    "HTTPStatusError",
+    "Response",
+    "TetherMiddleware",
+]
 
 
 def __getattr__(name: str) -> Any:
     # The client needs aiohttp (the `http` extra); the middleware needs nothing.
-    if name in {"Client", "HTTPStatusError", "Response"}:
+    if name in {"AnswerTooLarge", "Client", "HTTPStatusError", "Response"}:
         from tether.http import client
 
         return getattr(client, name)

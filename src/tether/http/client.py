@@ -24,7 +24,10 @@ whose request class is not tether's, every request of the call sends the first o
 Bytes that arrive on a connection waiting in the pool answer no request: the connection is
 closed rather than handing them to the next call as its answer (`_Unsolicited`).
 
-The body is read whole before the call returns (the timeout covers it). For large bodies, use
+The body is read whole before the call returns (the timeout covers it), and at most `max_body`
+bytes of it (64 MiB unless set; after decompression): a larger answer is `AnswerTooLarge` (an
+`UpstreamUnavailable`), found from its `Content-Length` before anything is read or else once
+the limit is passed, and its connection is closed. For larger bodies, or to stream them, use
 aiohttp directly with `tether.wire.call_timeout()` and `outgoing_headers()`.
 """
 
@@ -66,7 +69,10 @@ from tether.wire import DEFAULT_MARGIN, REQUEST_TIMEOUT, budget_milliseconds, ca
 
 log = logging.getLogger("tether.http.client")
 
-__all__ = ["CallTimings", "Client", "HTTPStatusError", "Response"]
+__all__ = ["AnswerTooLarge", "CallTimings", "Client", "HTTPStatusError", "Response"]
+
+# The default `max_body`: the most of an answer's body a call reads into memory.
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -99,6 +105,11 @@ class Response:
         raise HTTPStatusError(self)
 
 
+class AnswerTooLarge(UpstreamUnavailable):
+    """An answer whose body is larger than the client's `max_body`: not read any further, and
+    its connection closed."""
+
+
 class HTTPStatusError(UpstreamError):
     """An error answer (4xx, or 5xx other than 502/503/504) from `raise_for_status()`."""
 
@@ -114,6 +125,8 @@ class Client:
     `margin` is kept back from the remaining budget at each call (see docs/concepts.md).
     `base_url` (an absolute http or https URL) is put in front of paths starting with `/`.
     `limit` caps the pool's open connections (0: no cap, as in aiohttp).
+    `max_body` caps the bytes of an answer's body read into memory (None: no cap); a larger
+    answer is `AnswerTooLarge`.
     Pass `session=` to use an aiohttp session of your own (its lifetime stays yours).
     Bad settings raise `ValueError` here, not at the first call.
     """
@@ -126,6 +139,7 @@ class Client:
         margin: float = DEFAULT_MARGIN,
         session: aiohttp.ClientSession | None = None,
         limit: int = 100,
+        max_body: int | None = DEFAULT_MAX_BODY,
     ) -> None:
         if timeout is not None:
             timeout = positive_seconds("timeout", timeout)
@@ -134,12 +148,19 @@ class Client:
             raise ValueError(f"base_url must be an absolute http or https URL, got {base_url!r}")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be a whole number of connections >= 0, got {limit!r}")
+        if max_body is not None and (
+            isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1
+        ):
+            raise ValueError(
+                f"max_body must be a whole number of bytes >= 1 or None, got {max_body!r}"
+            )
         self._base_url = base_url.rstrip("/") if base_url else ""
         self._timeout = timeout
         self._margin = margin
         self._owns_session = session is None
         self._session = session
         self._limit = limit
+        self._max_body = max_body
         # The loop the session runs on: known from the first call on (a session is bound to
         # one loop); read per call without asking asyncio, which costs a getpid() on 3.11.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -232,7 +253,15 @@ class Client:
                     method, full_url, headers=extra, timeout=_NO_TIMEOUT, **kwargs
                 ) as answer:
                     timings.first_byte = time.perf_counter() - timings._start
-                    body = await answer.read()
+                    length = answer.content_length
+                    if self._max_body is None or (
+                        length is not None
+                        and length <= self._max_body
+                        and "Content-Encoding" not in answer.headers
+                    ):
+                        body = await answer.read()
+                    else:
+                        body = await _read_at_most(answer, self._max_body, method, full_url)
                     timings.body_done = time.perf_counter() - timings._start
                     response = Response(answer.status, answer.headers, body, full_url, timings)
         except TimeoutError as exc:
@@ -295,6 +324,30 @@ class Client:
 _NO_TIMEOUT = aiohttp.ClientTimeout()
 # A call without a timeout (no budget, no explicit timeout).
 _NO_TIMER = contextlib.nullcontext()
+
+
+async def _read_at_most(
+    answer: aiohttp.ClientResponse, max_body: int, method: str, url: str
+) -> bytes:
+    """The answer's body, decompressed, read piece by piece while it is at most `max_body`
+    bytes; past that (or when `Content-Length` says so before anything is read),
+    `AnswerTooLarge`, and the answer's connection is closed."""
+    length = answer.content_length
+    size = 0
+    pieces = []
+    if length is None or length <= max_body or "Content-Encoding" in answer.headers:
+        async for piece in answer.content.iter_any():
+            size += len(piece)
+            if size > max_body:
+                break
+            pieces.append(piece)
+        else:
+            return b"".join(pieces)
+    answer.close()
+    said = f" (Content-Length: {length})" if length is not None and size <= max_body else ""
+    raise AnswerTooLarge(
+        f"{method} {url}: the answer's body is larger than max_body, {max_body} bytes{said}"
+    )
 
 
 def _absolute_http(url: str) -> bool:
