@@ -20,12 +20,19 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from tether._logging import log_fields
-from tether.errors import ChainError, TetherError, failure_summary, reported_failure
+from tether.errors import (
+    ChainError,
+    TetherError,
+    failure_summary,
+    reported_failure,
+    stray_cancellation,
+)
 from tether.request_id import current_request_id
 
 __all__ = ["Filter", "Handler", "SafetyNet", "chain", "server_chain"]
@@ -59,7 +66,13 @@ class SafetyNet(Generic[Req, Resp]):
     async def __call__(self, request: Req, next: Handler[Req, Resp]) -> Resp:
         try:
             return await next(request)
-        except Exception as exc:  # CancelledError is a BaseException: it passes through
+        except asyncio.CancelledError as exc:  # a cancellation passes through; a bug does not
+            failure = stray_cancellation(exc)
+            if failure is None:
+                raise
+            self._report(failure)
+            return self._answer(request, failure)
+        except Exception as exc:
             self._report(exc)
             return self._answer(request, exc)
 

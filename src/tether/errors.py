@@ -21,11 +21,13 @@ Rule: catching `TimeoutError` catches both our budget running out and a remote t
 
 `asyncio.CancelledError` is not in the tree and tether never swallows it: a deadline block
 turns the cancellation *it* caused into `DeadlineExceeded` and lets every other cancellation
-through.
+through. A `CancelledError` in a task that nobody is cancelling is not a cancellation but a
+bug, and servers' safety nets answer it as one (`stray_cancellation`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -105,6 +107,30 @@ def reported_failure(
     if all(is_expected(leaf) for leaf in leaves):
         return leaves[0]
     return exc
+
+
+def stray_cancellation(exc: BaseException) -> RuntimeError | None:
+    """The bug to report in place of `exc` when it is a stray `CancelledError`; None when it is
+    not one (a real cancellation, or no CancelledError at all).
+
+    Rule: a `CancelledError` reaching a server's safety net in a task that nobody is
+    cancelling (`task.cancelling()` is 0) did not come to cancel the request: the code awaited
+    a task or future that something else cancelled, and the error escaped it. The request is
+    not being stopped, so it must still be answered: as a failure (500, `INTERNAL`), logged
+    with its traceback. Left to propagate, servers answer it with their own plain 500 (uvicorn)
+    or not at all (grpc.aio: the caller waits for its whole deadline).
+    """
+    if not isinstance(exc, asyncio.CancelledError):
+        return None
+    task = asyncio.current_task()
+    if task is None or task.cancelling():
+        return None
+    error = RuntimeError(
+        "CancelledError in a task that nobody cancelled: the code awaited something that was "
+        "cancelled elsewhere, and did not handle it"
+    )
+    error.__cause__ = exc
+    return error
 
 
 def failure_summary(failure: BaseException, exc: BaseException) -> str:

@@ -866,6 +866,56 @@ async def test_the_log_line_says_the_status_a_handler_set_and_returned_with(
                 assert line.grpc_code == code.name  # type: ignore[attr-defined]
 
 
+async def test_a_stray_cancelled_error_is_answered_internal_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler (unary, or streaming after a first response) that awaits a task something
+    else cancelled ends with a CancelledError while grpc is not cancelling its call. grpc.aio
+    alone then sends no status at all: the caller waited for its whole deadline (5 s here)
+    and got DEADLINE_EXCEEDED. tether's safety net answers it as the bug it is: INTERNAL at
+    once, logged with its traceback; the server keeps serving."""
+
+    async def cancelled_elsewhere() -> None:
+        work = asyncio.create_task(asyncio.sleep(10))
+        await asyncio.sleep(0.01)
+        work.cancel()  # its owner shuts it down
+        await work
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        await cancelled_elsewhere()
+        return b"never"
+
+    async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield b"first"
+        await cancelled_elsewhere()
+        yield b"never"
+
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Ok": grpc.unary_unary_rpc_method_handler(lambda request, context: b"ok"),
+    }
+    with caplog.at_level(logging.INFO, logger="tether.grpc"):
+        async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as ch:
+            started = time.perf_counter()
+            with pytest.raises(grpc.aio.AioRpcError) as unary_failed:
+                await ch.unary_unary(method("Unary"))(b"x", timeout=5)
+            got: list[bytes] = []
+            with pytest.raises(grpc.aio.AioRpcError) as stream_failed:
+                async for response in ch.unary_stream(method("Stream"))(b"x", timeout=5):
+                    got.append(response)
+            took = time.perf_counter() - started
+            assert await ch.unary_unary(method("Ok"))(b"x", timeout=5) == b"ok"
+    assert unary_failed.value.code() is Code.INTERNAL
+    assert (stream_failed.value.code(), got) == (Code.INTERNAL, [b"first"])
+    assert took < 1
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2
+    assert all(isinstance(r.exc_info[1].__cause__, asyncio.CancelledError) for r in errors)  # type: ignore[index]
+    lines = [r for r in caplog.records if hasattr(r, "grpc_code")]
+    assert [r.grpc_code for r in lines] == ["INTERNAL", "INTERNAL", "OK"]  # type: ignore[attr-defined]
+
+
 async def test_the_safety_net_and_log_line_hold_under_an_apps_record_factory(
     caplog: pytest.LogCaptureFixture, apps_record_factory: str
 ) -> None:

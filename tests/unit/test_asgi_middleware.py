@@ -518,6 +518,34 @@ def test_reading_after_the_exchange_is_over_gets_the_disconnect_at_once(
     assert reads == [("http.request", 0), ("http.disconnect", 0), ("http.disconnect", 0)]
 
 
+@pytest.mark.parametrize("watched", [False, True], ids=["at-once", "while-watched"])
+def test_a_stray_cancelled_error_is_answered_500_as_a_bug(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture, watched: bool
+) -> None:
+    """An app that awaits a task something else cancelled gets a CancelledError while nobody
+    is cancelling its request: it is answered as the failure it is, a 500 problem with the
+    request id, logged with its traceback (it used to pass through to the server, which
+    answered its own plain-text 500 without tether's headers). Also once the disconnect watch
+    runs."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if watched:
+            await asyncio.sleep(0.01)
+        work = asyncio.create_task(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        work.cancel()  # its owner shuts it down
+        await work
+
+    with caplog.at_level(logging.ERROR, logger="tether.http"):
+        exchange = run(clock, TetherMiddleware(app), [(b"x-request-id", b"req-stray")])
+    assert exchange.status == 500
+    assert exchange.body["type"].endswith(":internal-error")
+    assert exchange.headers[b"x-request-id"] == b"req-stray"
+    (record,) = caplog.records
+    assert record.request_id == "req-stray"  # type: ignore[attr-defined]
+    assert isinstance(record.exc_info[1].__cause__, asyncio.CancelledError)  # type: ignore[index]
+
+
 def test_an_exception_after_a_complete_response_is_logged_and_not_raised(
     clock: VirtualClock, caplog: pytest.LogCaptureFixture
 ) -> None:

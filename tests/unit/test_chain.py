@@ -188,14 +188,49 @@ def test_safety_net_keeps_serving_after_many_failures() -> None:
 
 
 def test_safety_net_lets_cancellation_through() -> None:
-    """CancelledError is never turned into an answer."""
+    """A cancellation of the request's task is never turned into an answer."""
+    started = asyncio.Event()
 
-    async def cancelled(request: str) -> Response:
-        raise asyncio.CancelledError
+    async def slow(request: str) -> Response:
+        started.set()
+        await asyncio.sleep(10)
+        return Response(200, "late")
 
-    handler = server_chain(SafetyNet(internal_error), cancelled)
-    with pytest.raises(asyncio.CancelledError):
-        asyncio.run(handler("x"))
+    async def main() -> None:
+        handling = asyncio.create_task(server_chain(SafetyNet(internal_error), slow)("x"))
+        await started.wait()
+        handling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handling
+
+    asyncio.run(main())
+
+
+def test_safety_net_answers_a_stray_cancelled_error_as_a_bug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that awaits a task something else cancelled gets a CancelledError while its
+    own task is not being cancelled: nobody is stopping the request, so it is answered, as a
+    failure (it escaped the safety net, unanswered), and logged with its traceback."""
+
+    async def shared_work() -> None:
+        await asyncio.sleep(10)
+
+    async def handler(request: str) -> Response:
+        work = asyncio.create_task(shared_work())
+        await asyncio.sleep(0)
+        work.cancel()  # elsewhere: the work's owner shuts it down
+        await work
+        return Response(200, "never")
+
+    with caplog.at_level(logging.ERROR, logger="tether.safety_net"), request_id_scope("req-9"):
+        response = asyncio.run(server_chain(SafetyNet(internal_error), handler)("x"))
+    assert response.status == 500
+    (record,) = caplog.records
+    assert "req-9" in record.getMessage()
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], RuntimeError)
+    assert isinstance(record.exc_info[1].__cause__, asyncio.CancelledError)
 
 
 def test_short_circuit_is_visible_on_the_response_in_logs_and_to_a_hook(

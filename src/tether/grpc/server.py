@@ -6,7 +6,9 @@ For every call, of all four shapes, in this order (outermost first):
    `INTERNAL` with a generic message (never the exception's text); `TimeoutError` and
    `DeadlineExceeded` become `DEADLINE_EXCEEDED`, `UpstreamUnavailable` becomes `UNAVAILABLE`
    (an exception group holding only such outcomes, from a handler that fans out, as its first
-   one); `context.abort(...)` passes through untouched. The server keeps serving. Streaming
+   one); `context.abort(...)` passes through untouched. A CancelledError while grpc is not
+   cancelling the call is a bug (`tether.errors.stray_cancellation`): `INTERNAL`, where grpc
+   alone would send no status at all. The server keeps serving. Streaming
    handlers' responses are written here (see `_streaming`), so a response the serializer
    refuses is caught by this net too. A request the deserializer refuses is the caller's
    mistake: `INVALID_ARGUMENT` (see `decoding`).
@@ -77,6 +79,7 @@ from tether.errors import (
     UpstreamUnavailable,
     failure_summary,
     reported_failure,
+    stray_cancellation,
 )
 from tether.grpc._sync_streams import run_in_threads
 from tether.request_id import (
@@ -719,9 +722,12 @@ async def _failed(
 def _note_failure(exc: BaseException, call: _Call) -> grpc.StatusCode | None:
     """`_failed` for anything but an abort: notes the status in `call.code`, and returns it
     when the call must be aborted with it (a plain exception, for the safety net)."""
-    if isinstance(exc, asyncio.CancelledError):  # grpc's deadline, or the client cancelled
-        call.ended_early()
-        return None
+    if isinstance(exc, asyncio.CancelledError):
+        failure = stray_cancellation(exc)
+        if failure is None:  # grpc's deadline, or the client cancelled
+            call.ended_early()
+            return None
+        exc = failure  # a bug, not a cancellation: the call is still on, and gets INTERNAL
     if not isinstance(exc, Exception):
         call.code = grpc.StatusCode.UNKNOWN
         return None

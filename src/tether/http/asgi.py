@@ -36,7 +36,8 @@ malformed one refuses the handshake), for the connection's life, and no budget. 
 scopes pass through untouched.
 
 Rule: the cancellation this middleware causes on disconnect is consumed here (nobody is left
-to answer); every other cancellation propagates.
+to answer); every other cancellation propagates. A CancelledError while nobody is cancelling
+the request's task is no cancellation but a bug (`tether.errors.stray_cancellation`): 500.
 
 Cost rule: this runs on every request of a service, so a request that ends well inside its
 budget creates no loop timer and no extra coroutine: its deadline is one entry in the loop's
@@ -66,6 +67,7 @@ from tether.errors import (
     TetherError,
     failure_summary,
     reported_failure,
+    stray_cancellation,
 )
 from tether.problems import (
     EXPIRED_ON_ARRIVAL,
@@ -194,7 +196,7 @@ class TetherMiddleware:
             with deadline_for_request(when, task):
                 watchlist = exchange.watch(task)
                 await self.app(scope, exchange.receive, exchange.send)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if exchange.disconnect_caused(task):
                 log_fields(
                     log,
@@ -204,17 +206,12 @@ class TetherMiddleware:
                     fields={"request_id": exchange.request_id},
                 )
                 return
-            raise
+            failure = stray_cancellation(exc)  # a bug, not a cancellation: answered as one
+            if failure is None:
+                raise
+            await _end_with_failure(exchange, failure)
         except Exception as exc:
-            if not exchange.response_started:
-                problem = problem_for_exception(exc)
-                _log_failure(exchange.request_id, exc, f"answered {problem.status}")
-                await exchange.answer(problem)
-            elif not exchange.response_done:
-                _log_failure(exchange.request_id, exc, "mid-response; the connection is closed")
-                raise  # the server closes the connection: the answer cannot be completed
-            else:
-                _log_failure(exchange.request_id, exc, "after its complete response")
+            await _end_with_failure(exchange, exc)
         finally:
             exchange.finished = True
             if exchange.watching is not None:
@@ -224,6 +221,20 @@ class TetherMiddleware:
             if trace_token is not None:
                 reset_incoming_traceparent(trace_token)
             reset_request_id(id_token)
+
+
+async def _end_with_failure(exchange: _Exchange, exc: Exception) -> None:
+    """The safety net, for an exception that escaped the app: answer it as a problem if the
+    response has not started, and log it with the request id."""
+    if not exchange.response_started:
+        problem = problem_for_exception(exc)
+        _log_failure(exchange.request_id, exc, f"answered {problem.status}")
+        await exchange.answer(problem)
+    elif not exchange.response_done:
+        _log_failure(exchange.request_id, exc, "mid-response; the connection is closed")
+        raise exc  # the server closes the connection: the answer cannot be completed
+    else:
+        _log_failure(exchange.request_id, exc, "after its complete response")
 
 
 def _problem_response(problem: Problem, request_id: str) -> tuple[int, list[Header], bytes]:
