@@ -148,6 +148,12 @@ def _is_tether_error(exc: BaseException) -> bool:
     return isinstance(exc, TetherError)
 
 
+def leaves_of(exc: BaseException) -> list[BaseException]:
+    """The exceptions `exc` stands for: an exception group's, nested groups flattened, in the
+    group's order; any other exception's, itself."""
+    return _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+
+
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     """The exceptions in `group`, nested groups flattened, in the group's order."""
     found: list[BaseException] = []

@@ -916,6 +916,53 @@ async def test_a_stray_cancelled_error_is_answered_internal_at_once(
     assert [r.grpc_code for r in lines] == ["INTERNAL", "INTERNAL", "OK"]  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("sibling_fails", [False, True], ids=["alone", "with-a-failure"])
+async def test_an_abort_from_a_fan_outs_task_ends_the_call_with_its_status(
+    caplog: pytest.LogCaptureFixture, sibling_fails: bool
+) -> None:
+    """A handler fanning out in an `asyncio.TaskGroup`, one of whose tasks calls
+    `context.abort(NOT_FOUND, ...)`: the caller gets NOT_FOUND with its details, and the call's
+    log line says NOT_FOUND. The abort reaches tether inside an exception group; it used to be
+    taken for a failure: an ERROR "answered INTERNAL" for a call answered NOT_FOUND, and a
+    second abort that grpc refused ("Abort already called!"). A sibling task that fails as it
+    is cancelled is logged as an ERROR beside the abort (its failure is nobody else's news)."""
+
+    async def check(context: Any) -> None:
+        await asyncio.sleep(0.01)
+        await context.abort(Code.NOT_FOUND, "no such item")
+
+    async def lookup() -> None:
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            if sibling_fails:
+                raise ValueError("cleanup failed") from None
+            raise
+
+    async def fan(request: bytes, context: Any) -> bytes:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(check(context))
+            group.create_task(lookup())
+        return b"never"
+
+    handlers = {"Fan": grpc.unary_unary_rpc_method_handler(fan)}
+    with caplog.at_level(logging.INFO):
+        async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await ch.unary_unary(method("Fan"))(b"x", timeout=5)
+            await asyncio.sleep(0.05)  # grpc's own log of the handler's end, if any
+    assert (caught.value.code(), caught.value.details()) == (Code.NOT_FOUND, "no such item")
+    lines = [r for r in caplog.records if hasattr(r, "grpc_code")]
+    assert [r.grpc_code for r in lines] == ["NOT_FOUND"]  # type: ignore[attr-defined]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    if sibling_fails:
+        assert len(errors) == 1
+        assert "aborted (NOT_FOUND) by a task of its fan-out" in errors[0]
+        assert "ValueError" in errors[0]
+    else:
+        assert errors == []
+
+
 async def test_the_safety_net_and_log_line_hold_under_an_apps_record_factory(
     caplog: pytest.LogCaptureFixture, apps_record_factory: str
 ) -> None:

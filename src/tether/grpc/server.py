@@ -6,7 +6,8 @@ For every call, of all four shapes, in this order (outermost first):
    `INTERNAL` with a generic message (never the exception's text); `TimeoutError` and
    `DeadlineExceeded` become `DEADLINE_EXCEEDED`, `UpstreamUnavailable` becomes `UNAVAILABLE`
    (an exception group holding only such outcomes, from a handler that fans out, as its first
-   one); `context.abort(...)` passes through untouched. A CancelledError while grpc is not
+   one); `context.abort(...)` passes through untouched (from a fan-out's task too, inside a
+   group: `_end_aborted_fan_out`). A CancelledError while grpc is not
    cancelling the call is a bug (`tether.errors.stray_cancellation`): `INTERNAL`, where grpc
    alone would send no status at all. The server keeps serving. Streaming
    handlers' responses are written here (see `_streaming`), so a response the serializer
@@ -78,6 +79,7 @@ from tether.errors import (
     DeadlineExceeded,
     UpstreamUnavailable,
     failure_summary,
+    leaves_of,
     reported_failure,
     stray_cancellation,
 )
@@ -714,9 +716,41 @@ async def _failed(
     if isinstance(exc, grpc.aio.AbortError):
         call.code = _code_of(context)
         return
+    if isinstance(exc, BaseExceptionGroup):
+        _end_aborted_fan_out(exc, call, context)
     code = _note_failure(exc, call)
     if code is not None:
         await context.abort(code, _details_for(code))
+
+
+def _end_aborted_fan_out(
+    group: BaseExceptionGroup[BaseException], call: _Call, context: Any
+) -> None:
+    """A handler that fans out, one of whose children called `context.abort()`: grpc has sent
+    the abort's status already, so the call ends with it (grpc's `AbortError` is raised in
+    place of the group, as from the handler itself), never with a second answer. The group's
+    other exceptions, if any, are logged: they are failures nobody was told of. Returns when
+    no child aborted."""
+    leaves = leaves_of(group)
+    aborts = [leaf for leaf in leaves if isinstance(leaf, grpc.aio.AbortError)]
+    if not aborts:
+        return
+    call.code = _code_of(context)
+    others = [leaf for leaf in leaves if not isinstance(leaf, grpc.aio.AbortError)]
+    if others:
+        log_fields(
+            log,
+            logging.ERROR,
+            "grpc %s request_id=%s was aborted (%s) by a task of its fan-out; its other "
+            "tasks failed with %s",
+            call.method,
+            call.request_id,
+            call.code.name,
+            ", ".join(type(leaf).__name__ for leaf in others),
+            exc_info=group,
+            fields={"request_id": call.request_id},
+        )
+    raise aborts[0] from None
 
 
 def _note_failure(exc: BaseException, call: _Call) -> grpc.StatusCode | None:
