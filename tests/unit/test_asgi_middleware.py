@@ -781,20 +781,28 @@ def test_concurrent_requests_each_get_their_own_deadline_and_id(clock: VirtualCl
     assert len({exchange.headers[b"x-request-id"] for exchange in exchanges}) == 50
 
 
-def test_a_finished_request_is_freed_at_once(clock: VirtualClock) -> None:
+@pytest.mark.parametrize("watched", [False, True], ids=["before-its-watch", "watched"])
+def test_a_finished_request_is_freed_at_once(clock: VirtualClock, watched: bool) -> None:
     """A request answered before its disconnect watch falls due leaves nothing behind: the
     watchlist must not keep it (and the server's objects it holds) alive until its turn. Held
-    objects cost real time under load (tens of requests' memory stays live, out of cache)."""
+    objects cost real time under load (tens of requests' memory stays live, out of cache).
+    A request that was watched is freed by reference counting too, once its watch's reader
+    has stopped (no reference cycle between the request and its watch)."""
     kept: list[weakref.ref[Any]] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         kept.append(weakref.ref(send.__self__))  # the middleware's per-request state
+        if watched:
+            await asyncio.sleep(0.01)
         await ok_app()(scope, receive, send)
 
     async def main() -> bool:
         middleware = TetherMiddleware(app)
         await Exchange(clock).run(middleware, [])
-        return kept[0]() is None  # checked before the watch's 5 ms have passed
+        if watched:
+            await asyncio.sleep(0)  # the watch's reader ends its cancellation
+            await asyncio.sleep(0)
+        return kept[0]() is None  # unwatched: checked before the watch's 5 ms have passed
 
     gc.disable()  # freed by reference counting, not by a later collection
     try:

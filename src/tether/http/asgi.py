@@ -216,6 +216,7 @@ class TetherMiddleware:
             exchange.finished = True
             if exchange.watching is not None:
                 exchange.watching.stop()
+                exchange.watching = None  # no cycle with its watch: freed by reference counting
             elif watchlist is not None:
                 watchlist.discard(exchange)
             if trace_token is not None:
@@ -526,7 +527,7 @@ class _Watch:
         self._held: Message | None = None  # read from the server, not yet taken by the app
         # Whoever waits for the other side: the app for a message, the pump for room.
         self._waiters: list[asyncio.Future[None]] = []
-        self._pump = task.get_loop().create_task(self._read_ahead())
+        self._pump: asyncio.Task[None] | None = task.get_loop().create_task(self._read_ahead())
 
     async def _read_ahead(self) -> None:
         while True:
@@ -576,7 +577,12 @@ class _Watch:
         return self.disconnected and task.uncancel() <= self._cancelling
 
     def stop(self) -> None:
-        self._pump.cancel()
+        # The reader is let go of as it is cancelled: once done it holds its CancelledError,
+        # whose traceback holds the reader's frame and so this watch, a cycle that only the
+        # garbage collector would free (with the request it holds).
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.cancel()
 
 
 def _joins(held: Message, message: Message) -> bool:
