@@ -916,6 +916,33 @@ async def test_a_stray_cancelled_error_is_answered_internal_at_once(
     assert [r.grpc_code for r in lines] == ["INTERNAL", "INTERNAL", "OK"]  # type: ignore[attr-defined]
 
 
+async def test_an_abort_after_grpc_ended_the_call_is_not_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that blocks the loop past its client's deadline and then calls
+    `context.abort()`: grpc has ended the call, so the abort fails inside grpc (its
+    ExecuteBatchError). That is the call being over, not a bug: the log line says
+    DEADLINE_EXCEEDED and nothing is logged as an error. tether used to take it for a failure:
+    an ERROR "answered INTERNAL", a second abort, and grpc's own ERROR "Unexpected
+    [UsageError] ... Abort already called!"."""
+
+    async def late(request: bytes, context: Any) -> bytes:
+        time.sleep(0.3)  # noqa: ASYNC251 - blocks the loop past the caller's 100 ms, on purpose
+        await context.abort(Code.NOT_FOUND, "no such item")
+        return b"never"
+
+    handlers = {"Late": grpc.unary_unary_rpc_method_handler(late)}
+    with caplog.at_level(logging.INFO):
+        async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await ch.unary_unary(method("Late"))(b"x", timeout=0.1)
+            await asyncio.sleep(0.5)  # the handler's end, and grpc's log of it
+    assert caught.value.code() is Code.DEADLINE_EXCEEDED
+    lines = [r for r in caplog.records if hasattr(r, "grpc_code")]
+    assert [r.grpc_code for r in lines] == ["DEADLINE_EXCEEDED"]  # type: ignore[attr-defined]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 @pytest.mark.parametrize("sibling_fails", [False, True], ids=["alone", "with-a-failure"])
 async def test_an_abort_from_a_fan_outs_task_ends_the_call_with_its_status(
     caplog: pytest.LogCaptureFixture, sibling_fails: bool

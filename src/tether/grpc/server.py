@@ -716,6 +716,13 @@ async def _failed(
     if isinstance(exc, grpc.aio.AbortError):
         call.code = _code_of(context)
         return
+    if isinstance(exc, grpc.aio.InternalError):
+        # One of grpc's own operations on the call, in the handler (`context.abort()`, a read,
+        # a write), failed because grpc had ended the call: its client went away, or its
+        # deadline passed. Nothing can be answered; grpc handles its own error (quietly, when
+        # the client has gone). Aborting it again only made grpc log "Abort already called!".
+        call.ended_early()
+        return
     if isinstance(exc, BaseExceptionGroup):
         _end_aborted_fan_out(exc, call, context)
     code = _note_failure(exc, call)
