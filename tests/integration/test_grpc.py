@@ -931,16 +931,28 @@ async def test_an_abort_after_grpc_ended_the_call_is_not_a_failure(
         await context.abort(Code.NOT_FOUND, "no such item")
         return b"never"
 
-    handlers = {"Late": grpc.unary_unary_rpc_method_handler(late)}
+    # settle: the handler's end, and grpc's log of it
+    failed, codes, errors = await failed_call(caplog, late, call_timeout=0.1, settle=0.5)
+    assert failed.code() is Code.DEADLINE_EXCEEDED
+    assert codes == ["DEADLINE_EXCEEDED"]
+    assert errors == []
+
+
+async def failed_call(
+    caplog: pytest.LogCaptureFixture, handler: Any, *, call_timeout: float, settle: float
+) -> tuple[grpc.aio.AioRpcError, list[str], list[str]]:
+    """Serve the unary `handler` alone under tether's server and call it once, with a timeout:
+    the call must fail. After `settle` seconds more, returns grpc's error, the statuses of the
+    calls' log lines and every message logged as an error."""
+    handlers = {"Handler": grpc.unary_unary_rpc_method_handler(handler)}
     with caplog.at_level(logging.INFO):
         async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as ch:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await ch.unary_unary(method("Late"))(b"x", timeout=0.1)
-            await asyncio.sleep(0.5)  # the handler's end, and grpc's log of it
-    assert caught.value.code() is Code.DEADLINE_EXCEEDED
-    lines = [r for r in caplog.records if hasattr(r, "grpc_code")]
-    assert [r.grpc_code for r in lines] == ["DEADLINE_EXCEEDED"]  # type: ignore[attr-defined]
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+                await ch.unary_unary(method("Handler"))(b"x", timeout=call_timeout)
+            await asyncio.sleep(settle)
+    codes = [r.grpc_code for r in caplog.records if hasattr(r, "grpc_code")]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    return caught.value, codes, errors
 
 
 @pytest.mark.parametrize("sibling_fails", [False, True], ids=["alone", "with-a-failure"])
@@ -972,16 +984,10 @@ async def test_an_abort_from_a_fan_outs_task_ends_the_call_with_its_status(
             group.create_task(lookup())
         return b"never"
 
-    handlers = {"Fan": grpc.unary_unary_rpc_method_handler(fan)}
-    with caplog.at_level(logging.INFO):
-        async with grpc_server(handlers) as target, grpc.aio.insecure_channel(target) as ch:
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await ch.unary_unary(method("Fan"))(b"x", timeout=5)
-            await asyncio.sleep(0.05)  # grpc's own log of the handler's end, if any
-    assert (caught.value.code(), caught.value.details()) == (Code.NOT_FOUND, "no such item")
-    lines = [r for r in caplog.records if hasattr(r, "grpc_code")]
-    assert [r.grpc_code for r in lines] == ["NOT_FOUND"]  # type: ignore[attr-defined]
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    # settle: grpc's own log of the handler's end, if any
+    failed, codes, errors = await failed_call(caplog, fan, call_timeout=5, settle=0.05)
+    assert (failed.code(), failed.details()) == (Code.NOT_FOUND, "no such item")
+    assert codes == ["NOT_FOUND"]
     if sibling_fails:
         assert len(errors) == 1
         assert "aborted (NOT_FOUND) by a task of its fan-out" in errors[0]
