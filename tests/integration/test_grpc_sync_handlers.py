@@ -112,6 +112,31 @@ def failing(request: bytes, context: Any) -> bytes:
     return b"ok"
 
 
+def abort_too_late(request: bytes, context: Any) -> bytes:
+    time.sleep(0.3)  # past the caller's 100 ms: grpc has ended the call
+    context.abort(grpc.StatusCode.NOT_FOUND, "no such order")
+    return b"never"
+
+
+async def test_an_abort_after_the_callers_deadline_is_logged_as_the_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A `def` handler that aborts after its caller's deadline: the caller got
+    DEADLINE_EXCEEDED from grpc, and the call's log line now says so (it said NOT_FOUND, the
+    abort that was never sent)."""
+    caplog.set_level("INFO", logger="tether.grpc")
+    handlers = {"Late": grpc.unary_unary_rpc_method_handler(abort_too_late)}
+    async with (
+        grpc_server(handlers, migration_thread_pool=threads()) as target,
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await channel.unary_unary(method("Late"))(b"x", timeout=0.1)
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        (line,) = await call_lines(caplog, 1)
+    assert line.grpc_code == "DEADLINE_EXCEEDED"  # type: ignore[attr-defined]
+
+
 async def test_the_safety_net_and_log_line_hold_for_synchronous_handlers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -278,6 +278,31 @@ def test_exceptions_become_statuses_without_their_text(caplog: pytest.LogCapture
     )
 
 
+@pytest.mark.parametrize("too_late", [False, True], ids=["in-time", "after-the-deadline"])
+def test_an_abort_is_logged_with_the_status_the_caller_got(
+    caplog: pytest.LogCaptureFixture, too_late: bool
+) -> None:
+    """A handler's abort is the call's status, unless grpc had already ended the call: one
+    that aborts after its caller's deadline is logged DEADLINE_EXCEEDED, as the caller got (it
+    was logged NOT_FOUND, an abort never sent)."""
+
+    def aborting(request: bytes, context: Any) -> bytes:
+        if too_late:
+            time.sleep(0.3)  # past the caller's 100 ms
+        context.abort(Code.NOT_FOUND, "no such order")
+        return b"never"
+
+    caplog.set_level(logging.INFO, logger="tether.grpc")
+    handlers = {"Abort": grpc.unary_unary_rpc_method_handler(aborting)}
+    with sync_grpc_server(handlers) as target, grpc.insecure_channel(target) as channel:
+        deadline = 0.1 if too_late else 5.0
+        failed = failure(lambda: channel.unary_unary(method("Abort"))(b"", timeout=deadline))
+        expected = Code.DEADLINE_EXCEEDED if too_late else Code.NOT_FOUND
+        assert failed.code() is expected  # type: ignore[attr-defined]
+        (line,) = log_lines(caplog, 1)
+    assert line.grpc_code == expected.name  # type: ignore[attr-defined]
+
+
 def test_a_raising_auth_interceptor_1000_times_then_a_good_call() -> None:
     """An interceptor after tether's that raises on a bad token (the seed's JWT panic): each
     call gets INTERNAL with no exception text; 1,000 in a row, then a good call succeeds."""

@@ -654,6 +654,16 @@ class _ThreadContext:
     def code(self) -> grpc.StatusCode | None:
         return self.aborted_with or self._set
 
+    def call_over(self) -> bool:
+        """Whether grpc has ended the call (an abort then sends nothing: the client already
+        has its status). grpc's synchronous server knows; grpc.aio's context for threads knows
+        only whether the client's deadline has passed."""
+        is_active = getattr(self._context, "is_active", None)
+        if is_active is not None:
+            return not is_active()
+        remaining = self._context.time_remaining()
+        return remaining is not None and remaining <= 0
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
 
@@ -683,7 +693,10 @@ def _refuse_in_thread(exc: ValueError, method: str, context: _ThreadContext) -> 
 def _failed_in_thread(exc: BaseException, call: _Call, context: _ThreadContext) -> None:
     """`_failed`, in a synchronous handler's thread."""
     if context.aborted_with is not None:  # the handler aborted: what it raised is grpc's
-        call.code = context.aborted_with
+        if context.call_over():  # too late: the call had ended (its deadline, or its client)
+            call.ended_early()
+        else:
+            call.code = context.aborted_with
         return
     code = _note_failure(exc, call)
     if code is not None:
