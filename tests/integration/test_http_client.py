@@ -465,8 +465,9 @@ async def test_an_answer_larger_than_max_body_is_refused_and_its_connection_clos
     `UpstreamUnavailable`), at once, without waiting for the rest of the answer: when the
     upstream says so up front (a `Content-Length` of 10 GB), when its chunks pass the cap, and
     when its gzip'd body inflates past it. A connection whose answer was cut short is closed;
-    the client's next call is answered in full either way. Without a cap (None) a big body
-    is read whole."""
+    the client's next call is answered in full either way. Answers that have no body (to HEAD;
+    304, 204) are not refused for their Content-Length. Without a cap (None) a big body is
+    read whole."""
     cap = 50_000
     bomb = gzip.compress(b"\0" * 10_000_000)  # ~10 KB on the wire, 10 MB inflated
     rest = 1.0  # seconds before an upstream sends the rest of a cut-short answer
@@ -483,8 +484,12 @@ async def test_an_answer_larger_than_max_body_is_refused_and_its_connection_clos
     }
 
     def reply(request: dict[str, Any]) -> Reply:
-        head, *later = answers[request["target"]]
-        return Reply([b"HTTP/1.1 200 OK\r\n" + head, *later], pause=rest)
+        status = {"/not-modified": b"304 Not Modified", "/no-content": b"204 No Content"}
+        head, *later = answers.get(request["target"], answers["/said"][:1])
+        line = b"HTTP/1.1 %s\r\n" % status.get(request["target"], b"200 OK")
+        if request["method"] == "HEAD" or request["target"] in status:
+            head, later = head.partition(b"\r\n\r\n")[0] + b"\r\n\r\n", []
+        return Reply([line + head, *later], pause=rest)
 
     async with raw_upstream(reply) as upstream:
         url = f"http://127.0.0.1:{upstream.port}"
@@ -502,6 +507,12 @@ async def test_an_answer_larger_than_max_body_is_refused_and_its_connection_clos
                 assert (await client.get("/exact")).body == b"a" * cap
                 if path != "/gzip":  # cut short: a new connection (the gzip'd one was whole)
                     assert upstream.connections == connections + 1
+            # No body, whatever Content-Length says: HEAD's answer, 304 and 204.
+            head = await client.request("HEAD", "/said")
+            assert (head.status, head.body) == (200, b"")
+            for path, status in (("/not-modified", 304), ("/no-content", 204)):
+                answer = await client.get(path)
+                assert (answer.status, answer.body) == (status, b"")
         async with Client(base_url=url, max_body=None) as unbounded:
             assert len((await unbounded.get("/big")).body) == 1_000_000
     assert issubclass(AnswerTooLarge, UpstreamUnavailable)

@@ -331,11 +331,18 @@ async def _read_at_most(
 ) -> bytes:
     """The answer's body, decompressed, read piece by piece while it is at most `max_body`
     bytes; past that (or when `Content-Length` says so before anything is read),
-    `AnswerTooLarge`, and the answer's connection is closed."""
+    `AnswerTooLarge`, and the answer's connection is closed. (The answers to HEAD, and 204 and
+    304 answers, have no body whatever their `Content-Length` says.)"""
     length = answer.content_length
     size = 0
     pieces = []
-    if length is None or length <= max_body or "Content-Encoding" in answer.headers:
+    if (
+        length is None
+        or length <= max_body
+        or "Content-Encoding" in answer.headers
+        or answer.method == "HEAD"
+        or answer.status in (204, 304)
+    ):
         async for piece in answer.content.iter_any():
             size += len(piece)
             if size > max_body:
