@@ -7,7 +7,7 @@ For every call, of all four shapes, in this order (outermost first):
    `DeadlineExceeded` become `DEADLINE_EXCEEDED`, `UpstreamUnavailable` becomes `UNAVAILABLE`
    (an exception group holding only such outcomes, from a handler that fans out, as its first
    one); `context.abort(...)` passes through untouched (from a fan-out's task too, inside a
-   group: `_end_aborted_fan_out`). A CancelledError while grpc is not
+   group: `_end_fan_out_ended_by_grpc`). A CancelledError while grpc is not
    cancelling the call is a bug (`tether.errors.stray_cancellation`): `INTERNAL`, where grpc
    alone would send no status at all. The server keeps serving. Streaming
    handlers' responses are written here (see `_streaming`), so a response the serializer
@@ -737,32 +737,40 @@ async def _failed(
         call.ended_early()
         return
     if isinstance(exc, BaseExceptionGroup):
-        _end_aborted_fan_out(exc, call, context)
+        _end_fan_out_ended_by_grpc(exc, call, context)
     code = _note_failure(exc, call)
     if code is not None:
         await context.abort(code, _details_for(code))
 
 
-def _end_aborted_fan_out(
+# grpc's own ends of a call, raised in a handler: its abort, or an operation on a call grpc has
+# already ended.
+_GRPCS_ENDS = (grpc.aio.AbortError, grpc.aio.InternalError)
+
+
+def _end_fan_out_ended_by_grpc(
     group: BaseExceptionGroup[BaseException], call: _Call, context: Any
 ) -> None:
-    """A handler that fans out, one of whose children called `context.abort()`: grpc has sent
-    the abort's status already, so the call ends with it (grpc's `AbortError` is raised in
-    place of the group, as from the handler itself), never with a second answer. The group's
-    other exceptions, if any, are logged: they are failures nobody was told of. Returns when
-    no child aborted."""
+    """A handler that fans out, one of whose children called `context.abort()` (grpc has sent
+    the abort's status) or met the call already ended by grpc (grpc's `InternalError`): the
+    call ends as that says, never with a second answer; grpc's exception is raised in place of
+    the group, as from the handler itself. The group's other exceptions, if any, are logged:
+    they are failures nobody was told of. Returns when no child met such an end."""
     leaves = leaves_of(group)
-    aborts = [leaf for leaf in leaves if isinstance(leaf, grpc.aio.AbortError)]
-    if not aborts:
+    ends = [leaf for leaf in leaves if isinstance(leaf, _GRPCS_ENDS)]
+    if not ends:
         return
-    call.code = _code_of(context)
-    others = [leaf for leaf in leaves if not isinstance(leaf, grpc.aio.AbortError)]
+    if isinstance(ends[0], grpc.aio.AbortError):
+        call.code = _code_of(context)
+    else:
+        call.ended_early()
+    others = [leaf for leaf in leaves if not isinstance(leaf, _GRPCS_ENDS)]
     if others:
         log_fields(
             log,
             logging.ERROR,
-            "grpc %s request_id=%s was aborted (%s) by a task of its fan-out; its other "
-            "tasks failed with %s",
+            "grpc %s request_id=%s ended (%s) in a task of its fan-out; its other tasks "
+            "failed with %s",
             call.method,
             call.request_id,
             call.code.name,
@@ -770,7 +778,7 @@ def _end_aborted_fan_out(
             exc_info=group,
             fields={"request_id": call.request_id},
         )
-    raise aborts[0] from None
+    raise ends[0] from None
 
 
 def _note_failure(exc: BaseException, call: _Call) -> grpc.StatusCode | None:
