@@ -7,7 +7,7 @@ For every call, of all four shapes, in this order (outermost first):
    `DeadlineExceeded` become `DEADLINE_EXCEEDED`, `UpstreamUnavailable` becomes `UNAVAILABLE`
    (an exception group holding only such outcomes, from a handler that fans out, as its first
    one); `context.abort(...)` passes through untouched (from a fan-out's task too, inside a
-   group: `_end_fan_out_ended_by_grpc`). A CancelledError while grpc is not
+   group: `_ended_by_grpc`). A CancelledError while grpc is not
    cancelling the call is a bug (`tether.errors.stray_cancellation`): `INTERNAL`, where grpc
    alone would send no status at all. The server keeps serving. Streaming
    handlers' responses are written here (see `_streaming`), so a response the serializer
@@ -726,44 +726,37 @@ async def _failed(
     plain exception is then answered here with a generic abort (which raises AbortError);
     `context.abort(...)` from the handler, cancellations and other BaseExceptions pass on with
     their own status. (The code is noted first: the abort does not return.)"""
-    if isinstance(exc, grpc.aio.AbortError):
-        call.code = _code_of(context)
+    if _ended_by_grpc(exc, call, context):
         return
-    if isinstance(exc, grpc.aio.InternalError):
-        # One of grpc's own operations on the call, in the handler (`context.abort()`, a read,
-        # a write), failed because grpc had ended the call: its client went away, or its
-        # deadline passed. Nothing can be answered; grpc handles its own error (quietly, when
-        # the client has gone). Aborting it again only made grpc log "Abort already called!".
-        call.ended_early()
-        return
-    if isinstance(exc, BaseExceptionGroup):
-        _end_fan_out_ended_by_grpc(exc, call, context)
     code = _note_failure(exc, call)
     if code is not None:
         await context.abort(code, _details_for(code))
 
 
-# grpc's own ends of a call, raised in a handler: its abort, or an operation on a call grpc has
-# already ended.
+# grpc's own ends of a call, raised in a handler: its abort (grpc has sent the abort's status),
+# or its InternalError from an operation (`context.abort()`, a read, a write) on a call grpc had
+# already ended: its client went away, or its deadline passed. Neither is a failure to answer:
+# the call is over, and answering it again only made grpc log "Abort already called!".
 _GRPCS_ENDS = (grpc.aio.AbortError, grpc.aio.InternalError)
 
 
-def _end_fan_out_ended_by_grpc(
-    group: BaseExceptionGroup[BaseException], call: _Call, context: Any
-) -> None:
-    """A handler that fans out, one of whose children called `context.abort()` (grpc has sent
-    the abort's status) or met the call already ended by grpc (grpc's `InternalError`): the
-    call ends as that says, never with a second answer; grpc's exception is raised in place of
-    the group, as from the handler itself. The group's other exceptions, if any, are logged:
-    they are failures nobody was told of. Returns when no child met such an end."""
-    leaves = leaves_of(group)
+def _ended_by_grpc(exc: BaseException, call: _Call, context: Any) -> bool:
+    """Whether `exc` is grpc's own end of the call (`_GRPCS_ENDS`), whose status it notes
+    (the abort's, or how grpc ended the call); grpc handles its own exception when the guard
+    re-raises it. A handler that fans out meets it in one of its tasks, inside an exception
+    group: grpc's exception is then raised here in place of the group, as from the handler
+    itself, and the group's other exceptions, if any, are logged (failures nobody was told of).
+    False: `exc` holds no such end."""
+    leaves = leaves_of(exc)
     ends = [leaf for leaf in leaves if isinstance(leaf, _GRPCS_ENDS)]
     if not ends:
-        return
+        return False
     if isinstance(ends[0], grpc.aio.AbortError):
         call.code = _code_of(context)
     else:
         call.ended_early()
+    if ends[0] is exc:
+        return True
     others = [leaf for leaf in leaves if not isinstance(leaf, _GRPCS_ENDS)]
     if others:
         log_fields(
@@ -775,7 +768,7 @@ def _end_fan_out_ended_by_grpc(
             call.request_id,
             call.code.name,
             ", ".join(type(leaf).__name__ for leaf in others),
-            exc_info=group,
+            exc_info=exc,
             fields={"request_id": call.request_id},
         )
     raise ends[0] from None

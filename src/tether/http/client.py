@@ -261,7 +261,7 @@ class Client:
                     ):
                         body = await answer.read()
                     else:
-                        body = await _read_at_most(answer, self._max_body, method, full_url)
+                        body = await _read_at_most(answer, length, self._max_body, method, full_url)
                     timings.body_done = time.perf_counter() - timings._start
                     response = Response(answer.status, answer.headers, body, full_url, timings)
         except TimeoutError as exc:
@@ -327,13 +327,13 @@ _NO_TIMER = contextlib.nullcontext()
 
 
 async def _read_at_most(
-    answer: aiohttp.ClientResponse, max_body: int, method: str, url: str
+    answer: aiohttp.ClientResponse, length: int | None, max_body: int, method: str, url: str
 ) -> bytes:
     """The answer's body, decompressed, read piece by piece while it is at most `max_body`
     bytes; past that (or when `Content-Length` says so before anything is read),
     `AnswerTooLarge`, and the answer's connection is closed. (The answers to HEAD, and 204 and
-    304 answers, have no body whatever their `Content-Length` says.)"""
-    length = answer.content_length
+    304 answers, have no body whatever their `Content-Length` says.) `length`: the answer's
+    `Content-Length`, as the caller read it."""
     size = 0
     pieces = []
     if (
