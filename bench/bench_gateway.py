@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from _report import machine, run_wrk, write_section, wrk_latency_ms, wrk_rate, wrk_requests
+from tether.demo.chain import free_port
 
 HEADERS = {
     "X-Request-ID": "5b0c6a52-3d2e-4c4e-9a53-8d8f3cd1a1f0",
@@ -37,12 +38,6 @@ HEADERS = {
     "X-Request-Timeout": "1000",
 }
 PATH = "/api/hello/v1/"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(port: int) -> None:

@@ -46,16 +46,11 @@ from _report import machine, run_wrk, write_section, wrk_latency_ms, wrk_rate
 from apps import BUSY_ENV, CALLER_BUDGET
 from apps.client_calls import plain_get
 from per_call_cost import added_costs
+from tether.demo.chain import free_port
 from tether.http import Client
 
 BENCH = Path(__file__).resolve().parent
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(port: int, seconds: float = 10.0) -> None:

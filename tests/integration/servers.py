@@ -8,7 +8,6 @@ import asyncio
 import inspect
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,13 +22,9 @@ import hypercorn.config
 import pytest
 import uvicorn
 
+from tether.demo.chain import free_port
+
 App = Callable[[Any, Any, Any], Awaitable[None]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @asynccontextmanager

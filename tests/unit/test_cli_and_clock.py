@@ -10,6 +10,7 @@ import pytest
 
 from tether import _clock
 from tether.cli import main
+from tether.demo.chain import free_port
 from tether.testing import VirtualClock
 
 
@@ -74,6 +75,16 @@ def test_demo_runs_a_budget_through_nested_calls_and_the_chain(
         assert expected in out
     answered = [line for line in out.splitlines() if line.startswith("  -> 504 in")]
     assert 250 <= int(answered[0].split()[3]) < 1000  # at the budget, not after the 5 s query
+
+
+def test_a_port_is_handed_out_once() -> None:
+    """The demo's (and the tests') port picker never hands out a port twice, even one asked
+    for by number with nothing listening on it: two binds in a row may get the same free port
+    from the kernel, and a gateway's listen and admin ports were once one port."""
+    first = free_port()
+    assert free_port(first) != first
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports) and first not in ports
 
 
 def test_virtual_clock_only_moves_forward() -> None:
