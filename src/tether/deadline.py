@@ -392,6 +392,12 @@ class DeadlineScope:
         assert task is not None  # it expired: its timer was armed, in its task
         # Like asyncio.Timeout: convert only the cancellation this block caused.
         if task.uncancel() <= self._cancelling and isinstance(exc, asyncio.CancelledError):
+            earlier = _interrupted_exceeded(exc, self.deadline)
+            if earlier is not None:
+                # The cancellation came while an error for this very deadline was on its way
+                # out (a pool wait that gave up just before it, whose clean-up then ran past
+                # it): that error says more than the block's own would, so it goes on.
+                raise earlier
             raise self._exceeded() from exc
 
     def _inherit(self, parent: DeadlineScope) -> float:
@@ -518,6 +524,23 @@ class _Alarms:
 
 # Each loop's one _Alarms.
 _alarms_per_loop: PerLoop[_Alarms] = PerLoop("_tether_alarms", _Alarms)
+
+
+def _interrupted_exceeded(
+    cancelled: asyncio.CancelledError, deadline: Deadline | None
+) -> DeadlineExceeded | None:
+    """The `DeadlineExceeded` for `deadline` whose raising `cancelled` interrupted, if any: the
+    first one in the chain of exceptions being handled when the cancellation came. One for
+    another deadline (a nested block's, earlier) is not taken: the block's own budget is what
+    its caller must hear about."""
+    seen = 0
+    context = cancelled.__context__
+    while context is not None and seen < 16:  # a chain, not a cycle: bounded anyway
+        if isinstance(context, DeadlineExceeded):
+            return context if context.deadline == deadline else None
+        context = context.__context__
+        seen += 1
+    return None
 
 
 def deadline_after(seconds: float) -> DeadlineScope:

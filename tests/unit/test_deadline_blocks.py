@@ -212,6 +212,60 @@ def test_inner_expiry_can_be_handled_and_the_outer_block_goes_on(clock: VirtualC
     assert clock.run(main()) == "done"
 
 
+class _PoolGaveUp(DeadlineExceeded):
+    """Stands for an error raised for the ambient deadline just before it (PoolExhausted)."""
+
+
+def test_an_error_for_the_same_deadline_interrupted_by_its_expiry_goes_on(
+    clock: VirtualClock,
+) -> None:
+    """Rule: when the block's cancellation interrupts clean-up after a DeadlineExceeded raised
+    for this very deadline (a pool wait giving up 5 ms early, a session closing past the
+    deadline), the caller gets that error, not the block's generic one."""
+
+    async def close_session() -> None:
+        await asyncio.sleep(0.5)  # clean-up that runs past the deadline
+
+    async def main() -> tuple[DeadlineExceeded, float]:
+        start = clock.monotonic()
+        with pytest.raises(DeadlineExceeded) as caught:
+            async with deadline_after(0.1):
+                await asyncio.sleep(0.095)
+                try:
+                    raise _PoolGaveUp(
+                        "no connection within the budget", deadline=current_deadline()
+                    )
+                finally:
+                    await close_session()
+        return caught.value, clock.monotonic() - start
+
+    error, elapsed = clock.run(main())
+    assert type(error) is _PoolGaveUp
+    assert str(error) == "no connection within the budget"
+    assert elapsed == pytest.approx(0.1)  # the clean-up still ended at the deadline
+
+
+def test_an_error_for_a_nested_blocks_deadline_gives_way_to_the_blocks_own(
+    clock: VirtualClock,
+) -> None:
+    """A DeadlineExceeded of a tighter, nested budget interrupted by the outer block's expiry
+    is not the outer caller's answer: the outer block's own error is."""
+
+    async def main() -> DeadlineExceeded:
+        with pytest.raises(DeadlineExceeded) as caught:
+            async with deadline_after(0.3):
+                try:
+                    async with deadline_after(0.1):
+                        await asyncio.sleep(1)
+                finally:
+                    await asyncio.sleep(1)
+        return caught.value
+
+    error = clock.run(main())
+    assert "this block's budget of 300 ms" in str(error)
+    assert isinstance(error.__cause__, asyncio.CancelledError)
+
+
 def test_entering_an_expired_block_fails_fast(clock: VirtualClock) -> None:
     """Rule: no work starts without budget; the body never runs."""
     ran = False
