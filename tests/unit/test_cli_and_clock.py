@@ -84,7 +84,8 @@ def test_a_port_is_handed_out_once() -> None:
     first = free_port()
     assert free_port(first) != first
     ports = [free_port() for _ in range(200)]
-    assert len(set(ports)) == len(ports) and first not in ports
+    assert len(set(ports)) == len(ports)
+    assert first not in ports
 
 
 def test_virtual_clock_only_moves_forward() -> None:

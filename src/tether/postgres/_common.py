@@ -22,6 +22,8 @@ from tether.errors import DeadlineExceeded, UpstreamTimeout, format_seconds
 from tether.request_id import current_request_id
 
 QUERY_CANCELED = "57014"
+# Seconds a connection may take to finish a cancellation and reset when it goes back to the pool.
+RELEASE_TIMEOUT = 5.0
 APPLICATION_NAME_LIMIT = 63  # NAMEDATALEN - 1
 
 

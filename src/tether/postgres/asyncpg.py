@@ -36,6 +36,7 @@ from tether.deadline import deadline_enforced_here
 from tether.errors import TetherError, UpstreamUnavailable
 from tether.postgres._common import (
     QUERY_CANCELED,
+    RELEASE_TIMEOUT,
     application_name,
     backstop_sql,
     pool_exhausted,
@@ -46,9 +47,6 @@ from tether.postgres._common import (
 from tether.wire import DEFAULT_MARGIN, call_timeout
 
 __all__ = ["Connection", "Pool", "PoolClosed", "create_pool"]
-
-# Seconds a connection may take to finish a cancellation and reset when it goes back to the pool.
-RELEASE_TIMEOUT = 5.0
 
 
 class PoolClosed(TetherError):

@@ -10,23 +10,29 @@ psycopg has no per-statement timeout; each statement runs under `asyncio.timeout
 remaining budget minus the margin, and psycopg answers the cancellation by sending PostgreSQL's
 cancel request (measured: the backend stops within about 10 ms). Errors are translated as for
 asyncpg; the request id goes into `application_name` on checkout.
+
+Transactions follow psycopg_pool's `connection()`: leaving `acquire()` commits what the block
+left open, or rolls it back when the block raised (see `Pool.acquire`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
 import psycopg_pool
+from psycopg.pq import TransactionStatus
 
 from tether._settings import margin_seconds
 from tether.deadline import deadline_enforced_here
 from tether.errors import TetherError, UpstreamUnavailable
 from tether.postgres._common import (
     QUERY_CANCELED,
+    RELEASE_TIMEOUT,
     application_name,
     backstop_sql,
     pool_exhausted,
@@ -96,10 +102,17 @@ class Pool:
         self.raw = raw
         self._margin = margin_seconds(margin)
         self._prefix = application_name
+        # Connections whose application_name holds a request's tag.
+        self._tagged: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:
-        """A connection, waiting at most the remaining budget for one."""
+        """A connection, waiting at most the remaining budget for one.
+
+        Leaving the block ends a transaction the block left open, as psycopg_pool's own
+        `connection()` does: committed when the block ended normally, rolled back when it
+        raised (or was cancelled). A statement run outside `transaction()` on a connection
+        that is not in autocommit mode is committed here, not thrown away."""
         if self.raw.closed:
             raise TetherError("the pool is closed")
         limit = call_timeout(margin=self._margin)
@@ -109,10 +122,44 @@ class Pool:
             raise pool_exhausted(limit or 0.0, self.raw.max_size) from exc
         try:
             connection = Connection(raw, margin=self._margin, application_name=self._prefix)
-            await connection.tag()
-            yield connection
+            await self._tag(connection)
+            try:
+                yield connection
+            except GeneratorExit:  # never entered properly, or abandoned: nothing to await
+                raise
+            except BaseException:
+                await _roll_back(raw)
+                raise
+            await _commit(raw)
         finally:
             await self.raw.putconn(raw)
+
+    async def _tag(self, connection: Connection) -> None:
+        """Put the request id into the connection's `application_name`, or take an earlier
+        request's out of it when this one has none.
+
+        Rule: the tag never opens a transaction. It is sent in autocommit mode, so the
+        caller's own `transaction()` is a real transaction (committed at its end), not a
+        savepoint inside one that tether began. A connection keeps its last tag while it
+        waits in the pool (shown as idle in `pg_stat_activity`) until its next checkout."""
+        raw = connection.raw
+        tag = application_name(self._prefix)
+        if tag is not None:
+            sql = f"SET application_name = {quote_literal(tag)}"
+            self._tagged.add(raw)
+        elif raw in self._tagged:
+            sql = "RESET application_name"
+            self._tagged.discard(raw)
+        else:
+            return
+        if raw.autocommit:
+            await connection.execute(sql)
+            return
+        await raw.set_autocommit(True)
+        try:
+            await connection.execute(sql)
+        finally:
+            await _leave_autocommit(raw)
 
     async def fetchval(self, query: str, params: Sequence[Any] | None = None) -> Any:
         async with self.acquire() as conn:
@@ -137,11 +184,6 @@ class Connection:
         self.raw = raw
         self._margin = margin
         self._prefix = application_name
-
-    async def tag(self) -> None:
-        tag = application_name(self._prefix)
-        if tag is not None:
-            await self.execute(f"SET application_name = {quote_literal(tag)}")
 
     async def execute(self, query: str, params: Sequence[Any] | None = None) -> None:
         await self._run(query, params, "none")
@@ -181,3 +223,38 @@ class Connection:
             if getattr(exc, "sqlstate", None) == QUERY_CANCELED:
                 raise query_canceled(str(exc), self._margin) from exc
             raise UpstreamUnavailable(f"lost the PostgreSQL connection: {exc}") from exc
+
+
+async def _commit(raw: psycopg.AsyncConnection[Any]) -> None:
+    """Commit the transaction a checkout left open (none in autocommit mode); one that failed
+    is rolled back, as the server would."""
+    status = raw.info.transaction_status
+    if status == TransactionStatus.INERROR:
+        await _roll_back(raw)
+    elif status == TransactionStatus.INTRANS:
+        try:
+            await raw.commit()
+        except psycopg.OperationalError as exc:
+            raise UpstreamUnavailable(f"lost the PostgreSQL connection: {exc}") from exc
+
+
+async def _roll_back(raw: psycopg.AsyncConnection[Any]) -> None:
+    """Roll back the transaction a checkout that failed left open, within `RELEASE_TIMEOUT`
+    (clean-up, not the request's work: the budget may be spent). A connection that cannot
+    do it is closed; the pool replaces it."""
+    if raw.info.transaction_status not in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        return
+    try:
+        async with asyncio.timeout(RELEASE_TIMEOUT):
+            await raw.rollback()
+    except (psycopg.Error, TimeoutError):
+        await raw.close()
+
+
+async def _leave_autocommit(raw: psycopg.AsyncConnection[Any]) -> None:
+    """Leave the autocommit mode the tag was sent in. A connection that cannot (its statement
+    was interrupted) is closed rather than handed on in autocommit mode."""
+    try:
+        await raw.set_autocommit(False)
+    except psycopg.Error:
+        await raw.close()
