@@ -27,6 +27,7 @@ import tether.postgres.psycopg as tpsycopg
 import tether.postgres.sqlalchemy as tsqlalchemy
 from tether import DeadlineExceeded, UpstreamTimeout, deadline_after
 from tether.postgres import PoolExhausted
+from tether.request_id import request_id_scope
 
 from .pg_helpers import active_backends, all_backends, app_name, idle_after, wait_active
 
@@ -334,5 +335,28 @@ async def test_sqlalchemy_unreachable_server_is_upstream_unavailable() -> None:
         with pytest.raises(UpstreamUnavailable):
             async with deadline_after(2), tsqlalchemy.connect(engine) as conn:
                 await conn.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlalchemy_a_requests_tag_ends_with_its_transaction(pg_dsn: str) -> None:
+    """The tag the begin hook sets is the transaction's alone: after a committed transaction
+    of a request, the same pooled connection's later work without a request id does not run
+    under that request's id."""
+    prefix = app_name()
+    url = pg_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    engine = tsqlalchemy.instrument(
+        create_async_engine(url, pool_size=1, max_overflow=0), application_name=prefix
+    )
+    setting = text("SELECT current_setting('application_name')")
+    try:
+        async with tsqlalchemy.connect(engine) as conn:
+            own = (await conn.execute(setting)).scalar()
+        with request_id_scope("req-committed"):
+            async with tsqlalchemy.connect(engine) as conn:
+                assert (await conn.execute(setting)).scalar() == f"{prefix} req-committed"
+                await conn.commit()
+        async with tsqlalchemy.connect(engine) as conn:
+            assert (await conn.execute(setting)).scalar() == own
     finally:
         await engine.dispose()

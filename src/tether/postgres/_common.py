@@ -10,7 +10,7 @@ Rules:
    `SET LOCAL`: the server ends the statement even when the client is gone (killed, network
    cut). It bounds each statement by the budget left when the transaction began.
 4. Each connection carries the request id in `application_name` (`<prefix> <request id>`), so a
-   row of `pg_stat_activity` leads back to a request.
+   row of `pg_stat_activity` leads back to a request; never an earlier request's id.
 """
 
 from __future__ import annotations
@@ -73,7 +73,11 @@ def pool_exhausted(waited: float, size: int | None) -> PoolExhausted:
 
 def backstop_sql(prefix: str | None) -> str | None:
     """`SET LOCAL statement_timeout` to the remaining budget (and the request tag), or None
-    when there is no deadline and no tag to set."""
+    when there is no deadline and no tag to set.
+
+    Both are `LOCAL`: they end with the transaction. A session-wide tag set here would outlive
+    a committed transaction, and the connection's later work without a request id (a
+    background job's) would show this request's id in `pg_stat_activity`."""
     parts = []
     deadline = current_deadline()
     if deadline is not None:
@@ -82,7 +86,7 @@ def backstop_sql(prefix: str | None) -> str | None:
         )
     tag = application_name(prefix)
     if tag is not None:
-        parts.append(f"SET application_name = {quote_literal(tag)}")
+        parts.append(f"SET LOCAL application_name = {quote_literal(tag)}")
     return "; ".join(parts) or None
 
 
