@@ -72,3 +72,29 @@ def test_an_explicit_timeout_is_capped_by_the_budget(clock: VirtualClock, name: 
     clock.run(main())
     [(_, timeout)] = driver.sent
     assert timeout == pytest.approx(0.495)
+
+
+def test_the_backstop_is_one_transaction_local_statement(clock: VirtualClock) -> None:
+    """The backstop and the tag go in one statement (asyncpg under SQLAlchemy prepares every
+    statement and refuses two commands in one), both local to the transaction; the tag's
+    quotes are escaped; nothing without a deadline or a tag."""
+    from tether.postgres._common import backstop_sql
+    from tether.request_id import request_id_scope
+
+    async def main() -> list[str | None]:
+        made = [backstop_sql("svc")]
+        with request_id_scope("it's-1"):
+            made.append(backstop_sql("svc"))
+            async with deadline_after(0.25):
+                made.append(backstop_sql("svc"))
+                made.append(backstop_sql(None))
+        return made
+
+    nothing, tag_only, both, budget_only = clock.run(main())
+    assert nothing is None
+    assert tag_only == "SELECT set_config('application_name', 'svc it''s-1', true)"
+    assert both == (
+        "SELECT set_config('statement_timeout', '250', true), "
+        "set_config('application_name', 'svc it''s-1', true)"
+    )
+    assert budget_only == "SELECT set_config('statement_timeout', '250', true)"

@@ -72,22 +72,26 @@ def pool_exhausted(waited: float, size: int | None) -> PoolExhausted:
 
 
 def backstop_sql(prefix: str | None) -> str | None:
-    """`SET LOCAL statement_timeout` to the remaining budget (and the request tag), or None
-    when there is no deadline and no tag to set.
+    """One statement that sets, for the current transaction only (`set_config(..., true)`, as
+    `SET LOCAL`), `statement_timeout` to the remaining budget and `application_name` to the
+    request tag; None when there is no deadline and no tag to set.
 
-    Both are `LOCAL`: they end with the transaction. A session-wide tag set here would outlive
-    a committed transaction, and the connection's later work without a request id (a
+    One statement, not two `SET LOCAL`s: drivers that prepare every statement (asyncpg under
+    SQLAlchemy) refuse several commands in one. Transaction-local: a session-wide tag would
+    outlive a committed transaction, and the connection's later work without a request id (a
     background job's) would show this request's id in `pg_stat_activity`."""
-    parts = []
+    settings = []
     deadline = current_deadline()
     if deadline is not None:
-        parts.append(
-            f"SET LOCAL statement_timeout = {max(1, math.ceil(deadline.remaining() * 1000))}"
-        )
+        settings.append(("statement_timeout", str(max(1, math.ceil(deadline.remaining() * 1000)))))
     tag = application_name(prefix)
     if tag is not None:
-        parts.append(f"SET LOCAL application_name = {quote_literal(tag)}")
-    return "; ".join(parts) or None
+        settings.append(("application_name", tag))
+    if not settings:
+        return None
+    return "SELECT " + ", ".join(
+        f"set_config('{name}', {quote_literal(value)}, true)" for name, value in settings
+    )
 
 
 def application_name(prefix: str | None) -> str | None:

@@ -4,9 +4,10 @@
     async with tether.postgres.sqlalchemy.connect(engine) as conn:     # waits at most the budget
         await conn.execute(text("SELECT ..."))
 
-- Every transaction (SQLAlchemy 2 begins one for every statement) starts with
-  `SET LOCAL statement_timeout` = the remaining budget, and the request id in `application_name`:
-  the server itself stops a statement that outlives the budget, even if this process dies.
+- Every transaction (SQLAlchemy 2 begins one for every statement) starts with one statement
+  setting, for that transaction only, `statement_timeout` to the remaining budget and the
+  request id in `application_name`: the server itself stops a statement that outlives the
+  budget, even if this process dies.
 - `connect()` / `session()` wait at most the remaining budget for a pool connection
   (`PoolExhausted` otherwise) and translate errors at the edge: our budget running out is
   `DeadlineExceeded`, a DBA's `statement_timeout` is `UpstreamTimeout`, a lost connection is

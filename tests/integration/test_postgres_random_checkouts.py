@@ -1,0 +1,222 @@
+"""tether's three PostgreSQL integrations against many random checkouts at once (seeded).
+
+Per driver (asyncpg, SQLAlchemy 2 asyncio, psycopg 3), 150 checkouts, 12 at a time on a pool of
+4: a statement on an acquired connection, a transaction that writes a row and then sleeps, or
+a statement through the pool; sleeps from none to a second under budgets of 20-300 ms; some
+callers cancelled from outside at a random moment. Invariants: each checkout ends within its
+budget (or at its outside cancel); what it raises is `DeadlineExceeded` (`PoolExhausted`
+included), or `CancelledError` only when cancelled from outside; a transaction that returned
+has its row committed, and one whose statement could not have finished has none; afterwards no
+statement runs on and the pool still serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+import tether.postgres
+import tether.postgres.psycopg as tpsycopg
+import tether.postgres.sqlalchemy as tsqlalchemy
+from tether import DeadlineExceeded, deadline_after
+from tether.request_id import request_id_scope
+
+from .pg_helpers import app_name, idle_after
+from .servers import LATE, fuzz_seed
+
+pytestmark = pytest.mark.integration
+
+SLEEPS = (0.0, 0.0, 0.01, 0.05, 0.2, 1.0)
+
+
+class Checkouts(Protocol):
+    async def statement(self, sql: str) -> Any: ...
+    async def through_the_pool(self, sql: str) -> Any: ...
+    async def transaction(self, table: str, number: int, sql: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+class AsyncpgCheckouts:
+    def __init__(self, pool: tether.postgres.Pool) -> None:
+        self.pool = pool
+
+    async def statement(self, sql: str) -> Any:
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval(sql)
+
+    async def through_the_pool(self, sql: str) -> Any:
+        return await self.pool.fetchval(sql)
+
+    async def transaction(self, table: str, number: int, sql: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"INSERT INTO {table} VALUES ($1)", number)
+            await conn.execute(sql)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+class SQLAlchemyCheckouts:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def statement(self, sql: str) -> Any:
+        async with tsqlalchemy.connect(self.engine) as conn:
+            return (await conn.execute(text(sql))).scalar()
+
+    async def through_the_pool(self, sql: str) -> Any:
+        async with tsqlalchemy.connect(self.engine) as conn, conn.begin():
+            return (await conn.execute(text(sql))).scalar()
+
+    async def transaction(self, table: str, number: int, sql: str) -> None:
+        async with tsqlalchemy.connect(self.engine) as conn, conn.begin():
+            await conn.execute(text(f"INSERT INTO {table} VALUES (:n)"), {"n": number})
+            await conn.execute(text(sql))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+class PsycopgCheckouts:
+    def __init__(self, pool: tpsycopg.Pool) -> None:
+        self.pool = pool
+
+    async def statement(self, sql: str) -> Any:
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval(sql)
+
+    async def through_the_pool(self, sql: str) -> Any:
+        return await self.pool.fetchval(sql)
+
+    async def transaction(self, table: str, number: int, sql: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"INSERT INTO {table} VALUES (%s)", (number,))
+            await conn.execute(sql)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+async def open_checkouts(name: str, dsn: str, prefix: str) -> Checkouts:
+    if name == "asyncpg":
+        pool = await tether.postgres.create_pool(
+            dsn, min_size=1, max_size=4, application_name=prefix
+        )
+        return AsyncpgCheckouts(pool)
+    if name == "sqlalchemy":
+        url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+        engine = create_async_engine(
+            url,
+            pool_size=4,
+            max_overflow=0,
+            connect_args={"server_settings": {"application_name": prefix}},
+        )
+        return SQLAlchemyCheckouts(tsqlalchemy.instrument(engine, application_name=prefix))
+    psycopg_pool = await tpsycopg.open_pool(
+        dsn, min_size=1, max_size=4, application_name=prefix, kwargs={"application_name": prefix}
+    )
+    return PsycopgCheckouts(psycopg_pool)
+
+
+@dataclass
+class Case:
+    number: int
+    shape: str  # statement, pool, transaction
+    sleep: float
+    budget: float
+    cancel_at: float | None
+
+    @property
+    def sql(self) -> str:
+        return f"SELECT pg_sleep({self.sleep})" if self.sleep else "SELECT 1"
+
+
+def random_case(rng: random.Random, number: int) -> Case:
+    return Case(
+        number=number,
+        shape=rng.choice(["statement", "pool", "transaction"]),
+        sleep=rng.choice(SLEEPS),
+        budget=rng.uniform(0.02, 0.3),
+        cancel_at=rng.choice([None, None, None, rng.uniform(0.0, 0.3)]),
+    )
+
+
+@pytest.fixture
+async def table(monitor: asyncpg.Connection) -> AsyncIterator[str]:
+    name = f"checkouts_{app_name()}"
+    await monitor.execute(f"CREATE TABLE {name} (n int)")
+    yield name
+    await monitor.execute(f"DROP TABLE {name}")
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "sqlalchemy", "psycopg"])
+async def test_random_checkouts_end_in_time_keep_their_writes_and_leave_a_healthy_pool(
+    driver: str, pg_dsn: str, monitor: asyncpg.Connection, table: str
+) -> None:
+    seed = fuzz_seed()
+    rng = random.Random(f"{seed}-{driver}")
+    cases = [random_case(rng, number) for number in range(150)]
+    prefix = app_name()
+    checkouts = await open_checkouts(driver, pg_dsn, prefix)
+    slots = asyncio.Semaphore(12)
+    outcomes: dict[int, tuple[BaseException | None, float]] = {}
+
+    async def run(case: Case) -> None:
+        async def checkout() -> None:
+            with request_id_scope(f"case-{case.number}"):
+                async with deadline_after(case.budget):
+                    if case.shape == "statement":
+                        await checkouts.statement(case.sql)
+                    elif case.shape == "pool":
+                        await checkouts.through_the_pool(case.sql)
+                    else:
+                        await checkouts.transaction(table, case.number, case.sql)
+
+        async with slots:
+            started = time.perf_counter()
+            task = asyncio.create_task(checkout())
+            if case.cancel_at is not None:
+                asyncio.get_running_loop().call_later(case.cancel_at, task.cancel)
+            try:
+                await task
+                failure: BaseException | None = None
+            except BaseException as exc:
+                failure = exc
+            outcomes[case.number] = (failure, time.perf_counter() - started)
+
+    try:
+        await asyncio.gather(*(run(case) for case in cases))
+        await idle_after(monitor, prefix, limit=2.0)  # no statement runs on
+        for _ in range(5):
+            async with deadline_after(2.0):
+                assert await checkouts.through_the_pool("SELECT 1") == 1
+    finally:
+        await checkouts.close()
+    written = {row["n"] for row in await monitor.fetch(f"SELECT n FROM {table}")}
+    for case in cases:
+        failure, took = outcomes[case.number]
+        where = f"seed {seed}, {driver}, {case}: {failure!r} after {took:.3f} s"
+        ends_by = min(case.budget, case.cancel_at if case.cancel_at is not None else case.budget)
+        assert took <= ends_by + LATE, where
+        if isinstance(failure, asyncio.CancelledError):
+            assert case.cancel_at is not None, where
+        elif failure is not None:
+            assert isinstance(failure, DeadlineExceeded), where
+        if case.shape == "transaction":
+            if failure is None:
+                assert case.number in written, where  # returned: committed
+            elif case.sleep > case.budget + LATE:
+                assert case.number not in written, where  # could not finish: rolled back
+        else:
+            assert case.number not in written, where
+    kinds = {type(failure).__name__ for failure, _ in outcomes.values()}
+    assert {"NoneType", "DeadlineExceeded", "PoolExhausted"} <= kinds, kinds
