@@ -31,11 +31,17 @@ from tether import DeadlineExceeded, deadline_after
 from tether.request_id import request_id_scope
 
 from .pg_helpers import app_name, idle_after
-from .servers import LATE, fuzz_seed
+from .servers import fuzz_seed
 
 pytestmark = pytest.mark.integration
 
 SLEEPS = (0.0, 0.0, 0.01, 0.05, 0.2, 1.0)
+# How late a checkout may end here: 12 checkouts at once, their drivers' clean-up after a
+# cancellation (SQLAlchemy closes the cancelled connection before the caller gets its error),
+# late in a process that has run most of the suite. Seen for SQLAlchemy: 7-13 ms run alone, up
+# to 33 ms beside a busy core, 113 ms once in a full run (its cause not found). Still far from the 1 s sleeps running on; how
+# closely each driver stops at the deadline is test_postgres_drivers.py's and the benchmark's.
+SLACK = 0.25
 
 
 class Checkouts(Protocol):
@@ -206,7 +212,7 @@ async def test_random_checkouts_end_in_time_keep_their_writes_and_leave_a_health
         failure, took = outcomes[case.number]
         where = f"seed {seed}, {driver}, {case}: {failure!r} after {took:.3f} s"
         ends_by = min(case.budget, case.cancel_at if case.cancel_at is not None else case.budget)
-        assert took <= ends_by + LATE, where
+        assert took <= ends_by + SLACK, where
         if isinstance(failure, asyncio.CancelledError):
             assert case.cancel_at is not None, where
         elif failure is not None:
@@ -214,7 +220,7 @@ async def test_random_checkouts_end_in_time_keep_their_writes_and_leave_a_health
         if case.shape == "transaction":
             if failure is None:
                 assert case.number in written, where  # returned: committed
-            elif case.sleep > case.budget + LATE:
+            elif case.sleep > case.budget + SLACK:
                 assert case.number not in written, where  # could not finish: rolled back
         else:
             assert case.number not in written, where
