@@ -9,7 +9,9 @@ turns both into the handler's cancellation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -22,6 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tether import DeadlineExceeded, deadline_after
+from tether.http import TetherMiddleware
 from tether.http.httpx_transport import TetherTransport
 
 from .servers import LATE, hypercorn_server, wait_until
@@ -191,3 +194,49 @@ async def test_httpx_over_http2_stops_the_upstream_at_the_budget_it_sent() -> No
     assert answer.http_version == "HTTP/2"
     assert answer.status_code == 200
     assert recorder.cancelled["abandoned"] - (start + 0.3) < LATE
+
+
+@pytest.mark.parametrize("client_leaves", [True, False])
+async def test_an_unread_upload_does_not_hang_the_answer_at_the_deadline(
+    client_leaves: bool,
+) -> None:
+    """A handler that never reads its 300 KB upload runs into its 300 ms budget. hypercorn
+    completes a send only once its queue of messages for the app has room, and the
+    middleware's read-ahead held a full 64 KiB for the app that had ended: its 504 (or, with
+    the client gone, its attempt at one) hung for good. Now the request ends at the budget;
+    a client that stayed gets the 504."""
+    ended: list[float] = []
+
+    async def never_reads(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await asyncio.sleep(10)
+
+    inner = TetherMiddleware(never_reads, default_budget=0.3, max_budget=0.3)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await inner(scope, receive, send)
+        finally:
+            if scope["type"] == "http":
+                ended.append(time.perf_counter())
+
+    async with hypercorn_server(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.perf_counter()
+        writer.write(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 300000\r\n\r\n")
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            for _ in range(30):  # as much as the server takes in 0.1 s
+                writer.write(b"x" * 10_000)
+                await asyncio.wait_for(writer.drain(), 0.1 - (time.perf_counter() - started))
+                await asyncio.sleep(0.001)  # apart: hypercorn queues each piece as a message
+        if client_leaves:
+            writer.close()
+            answer = b""
+        else:
+            answer = await asyncio.wait_for(reader.read(65536), 0.3 + 2 * LATE)
+            writer.close()
+        await wait_until(lambda: ended, bool, 0.3 + 2 * LATE)
+    assert ended[0] - started < 0.3 + LATE
+    if not client_leaves:
+        assert answer.startswith(b"HTTP/1.1 504")

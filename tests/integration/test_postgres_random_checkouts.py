@@ -39,8 +39,9 @@ SLEEPS = (0.0, 0.0, 0.01, 0.05, 0.2, 1.0)
 # How late a checkout may end here: 12 checkouts at once, their drivers' clean-up after a
 # cancellation (SQLAlchemy closes the cancelled connection before the caller gets its error),
 # late in a process that has run most of the suite. Seen for SQLAlchemy: 7-13 ms run alone, up
-# to 33 ms beside a busy core, 113 ms once in a full run (its cause not found). Still far from the 1 s sleeps running on; how
-# closely each driver stops at the deadline is test_postgres_drivers.py's and the benchmark's.
+# to 33 ms beside a busy core, 113 ms once in a full run (its cause not found). Still far from
+# the 1 s sleeps running on; how closely each driver stops at the deadline is
+# test_postgres_drivers.py's and the benchmark's.
 SLACK = 0.25
 
 

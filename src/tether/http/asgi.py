@@ -227,6 +227,8 @@ class TetherMiddleware:
 async def _end_with_failure(exchange: _Exchange, exc: Exception) -> None:
     """The safety net, for an exception that escaped the app: answer it as a problem if the
     response has not started, and log it with the request id."""
+    if exchange.watching is not None:
+        exchange.watching.app_ended()
     if not exchange.response_started:
         problem = problem_for_exception(exc)
         _log_failure(exchange.request_id, exc, f"answered {problem.status}")
@@ -506,6 +508,7 @@ class _Watch:
     """
 
     __slots__ = (
+        "_app_done",
         "_cancelling",
         "_exchange",
         "_held",
@@ -525,6 +528,7 @@ class _Watch:
         self.disconnected = False  # the client left before the response was complete
         self.ended = False  # the server reported `http.disconnect`: no message comes after it
         self._held: Message | None = None  # read from the server, not yet taken by the app
+        self._app_done = False  # the app has ended: nobody takes messages any more
         # Whoever waits for the other side: the app for a message, the pump for room.
         self._waiters: list[asyncio.Future[None]] = []
         self._pump: asyncio.Task[None] | None = task.get_loop().create_task(self._read_ahead())
@@ -544,6 +548,8 @@ class _Watch:
                 return
             while self._held is not None and not _joins(self._held, message):
                 await self._wait()
+            if self._app_done:
+                continue  # nobody will take it: read on, so that the server is never blocked
             held = self._held
             if held is None:
                 self._held = message
@@ -575,6 +581,18 @@ class _Watch:
 
     def disconnect_caused(self, task: asyncio.Task[Any]) -> bool:
         return self.disconnected and task.uncancel() <= self._cancelling
+
+    def app_ended(self) -> None:
+        """The app has ended and the middleware answers in its place: from now on the watch
+        drops what it reads instead of holding it for the app.
+
+        Rule: a message nobody will take must not block the server. hypercorn completes a
+        send only once its own queue of messages for the app has room (to report the end of
+        the exchange), so a watch still holding a full read-ahead for an app that is gone
+        would hang the middleware's answer, and the request, for good."""
+        self._app_done = True
+        self._held = None
+        self._wake()
 
     def stop(self) -> None:
         # The reader is let go of as it is cancelled: once done it holds its CancelledError,
