@@ -1,13 +1,13 @@
 """tether's three PostgreSQL integrations against many random checkouts at once (seeded).
 
 Per driver (asyncpg, SQLAlchemy 2 asyncio, psycopg 3), 150 checkouts, 12 at a time on a pool of
-4: a statement on an acquired connection, a transaction that writes a row and then sleeps, or
-a statement through the pool; sleeps from none to a second under budgets of 20-300 ms; some
-callers cancelled from outside at a random moment. Invariants: each checkout ends within its
-budget (or at its outside cancel); what it raises is `DeadlineExceeded` (`PoolExhausted`
-included), or `CancelledError` only when cancelled from outside; a transaction that returned
-has its row committed, and one whose statement could not have finished has none; afterwards no
-statement runs on and the pool still serves.
+4, each with a request id: a statement on an acquired connection, a transaction that writes a
+row and then sleeps, or a statement through the pool (SQLAlchemy: a session); sleeps from none
+to a second under budgets of 20-300 ms; some callers cancelled from outside at a random moment.
+Invariants: each checkout ends within its budget (or at its outside cancel); what it raises is
+`DeadlineExceeded` (`PoolExhausted` included), or `CancelledError` only when cancelled from
+outside; a transaction that returned has its row committed, and one whose statement could not
+have finished has none; afterwards no statement runs on and the pool still serves.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import asyncpg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 import tether.postgres
 import tether.postgres.psycopg as tpsycopg
@@ -75,14 +75,15 @@ class AsyncpgCheckouts:
 class SQLAlchemyCheckouts:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.sessions = async_sessionmaker(engine)
 
     async def statement(self, sql: str) -> Any:
         async with tsqlalchemy.connect(self.engine) as conn:
             return (await conn.execute(text(sql))).scalar()
 
     async def through_the_pool(self, sql: str) -> Any:
-        async with tsqlalchemy.connect(self.engine) as conn, conn.begin():
-            return (await conn.execute(text(sql))).scalar()
+        async with tsqlalchemy.session(self.sessions) as session:
+            return (await session.execute(text(sql))).scalar()
 
     async def transaction(self, table: str, number: int, sql: str) -> None:
         async with tsqlalchemy.connect(self.engine) as conn, conn.begin():

@@ -146,20 +146,21 @@ class Pool:
         tag = application_name(self._prefix)
         if tag is not None:
             sql = f"SET application_name = {quote_literal(tag)}"
-            self._tagged.add(raw)
+            self._tagged.add(raw)  # before: a SET cut short may still have been applied
         elif raw in self._tagged:
             sql = "RESET application_name"
-            self._tagged.discard(raw)
         else:
             return
         if raw.autocommit:
             await connection.execute(sql)
-            return
-        await raw.set_autocommit(True)
-        try:
-            await connection.execute(sql)
-        finally:
-            await _leave_autocommit(raw)
+        else:
+            await raw.set_autocommit(True)
+            try:
+                await connection.execute(sql)
+            finally:
+                await _leave_autocommit(raw)
+        if tag is None:
+            self._tagged.discard(raw)  # after: only a RESET that was done clears it
 
     async def fetchval(self, query: str, params: Sequence[Any] | None = None) -> Any:
         async with self.acquire() as conn:
