@@ -21,12 +21,15 @@ The body counts too: a read timeout the budget capped while the body is read is
 answer 500 instead of 504).
 
 In synchronous code (a `def` endpoint's worker thread) no cancellation can stop a call: the
-capped timeouts are what end it. Each phase is capped at what is left when the call starts
-(httpcore fixes a read's timeout when the headers, or the body, start to arrive), so a server
-answering in pieces, each within that timeout, could keep a call going past its deadline. A
-piece of the body that arrives after the deadline therefore ends the call (`DeadlineExceeded`,
-see `_SyncBody`): a call ends at most one read's wait after its deadline. Headers sent in
-pieces are not watched that way.
+timeouts are what end it. httpcore fixes a read's timeout when the headers, or the body, start
+to arrive, so a server answering in pieces, each within that timeout, could keep a call going
+long past its deadline. `TetherSyncTransport` therefore also bounds every socket operation of
+the wrapped `httpx.HTTPTransport` (connect, TLS, each read and write) by what is left of the
+budget at that moment, through a network backend it installs in that transport's connection
+pool (`_DeadlineBoundBackend`; httpcore's private pool attribute, checked against httpcore
+1.0.9: a wrapped transport without it keeps the per-phase caps only). A call then ends by its
+deadline, whatever pieces its server sends: `DeadlineExceeded`. Name resolution is not a
+socket operation and is bounded by the resolver's own timeouts only.
 
 httpcore's pool and cancellation (encode/httpcore#1093, also #658 and #830): a request that is
 cancelled after the pool gave it a new connection, but before that connection was established,
@@ -50,10 +53,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any
 
+import httpcore
 import httpx
 
 from tether._settings import margin_seconds
-from tether.deadline import Deadline, current_deadline
+from tether.deadline import Deadline, current_deadline, time_remaining
 from tether.errors import DeadlineExceeded
 from tether.http.timings import CallTimings
 from tether.request_id import REQUEST_ID_HEADER, current_request_id
@@ -158,6 +162,7 @@ class TetherSyncTransport(httpx.BaseTransport):
     ) -> None:
         self._wrapped = wrapped if wrapped is not None else httpx.HTTPTransport()
         self._margin = margin_seconds(margin)
+        self.bounds_every_socket_operation = _bound_socket_operations(self._wrapped, self._margin)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         capped = _pass_budget_on(request, self._margin)
@@ -165,7 +170,7 @@ class TetherSyncTransport(httpx.BaseTransport):
         try:
             response = self._wrapped.handle_request(request)
         except httpx.TimeoutException as exc:
-            if _budget_ran_out(exc, capped):
+            if _budget_ran_out(exc, capped) or self._budget_spent():
                 raise _deadline_exceeded(request) from exc
             raise
         if isinstance(response.stream, httpx.SyncByteStream):
@@ -173,6 +178,12 @@ class TetherSyncTransport(httpx.BaseTransport):
             response.stream = body
         response.extensions[TIMINGS] = timings
         return response
+
+    def _budget_spent(self) -> bool:
+        """Whether less than the margin is left of the ambient budget: a timeout now is the
+        budget's (a socket operation the backend bounded by it)."""
+        left = time_remaining()
+        return left is not None and left <= self._margin
 
     def close(self) -> None:
         self._wrapped.close()
@@ -349,9 +360,99 @@ class _SyncBody(httpx.SyncByteStream):
                     raise _deadline_exceeded(self._request)
                 yield chunk
         except httpx.ReadTimeout as exc:
-            if self._read_capped:
+            if self._read_capped or (deadline is not None and deadline.expired):
                 raise _deadline_exceeded(self._request) from exc
             raise
 
     def close(self) -> None:
         self._inner.close()
+
+
+def _bound_socket_operations(transport: httpx.BaseTransport, margin: float) -> bool:
+    """Install `_DeadlineBoundBackend` in `transport`'s connection pool (an
+    `httpx.HTTPTransport`'s, through httpcore's private `_network_backend`); False when the
+    transport has no such pool."""
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if not isinstance(backend, httpcore.NetworkBackend):
+        return False
+    if not isinstance(backend, _DeadlineBoundBackend):
+        pool._network_backend = _DeadlineBoundBackend(backend, margin)  # type: ignore[union-attr]
+    return True
+
+
+class _DeadlineBoundBackend(httpcore.NetworkBackend):
+    """httpcore's synchronous network backend with every socket operation's timeout capped at
+    what is left of the calling thread's ambient budget, less the margin, at that moment.
+
+    Rule: with no budget left, the operation is not tried; it times out at once, as it would
+    have on its socket (httpcore's `ConnectTimeout`, `ReadTimeout`, `WriteTimeout`). Without an
+    ambient deadline, the timeouts pass unchanged."""
+
+    def __init__(self, inner: httpcore.NetworkBackend, margin: float) -> None:
+        self._inner = inner
+        self._margin = margin
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        bounded = _bounded(timeout, self._margin, httpcore.ConnectTimeout)
+        stream = self._inner.connect_tcp(host, port, bounded, local_address, socket_options)
+        return _DeadlineBoundStream(stream, self._margin)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        bounded = _bounded(timeout, self._margin, httpcore.ConnectTimeout)
+        stream = self._inner.connect_unix_socket(path, bounded, socket_options)
+        return _DeadlineBoundStream(stream, self._margin)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _DeadlineBoundStream(httpcore.NetworkStream):
+    """A connection whose every read, write and TLS handshake is bounded by the budget left
+    (see `_DeadlineBoundBackend`)."""
+
+    def __init__(self, inner: httpcore.NetworkStream, margin: float) -> None:
+        self._inner = inner
+        self._margin = margin
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _bounded(timeout, self._margin, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _bounded(timeout, self._margin, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        bounded = _bounded(timeout, self._margin, httpcore.ConnectTimeout)
+        stream = self._inner.start_tls(ssl_context, server_hostname, bounded)
+        return _DeadlineBoundStream(stream, self._margin)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+def _bounded(
+    timeout: float | None, margin: float, timed_out: type[httpcore.TimeoutException]
+) -> float | None:
+    """`timeout`, capped at the ambient budget left less `margin`; raises `timed_out` when
+    nothing is left."""
+    left = time_remaining()
+    if left is None:
+        return timeout
+    left -= margin
+    if left <= 0.0:
+        raise timed_out("the budget ran out")
+    return left if timeout is None or timeout > left else timeout
