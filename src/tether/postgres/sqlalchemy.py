@@ -93,19 +93,26 @@ async def connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 @asynccontextmanager
 async def session(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """A session that has its connection (waiting at most the remaining budget for it) and
-    whose errors are translated like `connect()`'s."""
+    whose errors are translated like `connect()`'s.
+
+    Rule: the session is as `maker` makes it, with no transaction begun: `session.begin()`,
+    `commit()` and autobegin behave as SQLAlchemy documents. For a maker bound to one
+    `AsyncEngine`, the connection is checked out first (`connect()`) and the session bound to
+    it; it goes back to the pool when the block ends. A maker bound otherwise checks out
+    through the session, which then has begun its transaction."""
     bind = maker.kw.get("bind")
-    engine = bind.sync_engine if isinstance(bind, AsyncEngine) else None
-    margin = _margins.get(engine, DEFAULT_MARGIN) if engine is not None else DEFAULT_MARGIN
-    limit = call_timeout(margin=margin)  # no session without budget
-    with _translated(margin):
+    if isinstance(bind, AsyncEngine):
+        async with connect(bind) as connection, maker(bind=connection) as opened:
+            yield opened
+        return
+    limit = call_timeout(margin=DEFAULT_MARGIN)  # no session without budget
+    with _translated(DEFAULT_MARGIN):
         async with maker() as opened:
             try:
                 async with asyncio.timeout(limit):
                     await opened.connection()  # check out now, within the budget
             except TimeoutError as exc:
-                size = engine.pool.size() if engine is not None else None  # type: ignore[attr-defined]
-                raise pool_exhausted(limit or 0.0, size) from exc
+                raise pool_exhausted(limit or 0.0, None) from exc
             yield opened
 
 
