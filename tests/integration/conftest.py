@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from .pg_helpers import app_name
+
 
 @pytest.fixture
 async def monitor(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
@@ -14,3 +16,12 @@ async def monitor(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(pg_dsn)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def table(monitor: asyncpg.Connection) -> AsyncIterator[str]:
+    """A table of its own (one `n int` column) in the test PostgreSQL, dropped afterwards."""
+    name = f"scratch_{app_name()}"
+    await monitor.execute(f"CREATE TABLE {name} (n int)")
+    yield name
+    await monitor.execute(f"DROP TABLE {name}")

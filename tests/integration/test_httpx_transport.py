@@ -291,6 +291,17 @@ async def test_a_body_that_does_not_come_within_the_budget_is_deadline_exceeded(
     assert 0.25 <= sync_took < 0.35
 
 
+def _get_under_half_a_second(client: httpx.Client, url: str) -> tuple[float, BaseException | None]:
+    """GET `url` in this thread under a 0.5 s budget: how long it took, and what it raised."""
+    start = time.perf_counter()
+    try:
+        with deadline_for_thread(_clock.monotonic() + 0.5):
+            client.get(url)
+    except Exception as exc:
+        return time.perf_counter() - start, exc
+    return time.perf_counter() - start, None
+
+
 async def test_the_sync_transport_ends_a_body_that_trickles_past_the_deadline() -> None:
     """No cancellation reaches a worker thread, and httpcore fixes each read's timeout when
     the body starts. A server sending its body one byte every 0.1 s (30 bytes: 3 s) kept a
@@ -299,19 +310,10 @@ async def test_the_sync_transport_ends_a_body_that_trickles_past_the_deadline() 
     server = await _headers_then(30, 0.1)
     url = _url_of(server)
 
-    def call_under_budget(client: httpx.Client) -> tuple[float, BaseException | None]:
-        start = time.perf_counter()
-        try:
-            with deadline_for_thread(_clock.monotonic() + 0.5):
-                client.get(url)
-        except Exception as exc:
-            return time.perf_counter() - start, exc
-        return time.perf_counter() - start, None
-
     try:
         with httpx.Client(transport=TetherSyncTransport()) as client:
-            took, raised = await asyncio.to_thread(call_under_budget, client)
-            late, _ = await asyncio.to_thread(call_under_budget, client)
+            took, raised = await asyncio.to_thread(_get_under_half_a_second, client, url)
+            late, _ = await asyncio.to_thread(_get_under_half_a_second, client, url)
     finally:
         server.close()
         await server.wait_closed()
@@ -345,18 +347,11 @@ async def test_the_sync_transport_ends_headers_that_trickle_past_the_deadline() 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     transport = TetherSyncTransport()
 
-    def call_under_budget(client: httpx.Client) -> tuple[float, BaseException | None]:
-        start = time.perf_counter()
-        try:
-            with deadline_for_thread(_clock.monotonic() + 0.5):
-                client.get(_url_of(server))
-        except Exception as exc:
-            return time.perf_counter() - start, exc
-        return time.perf_counter() - start, None
-
     try:
         with httpx.Client(transport=transport) as client:
-            took, raised = await asyncio.to_thread(call_under_budget, client)
+            took, raised = await asyncio.to_thread(
+                _get_under_half_a_second, client, _url_of(server)
+            )
     finally:
         server.close()
         await server.wait_closed()

@@ -9,7 +9,6 @@ made every write of a request with a request id a savepoint that the pool then r
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, nullcontext
 
 import asyncpg
@@ -24,17 +23,9 @@ from .pg_helpers import app_name
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def table(monitor: asyncpg.Connection) -> AsyncIterator[str]:
-    name = f"writes_{app_name()}"
-    await monitor.execute(f"CREATE TABLE {name} (x int)")
-    yield name
-    await monitor.execute(f"DROP TABLE {name}")
-
-
-async def rows(monitor: asyncpg.Connection, table: str, x: int) -> int:
-    """How many rows with `x` another connection sees (committed ones only)."""
-    count: int = await monitor.fetchval(f"SELECT count(*) FROM {table} WHERE x = $1", x)
+async def rows(monitor: asyncpg.Connection, table: str, n: int) -> int:
+    """How many rows with `n` another connection sees (committed ones only)."""
+    count: int = await monitor.fetchval(f"SELECT count(*) FROM {table} WHERE n = $1", n)
     return count
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,8 +51,10 @@ class Checkouts(Protocol):
     async def close(self) -> None: ...
 
 
-class AsyncpgCheckouts:
-    def __init__(self, pool: tether.postgres.Pool) -> None:
+class PoolCheckouts:
+    """tether's asyncpg and psycopg pools, which have the same shape."""
+
+    def __init__(self, pool: tether.postgres.Pool | tpsycopg.Pool) -> None:
         self.pool = pool
 
     async def statement(self, sql: str) -> Any:
@@ -65,7 +66,7 @@ class AsyncpgCheckouts:
 
     async def transaction(self, table: str, number: int, sql: str) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(f"INSERT INTO {table} VALUES ($1)", number)
+            await conn.execute(f"INSERT INTO {table} VALUES ({number:d})")
             await conn.execute(sql)
 
     async def close(self) -> None:
@@ -94,32 +95,12 @@ class SQLAlchemyCheckouts:
         await self.engine.dispose()
 
 
-class PsycopgCheckouts:
-    def __init__(self, pool: tpsycopg.Pool) -> None:
-        self.pool = pool
-
-    async def statement(self, sql: str) -> Any:
-        async with self.pool.acquire() as conn:
-            return await conn.fetchval(sql)
-
-    async def through_the_pool(self, sql: str) -> Any:
-        return await self.pool.fetchval(sql)
-
-    async def transaction(self, table: str, number: int, sql: str) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(f"INSERT INTO {table} VALUES (%s)", (number,))
-            await conn.execute(sql)
-
-    async def close(self) -> None:
-        await self.pool.close()
-
-
 async def open_checkouts(name: str, dsn: str, prefix: str) -> Checkouts:
     if name == "asyncpg":
         pool = await tether.postgres.create_pool(
             dsn, min_size=1, max_size=4, application_name=prefix
         )
-        return AsyncpgCheckouts(pool)
+        return PoolCheckouts(pool)
     if name == "sqlalchemy":
         url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
         engine = create_async_engine(
@@ -132,7 +113,7 @@ async def open_checkouts(name: str, dsn: str, prefix: str) -> Checkouts:
     psycopg_pool = await tpsycopg.open_pool(
         dsn, min_size=1, max_size=4, application_name=prefix, kwargs={"application_name": prefix}
     )
-    return PsycopgCheckouts(psycopg_pool)
+    return PoolCheckouts(psycopg_pool)
 
 
 @dataclass
@@ -156,14 +137,6 @@ def random_case(rng: random.Random, number: int) -> Case:
         budget=rng.uniform(0.02, 0.3),
         cancel_at=rng.choice([None, None, None, rng.uniform(0.0, 0.3)]),
     )
-
-
-@pytest.fixture
-async def table(monitor: asyncpg.Connection) -> AsyncIterator[str]:
-    name = f"checkouts_{app_name()}"
-    await monitor.execute(f"CREATE TABLE {name} (n int)")
-    yield name
-    await monitor.execute(f"DROP TABLE {name}")
 
 
 @pytest.mark.parametrize("driver", ["asyncpg", "sqlalchemy", "psycopg"])
