@@ -17,6 +17,7 @@ from tether.postgres import PoolClosed, PoolExhausted
 from tether.request_id import request_id_scope
 
 from .pg_helpers import active_backends, all_backends, app_name, idle_after, wait_active
+from .servers import LATE
 
 pytestmark = pytest.mark.integration
 
@@ -275,3 +276,45 @@ async def test_a_task_that_only_inherited_the_deadline_is_still_bounded(
     finally:
         await pool.close()
     assert raised - start <= 0.25
+
+
+async def test_a_commit_is_bounded_by_the_budget_and_its_failures_translated(
+    pg_dsn: str, monitor: asyncpg.Connection, slow_commit_table: str
+) -> None:
+    """A COMMIT that takes a second (a deferred trigger; PostgreSQL's statement_timeout
+    backstop does not reach it). In a task that only inherited its 300 ms deadline (no
+    cancellation reaches it), the COMMIT ran the whole second; now it is cut at the budget:
+    DeadlineExceeded, nothing written. Cancelled by someone else (pg_cancel_backend) while the
+    budget lasts, it is UpstreamTimeout, not asyncpg's QueryCanceledError."""
+    prefix = app_name()
+    pool = await pool_for(pg_dsn, prefix, size=1)
+
+    async def write(number: int) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"INSERT INTO {slow_commit_table} VALUES ({number})")
+
+    try:
+        started = time.perf_counter()
+        async with deadline_after(0.3):
+            child = asyncio.create_task(write(1))  # inherits the deadline; not cancelled by it
+        with pytest.raises(DeadlineExceeded):
+            await child
+        assert time.perf_counter() - started < 0.3 + LATE
+
+        async def cancel_from_outside() -> None:
+            await wait_active(monitor, prefix)
+            await monitor.execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name"
+                " LIKE $1 || '%' AND state = 'active'",
+                prefix,
+            )
+
+        canceller = asyncio.create_task(cancel_from_outside())
+        with pytest.raises(UpstreamTimeout):
+            async with deadline_after(5):
+                await write(2)
+        await canceller
+        assert await pool.fetchval("SELECT 1") == 1  # the connection still serves
+    finally:
+        await pool.close()
+    assert await monitor.fetchval(f"SELECT count(*) FROM {slow_commit_table}") == 0

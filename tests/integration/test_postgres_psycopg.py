@@ -8,17 +8,20 @@ made every write of a request with a request id a savepoint that the pool then r
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from contextlib import AbstractContextManager, nullcontext
 
 import asyncpg
 import pytest
 
 import tether.postgres.psycopg as tpsycopg
-from tether import DeadlineExceeded, deadline_after
+from tether import DeadlineExceeded, UpstreamTimeout, deadline_after
 from tether.request_id import request_id_scope
 
-from .pg_helpers import app_name
+from .pg_helpers import app_name, wait_active
+from .servers import LATE
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +119,53 @@ async def test_a_statement_cancelled_at_the_deadline_leaves_the_connection_as_it
         await pool.close()
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == []
+
+
+@pytest.mark.parametrize("shape", ["transaction", "left open"])
+async def test_a_commit_is_bounded_by_the_budget_and_its_failures_translated(
+    pg_dsn: str, monitor: asyncpg.Connection, slow_commit_table: str, shape: str
+) -> None:
+    """As for asyncpg, for `transaction()`'s COMMIT and for the one that ends a checkout's
+    open transaction: a COMMIT that takes a second, in a task that only inherited its 300 ms
+    deadline, is cut at the budget (DeadlineExceeded, nothing written); cancelled by someone
+    else while the budget lasts, it is UpstreamTimeout (psycopg's QueryCanceled was passed on
+    from `transaction()`, and called a lost connection from the checkout's end)."""
+    prefix = app_name()
+    pool = await tpsycopg.open_pool(
+        pg_dsn, min_size=1, max_size=1, application_name=prefix, kwargs={"application_name": prefix}
+    )
+
+    async def write(number: int) -> None:
+        insert = f"INSERT INTO {slow_commit_table} VALUES ({number})"
+        async with pool.acquire() as conn:
+            if shape == "transaction":
+                async with conn.transaction():
+                    await conn.execute(insert)
+            else:
+                await conn.execute(insert)
+
+    try:
+        started = time.perf_counter()
+        async with deadline_after(0.3):
+            child = asyncio.create_task(write(1))  # inherits the deadline; not cancelled by it
+        with pytest.raises(DeadlineExceeded):
+            await child
+        assert time.perf_counter() - started < 0.3 + LATE
+
+        async def cancel_from_outside() -> None:
+            await wait_active(monitor, prefix)
+            await monitor.execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name"
+                " LIKE $1 || '%' AND state = 'active'",
+                prefix,
+            )
+
+        canceller = asyncio.create_task(cancel_from_outside())
+        with pytest.raises(UpstreamTimeout):
+            async with deadline_after(5):
+                await write(2)
+        await canceller
+        assert await pool.fetchval("SELECT 1") == 1
+    finally:
+        await pool.close()
+    assert await monitor.fetchval(f"SELECT count(*) FROM {slow_commit_table}") == 0

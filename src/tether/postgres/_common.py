@@ -11,15 +11,22 @@ Rules:
    cut). It bounds each statement by the budget left when the transaction began.
 4. Each connection carries the request id in `application_name` (`<prefix> <request id>`), so a
    row of `pg_stat_activity` leads back to a request; never an earlier request's id.
+5. A transaction's COMMIT is work like a statement: bounded by the budget, its failures
+   translated (see `bounded_transaction`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
-from tether.deadline import current_deadline
-from tether.errors import DeadlineExceeded, UpstreamTimeout, format_seconds
+from tether.deadline import current_deadline, deadline_enforced_here
+from tether.errors import DeadlineExceeded, TetherError, UpstreamTimeout, format_seconds
 from tether.request_id import current_request_id
+from tether.wire import call_timeout
 
 QUERY_CANCELED = "57014"
 # Seconds a connection may take to finish a cancellation and reset when it goes back to the pool.
@@ -105,3 +112,63 @@ def application_name(prefix: str | None) -> str | None:
 def quote_literal(text: str) -> str:
     """A PostgreSQL string literal (standard_conforming_strings is on since 9.1)."""
     return "'" + text.replace("'", "''") + "'"
+
+
+# Turns a driver's failure into tether's error; None: the failure stays as it is.
+Translate = Callable[[BaseException], BaseException | None]
+
+
+@asynccontextmanager
+async def bounded_transaction(
+    transaction: AbstractAsyncContextManager[Any], translate: Translate, margin: float
+) -> AsyncIterator[None]:
+    """The driver's own `transaction` (its BEGIN, then its COMMIT or ROLLBACK) under tether's
+    rules for statements.
+
+    - The COMMIT is bounded by the budget. In a task that only inherited the deadline (nothing
+      cancels it there), it runs under `remaining - margin`; PostgreSQL's `statement_timeout`
+      backstop does not reach the work a COMMIT does (deferred triggers, say). A COMMIT cut
+      short is `DeadlineExceeded`, and, as with a connection lost while committing, whether it
+      took effect is unknown to the caller.
+    - Failures of BEGIN, COMMIT and ROLLBACK are translated like a statement's: a cancellation
+      (SQLSTATE 57014) that lands on them is `DeadlineExceeded` or `UpstreamTimeout`, not the
+      driver's own error.
+    - An error the block raised wins over a failed ROLLBACK's (which is its context).
+    """
+    try:
+        await transaction.__aenter__()
+    except BaseException as exc:
+        _raise_translated(exc, translate)
+    try:
+        yield
+    except GeneratorExit:  # abandoned, never properly left: nothing may be awaited now
+        raise
+    except BaseException as failure:
+        try:
+            await transaction.__aexit__(type(failure), failure, failure.__traceback__)
+        except BaseException as cleanup:
+            if cleanup is not failure:
+                raise failure  # noqa: B904 - the failed ROLLBACK becomes its context
+        raise
+    try:
+        limit = None if deadline_enforced_here() else call_timeout(margin=margin)
+    except DeadlineExceeded as spent:  # no budget left to commit in: the work is undone
+        await transaction.__aexit__(type(spent), spent, spent.__traceback__)
+        raise
+    try:
+        async with asyncio.timeout(limit):
+            await transaction.__aexit__(None, None, None)
+    except TimeoutError as exc:
+        if isinstance(exc, TetherError):
+            raise
+        raise statement_timed_out(limit or 0.0, budget_bound=True) from exc
+    except BaseException as exc:
+        _raise_translated(exc, translate)
+
+
+def _raise_translated(exc: BaseException, translate: Translate) -> None:
+    if not isinstance(exc, TetherError):
+        translated = translate(exc)
+        if translated is not None:
+            raise translated from exc
+    raise exc

@@ -39,6 +39,7 @@ from tether.postgres._common import (
     RELEASE_TIMEOUT,
     application_name,
     backstop_sql,
+    bounded_transaction,
     pool_exhausted,
     query_canceled,
     quote_literal,
@@ -209,12 +210,18 @@ class Connection:
 
     @asynccontextmanager
     async def transaction(self, **kwargs: Any) -> AsyncIterator[Connection]:
-        """A transaction with tether's server-side backstop (`SET LOCAL statement_timeout`)."""
-        async with self.raw.transaction(**kwargs):
+        """A transaction with tether's server-side backstop (`SET LOCAL statement_timeout`),
+        whose COMMIT is bounded by the budget and translated like a statement
+        (`bounded_transaction`)."""
+        translate = self._translate_driver_error
+        async with bounded_transaction(self.raw.transaction(**kwargs), translate, self._margin):
             backstop = backstop_sql(self._prefix)
             if backstop is not None:
                 await self.execute(backstop)
             yield self
+
+    def _translate_driver_error(self, exc: BaseException) -> BaseException | None:
+        return self._translated(exc, None) if isinstance(exc, _DRIVER_ERRORS) else None
 
     def _timeout(self, explicit: float | None) -> float | None:
         """The timeout to give asyncpg for one statement; raises when the budget is gone.

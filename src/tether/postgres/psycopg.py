@@ -21,6 +21,7 @@ import asyncio
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -35,6 +36,7 @@ from tether.postgres._common import (
     RELEASE_TIMEOUT,
     application_name,
     backstop_sql,
+    bounded_transaction,
     pool_exhausted,
     query_canceled,
     quote_literal,
@@ -123,14 +125,9 @@ class Pool:
         try:
             connection = Connection(raw, margin=self._margin, application_name=self._prefix)
             await self._tag(connection)
-            try:
+            translate = partial(_translated, margin=self._margin)
+            async with bounded_transaction(_LeftOpen(raw), translate, self._margin):
                 yield connection
-            except GeneratorExit:  # never entered properly, or abandoned: nothing to await
-                raise
-            except BaseException:
-                await _roll_back(raw)
-                raise
-            await _commit(raw)
         finally:
             await self.raw.putconn(raw)
 
@@ -198,8 +195,11 @@ class Connection:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        """A transaction with tether's server-side backstop (`SET LOCAL statement_timeout`)."""
-        async with self.raw.transaction():
+        """A transaction with tether's server-side backstop (`SET LOCAL statement_timeout`),
+        whose COMMIT is bounded by the budget and translated like a statement
+        (`bounded_transaction`)."""
+        translate = partial(_translated, margin=self._margin)
+        async with bounded_transaction(self.raw.transaction(), translate, self._margin):
             backstop = backstop_sql(self._prefix)
             if backstop is not None:
                 await self.execute(backstop)
@@ -218,25 +218,41 @@ class Connection:
                 return rows if shape == "all" else (rows[0][0] if rows else None)
         except TimeoutError as exc:
             raise statement_timed_out(limit or 0.0, budget_bound=True) from exc
-        except psycopg.errors.QueryCanceled as exc:
-            raise query_canceled(str(exc), self._margin) from exc
         except psycopg.OperationalError as exc:
-            if getattr(exc, "sqlstate", None) == QUERY_CANCELED:
-                raise query_canceled(str(exc), self._margin) from exc
-            raise UpstreamUnavailable(f"lost the PostgreSQL connection: {exc}") from exc
+            raise _operational(exc, self._margin) from exc
 
 
-async def _commit(raw: psycopg.AsyncConnection[Any]) -> None:
-    """Commit the transaction a checkout left open (none in autocommit mode); one that failed
-    is rolled back, as the server would."""
-    status = raw.info.transaction_status
-    if status == TransactionStatus.INERROR:
-        await _roll_back(raw)
-    elif status == TransactionStatus.INTRANS:
-        try:
+def _translated(exc: BaseException, margin: float) -> BaseException | None:
+    """tether's error for psycopg's failure `exc`; None for one that stays as it is (an
+    error in the caller's SQL, say)."""
+    return _operational(exc, margin) if isinstance(exc, psycopg.OperationalError) else None
+
+
+def _operational(exc: psycopg.OperationalError, margin: float) -> Exception:
+    """A cancellation (SQLSTATE 57014, `QueryCanceled`) is ours or the server's
+    (`query_canceled`); any other operational failure is a lost connection."""
+    if isinstance(exc, psycopg.errors.QueryCanceled) or exc.sqlstate == QUERY_CANCELED:
+        return query_canceled(str(exc), margin)
+    return UpstreamUnavailable(f"lost the PostgreSQL connection: {exc}")
+
+
+class _LeftOpen:
+    """The transaction a checkout's statements opened on a connection that is not in
+    autocommit mode, as a context to leave: committed when the block ended normally (one that
+    failed is rolled back, as the server would), rolled back when it raised."""
+
+    def __init__(self, raw: psycopg.AsyncConnection[Any]) -> None:
+        self._raw = raw
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        raw = self._raw
+        if exc_type is None and raw.info.transaction_status == TransactionStatus.INTRANS:
             await raw.commit()
-        except psycopg.OperationalError as exc:
-            raise UpstreamUnavailable(f"lost the PostgreSQL connection: {exc}") from exc
+        else:
+            await _roll_back(raw)
 
 
 async def _roll_back(raw: psycopg.AsyncConnection[Any]) -> None:
