@@ -29,7 +29,14 @@ from tether import DeadlineExceeded, UpstreamTimeout, deadline_after
 from tether.postgres import PoolExhausted
 from tether.request_id import request_id_scope
 
-from .pg_helpers import active_backends, all_backends, app_name, idle_after, wait_active
+from .pg_helpers import (
+    active_backends,
+    all_backends,
+    app_name,
+    idle_after,
+    sqlalchemy_engine,
+    wait_active,
+)
 
 pytestmark = pytest.mark.integration
 SLEEP = "SELECT pg_sleep(10)"
@@ -48,14 +55,7 @@ class SQLAlchemyDriver:
     name = "sqlalchemy"
 
     async def open(self, dsn: str, prefix: str, size: int) -> None:
-        url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
-        engine = create_async_engine(
-            url,
-            pool_size=size,
-            max_overflow=0,
-            connect_args={"server_settings": {"application_name": prefix}},
-        )
-        self.engine = tsqlalchemy.instrument(engine, application_name=prefix)
+        self.engine = sqlalchemy_engine(dsn, prefix, size)
         self.maker = async_sessionmaker(self.engine)
 
     async def run(self, sql: str, mode: str) -> Any:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import asyncpg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 import tether.postgres
 import tether.postgres.psycopg as tpsycopg
@@ -30,7 +30,7 @@ import tether.postgres.sqlalchemy as tsqlalchemy
 from tether import DeadlineExceeded, deadline_after
 from tether.request_id import request_id_scope
 
-from .pg_helpers import app_name, idle_after
+from .pg_helpers import app_name, idle_after, sqlalchemy_engine
 from .servers import fuzz_seed
 
 pytestmark = pytest.mark.integration
@@ -104,14 +104,7 @@ async def open_checkouts(name: str, dsn: str, prefix: str) -> Checkouts:
         )
         return PoolCheckouts(pool)
     if name == "sqlalchemy":
-        url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
-        engine = create_async_engine(
-            url,
-            pool_size=POOL_SIZE,
-            max_overflow=0,
-            connect_args={"server_settings": {"application_name": prefix}},
-        )
-        return SQLAlchemyCheckouts(tsqlalchemy.instrument(engine, application_name=prefix))
+        return SQLAlchemyCheckouts(sqlalchemy_engine(dsn, prefix, POOL_SIZE))
     psycopg_pool = await tpsycopg.open_pool(
         dsn,
         min_size=1,
