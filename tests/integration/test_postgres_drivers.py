@@ -33,10 +33,12 @@ from .pg_helpers import (
     active_backends,
     all_backends,
     app_name,
+    check_commits_are_bounded_and_translated,
     idle_after,
     sqlalchemy_engine,
     wait_active,
 )
+from .servers import LATE
 
 pytestmark = pytest.mark.integration
 SLEEP = "SELECT pg_sleep(10)"
@@ -360,3 +362,24 @@ async def test_sqlalchemy_a_requests_tag_ends_with_its_transaction(pg_dsn: str) 
             assert (await conn.execute(setting)).scalar() == own
     finally:
         await engine.dispose()
+
+
+async def test_sqlalchemy_a_commit_is_bounded_by_the_budget_and_its_failures_translated(
+    pg_dsn: str, monitor: asyncpg.Connection, slow_commit_table: str
+) -> None:
+    """As for asyncpg and psycopg: a COMMIT that takes a second (a deferred trigger), in a
+    task that only inherited its 300 ms deadline, ends at the budget (it ran the whole second:
+    SQLAlchemy's commit is its own call, and the server's backstop does not reach it); one
+    cancelled from outside is UpstreamTimeout. Nothing is written."""
+    prefix = app_name()
+    engine = sqlalchemy_engine(pg_dsn, prefix, 1)
+
+    async def write(number: int) -> None:
+        async with tsqlalchemy.connect(engine) as conn, conn.begin():
+            await conn.execute(text(f"INSERT INTO {slow_commit_table} VALUES ({number})"))
+
+    try:
+        await check_commits_are_bounded_and_translated(write, monitor, prefix, LATE)
+    finally:
+        await engine.dispose()
+    assert await monitor.fetchval(f"SELECT count(*) FROM {slow_commit_table}") == 0

@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from tether._settings import margin_seconds
+from tether.deadline import current_deadline, deadline_at, deadline_enforced_here
 from tether.errors import TetherError, UpstreamUnavailable
 from tether.postgres._common import (
     QUERY_CANCELED,
@@ -75,7 +76,13 @@ def instrument(
 
 @asynccontextmanager
 async def connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection from `engine`'s pool, waiting at most the remaining budget for it."""
+    """A connection from `engine`'s pool, waiting at most the remaining budget for it.
+
+    Rule: the block ends with the budget. In a task the deadline already cancels (a request's
+    own), that cancellation does it. In a task that only inherited the deadline (a plain
+    `create_task` child), the block is put under the deadline here: SQLAlchemy's own calls
+    (its COMMIT, whose deferred work PostgreSQL's `statement_timeout` does not reach) would
+    otherwise run past it."""
     margin = _margins.get(engine.sync_engine, DEFAULT_MARGIN)
     limit = call_timeout(margin=margin)
     with _translated(margin):
@@ -85,7 +92,11 @@ async def connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         except TimeoutError as exc:
             raise pool_exhausted(limit or 0.0, engine.pool.size()) from exc  # type: ignore[attr-defined]
         try:
-            yield connection
+            if deadline_enforced_here():
+                yield connection
+            else:
+                with deadline_at(current_deadline()):  # no deadline: nothing to enforce
+                    yield connection
         finally:
             await connection.close()
 
