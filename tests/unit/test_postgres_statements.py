@@ -3,6 +3,7 @@ caller gets `DeadlineExceeded` (not an "upstream timed out" error)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -98,3 +99,76 @@ def test_the_backstop_is_one_transaction_local_statement(clock: VirtualClock) ->
         "set_config('application_name', 'svc it''s-1', true)"
     )
     assert budget_only == "SELECT set_config('statement_timeout', '250', true)"
+
+
+class FakeTransaction:
+    """Stands in for a driver's transaction context: records how it was left, and fails its
+    BEGIN, COMMIT or ROLLBACK when told to."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.fail = fail
+        self.left: list[str] = []
+
+    async def __aenter__(self) -> None:
+        if self.fail == "begin":
+            raise ConnectionResetError("begin failed")
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self.left.append("commit" if exc_type is None else "rollback")
+        if self.fail in ("commit", "rollback") and self.left[-1] == self.fail:
+            raise ConnectionResetError(f"{self.fail} failed")
+
+
+def as_lost(exc: BaseException) -> BaseException | None:
+    return UpstreamTimeout(f"translated: {exc}") if isinstance(exc, ConnectionError) else None
+
+
+@pytest.mark.parametrize("fail", ["begin", "commit"])
+def test_a_failed_begin_or_commit_is_translated(clock: VirtualClock, fail: str) -> None:
+    """The driver's failure of BEGIN or COMMIT reaches the caller as tether's error."""
+    from tether.postgres._common import bounded_transaction
+
+    async def main() -> None:
+        with pytest.raises(UpstreamTimeout, match=f"{fail} failed"):
+            async with deadline_after(1), bounded_transaction(FakeTransaction(fail), as_lost, 0):
+                pass
+
+    clock.run(main())
+
+
+def test_the_blocks_error_wins_over_a_failed_rollback(clock: VirtualClock) -> None:
+    """A ROLLBACK that fails after the block raised does not hide the block's error: it is
+    raised, with the ROLLBACK's failure as its context."""
+    from tether.postgres._common import bounded_transaction
+
+    transaction = FakeTransaction("rollback")
+
+    async def main() -> None:
+        with pytest.raises(KeyError) as caught:
+            async with bounded_transaction(transaction, as_lost, 0):
+                raise KeyError("the block's own")
+        assert isinstance(caught.value.__context__, ConnectionResetError)
+
+    clock.run(main())
+    assert transaction.left == ["rollback"]
+
+
+def test_no_commit_once_the_budget_is_spent(clock: VirtualClock) -> None:
+    """In a task that only inherited the deadline, a block that ends after the budget is
+    rolled back, not committed: DeadlineExceeded (no work starts without budget)."""
+    from tether.postgres._common import bounded_transaction
+
+    transaction = FakeTransaction()
+
+    async def work() -> None:
+        async with bounded_transaction(transaction, as_lost, 0.005):
+            clock.advance(1)  # the budget is spent inside the block, without an await
+
+    async def main() -> None:
+        async with deadline_after(0.5):
+            child = asyncio.create_task(work())  # inherits the deadline; not cancelled by it
+        with pytest.raises(DeadlineExceeded):
+            await child
+
+    clock.run(main())
+    assert transaction.left == ["rollback"]

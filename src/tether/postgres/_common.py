@@ -21,7 +21,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from tether.deadline import current_deadline, deadline_enforced_here
 from tether.errors import DeadlineExceeded, TetherError, UpstreamTimeout, format_seconds
@@ -144,16 +144,12 @@ async def bounded_transaction(
     except GeneratorExit:  # abandoned, never properly left: nothing may be awaited now
         raise
     except BaseException as failure:
-        try:
-            await transaction.__aexit__(type(failure), failure, failure.__traceback__)
-        except BaseException as cleanup:
-            if cleanup is not failure:
-                raise failure  # noqa: B904 - the failed ROLLBACK becomes its context
+        await _roll_back_for(transaction, failure)
         raise
     try:
         limit = None if deadline_enforced_here() else call_timeout(margin=margin)
     except DeadlineExceeded as spent:  # no budget left to commit in: the work is undone
-        await transaction.__aexit__(type(spent), spent, spent.__traceback__)
+        await _roll_back_for(transaction, spent)
         raise
     try:
         async with asyncio.timeout(limit):
@@ -166,7 +162,20 @@ async def bounded_transaction(
         _raise_translated(exc, translate)
 
 
-def _raise_translated(exc: BaseException, translate: Translate) -> None:
+async def _roll_back_for(
+    transaction: AbstractAsyncContextManager[Any], failure: BaseException
+) -> None:
+    """Leave `transaction` because of `failure` (its ROLLBACK); a failed ROLLBACK does not
+    replace `failure`, which is raised with it as its context."""
+    try:
+        await transaction.__aexit__(type(failure), failure, failure.__traceback__)
+    except BaseException as cleanup:
+        if cleanup is not failure:
+            raise failure  # noqa: B904 - the failed ROLLBACK becomes its context
+        raise
+
+
+def _raise_translated(exc: BaseException, translate: Translate) -> NoReturn:
     if not isinstance(exc, TetherError):
         translated = translate(exc)
         if translated is not None:
