@@ -372,3 +372,22 @@ def test_the_sync_transport_leaves_a_transport_without_a_pool_as_it_is() -> None
     assert not transport.bounds_every_socket_operation
     with httpx.Client(transport=transport) as client:
         assert client.get("http://x/").content == b"ok"
+
+
+async def test_a_trickling_body_under_a_shorter_read_timeout_is_still_the_budgets() -> None:
+    """With httpx's read timeout (0.3 s) shorter than the budget (0.5 s) the read phase is
+    not capped by the budget; the body's last read is, by the network backend, and its
+    timeout a few ms before the deadline is the budget's: DeadlineExceeded, not httpx's
+    ReadTimeout (which a service's safety net would answer 500)."""
+    server = await _headers_then(30, 0.1)
+    transport = TetherSyncTransport()
+    try:
+        with httpx.Client(transport=transport, timeout=httpx.Timeout(5, read=0.3)) as client:
+            took, raised = await asyncio.to_thread(
+                _get_under_half_a_second, client, _url_of(server)
+            )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert isinstance(raised, DeadlineExceeded), raised
+    assert 0.45 <= took < 0.5 + LATE, took

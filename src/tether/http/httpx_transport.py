@@ -167,23 +167,19 @@ class TetherSyncTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         capped = _pass_budget_on(request, self._margin)
         timings = _timed(request, asynchronous=False)
+        deadline = current_deadline()
         try:
             response = self._wrapped.handle_request(request)
         except httpx.TimeoutException as exc:
-            if _budget_ran_out(exc, capped) or self._budget_spent():
+            if _budget_ran_out(exc, capped) or _spent(deadline, self._margin):
                 raise _deadline_exceeded(request) from exc
             raise
         if isinstance(response.stream, httpx.SyncByteStream):
-            body = _SyncBody(response.stream, request, "read" in capped, current_deadline())
+            read_capped = "read" in capped
+            body = _SyncBody(response.stream, request, read_capped, deadline, self._margin)
             response.stream = body
         response.extensions[TIMINGS] = timings
         return response
-
-    def _budget_spent(self) -> bool:
-        """Whether less than the margin is left of the ambient budget: a timeout now is the
-        budget's (a socket operation the backend bounded by it)."""
-        left = time_remaining()
-        return left is not None and left <= self._margin
 
     def close(self) -> None:
         self._wrapped.close()
@@ -337,7 +333,9 @@ class _SyncBody(httpx.SyncByteStream):
     timeout when the body starts, at what was left then, and no cancellation reaches a thread:
     without this, a server sending its body in small pieces, each within that timeout, kept a
     call going long past its deadline. A call thus ends at most one read's wait after its
-    deadline. A read timeout the budget capped is the budget's too (`DeadlineExceeded`).
+    deadline. A read timeout the budget capped, or one that came with less than the margin
+    left (a read the network backend bounded by the budget), is the budget's too
+    (`DeadlineExceeded`).
     """
 
     def __init__(
@@ -346,11 +344,13 @@ class _SyncBody(httpx.SyncByteStream):
         request: httpx.Request,
         read_capped: bool,
         deadline: Deadline | None,
+        margin: float,
     ) -> None:
         self._inner = inner
         self._request = request
         self._read_capped = read_capped
         self._deadline = deadline
+        self._margin = margin
 
     def __iter__(self) -> Iterator[bytes]:
         deadline = self._deadline
@@ -360,12 +360,18 @@ class _SyncBody(httpx.SyncByteStream):
                     raise _deadline_exceeded(self._request)
                 yield chunk
         except httpx.ReadTimeout as exc:
-            if self._read_capped or (deadline is not None and deadline.expired):
+            if self._read_capped or _spent(deadline, self._margin):
                 raise _deadline_exceeded(self._request) from exc
             raise
 
     def close(self) -> None:
         self._inner.close()
+
+
+def _spent(deadline: Deadline | None, margin: float) -> bool:
+    """Whether less than `margin` is left before `deadline`: a timeout now is the budget's
+    (the network backend bounds each socket operation by what is left less the margin)."""
+    return deadline is not None and deadline.remaining() <= margin
 
 
 def _bound_socket_operations(transport: httpx.BaseTransport, margin: float) -> bool:
