@@ -36,7 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from tether._settings import margin_seconds
-from tether.deadline import current_deadline, deadline_at, deadline_enforced_here
+from tether.deadline import current_deadline, deadline_at
 from tether.errors import TetherError, UpstreamUnavailable
 from tether.postgres._common import (
     QUERY_CANCELED,
@@ -92,11 +92,10 @@ async def connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         except TimeoutError as exc:
             raise pool_exhausted(limit or 0.0, engine.pool.size()) from exc  # type: ignore[attr-defined]
         try:
-            if deadline_enforced_here():
+            # Inherits the caller's deadline: a no-op where this task's own block (or grpc)
+            # already enforces it, armed here in a task that only inherited it.
+            with deadline_at(current_deadline()):
                 yield connection
-            else:
-                with deadline_at(current_deadline()):  # no deadline: nothing to enforce
-                    yield connection
         finally:
             await connection.close()
 
