@@ -302,6 +302,18 @@ def _get_under_half_a_second(client: httpx.Client, url: str) -> tuple[float, Bas
     return time.perf_counter() - start, None
 
 
+async def _one_get_from(
+    server: asyncio.Server, client: httpx.Client
+) -> tuple[float, BaseException | None]:
+    """`_get_under_half_a_second` from `server` in a worker thread; closes both after."""
+    try:
+        with client:
+            return await asyncio.to_thread(_get_under_half_a_second, client, _url_of(server))
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_the_sync_transport_ends_a_body_that_trickles_past_the_deadline() -> None:
     """No cancellation reaches a worker thread, and httpcore fixes each read's timeout when
     the body starts. A server sending its body one byte every 0.1 s (30 bytes: 3 s) kept a
@@ -346,15 +358,7 @@ async def test_the_sync_transport_ends_headers_that_trickle_past_the_deadline() 
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     transport = TetherSyncTransport()
-
-    try:
-        with httpx.Client(transport=transport) as client:
-            took, raised = await asyncio.to_thread(
-                _get_under_half_a_second, client, _url_of(server)
-            )
-    finally:
-        server.close()
-        await server.wait_closed()
+    took, raised = await _one_get_from(server, httpx.Client(transport=transport))
     assert isinstance(raised, DeadlineExceeded), raised
     assert 0.45 <= took < 0.5 + LATE, took
     assert transport.bounds_every_socket_operation
@@ -380,14 +384,7 @@ async def test_a_trickling_body_under_a_shorter_read_timeout_is_still_the_budget
     timeout a few ms before the deadline is the budget's: DeadlineExceeded, not httpx's
     ReadTimeout (which a service's safety net would answer 500)."""
     server = await _headers_then(30, 0.1)
-    transport = TetherSyncTransport()
-    try:
-        with httpx.Client(transport=transport, timeout=httpx.Timeout(5, read=0.3)) as client:
-            took, raised = await asyncio.to_thread(
-                _get_under_half_a_second, client, _url_of(server)
-            )
-    finally:
-        server.close()
-        await server.wait_closed()
+    client = httpx.Client(transport=TetherSyncTransport(), timeout=httpx.Timeout(5, read=0.3))
+    took, raised = await _one_get_from(server, client)
     assert isinstance(raised, DeadlineExceeded), raised
     assert 0.45 <= took < 0.5 + LATE, took
